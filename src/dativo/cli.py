@@ -1,0 +1,257 @@
+"""The ``dativo`` command. Thin: parse arguments, call the engine, print results.
+
+Exit codes: 0 success, 1 the run or check failed, 2 the job or the command
+line is invalid, 130 interrupted. Errors print as one line on stderr; ``--debug``
+adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dativo import __version__
+from dativo._logging import configure_logging
+from dativo._secrets import redact
+from dativo.config.loader import load_job
+from dativo.engine import pipeline
+from dativo.engine.plan import Plan, build_plan
+from dativo.engine.registry import list_plugins
+from dativo.errors import ConfigError, DativoError, PluginError
+from dativo.sdk import SDK_API_VERSION
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dativo",
+    help="Move tables into Iceberg and Parquet with pluggable Arrow readers and writers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plugins_app = typer.Typer(help="Inspect installed readers and writers.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+T = TypeVar("T")
+JobArg = Annotated[Path, typer.Argument(help="The job file (YAML).", show_default=False)]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"dativo {__version__} (plugin SDK API {SDK_API_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: DebugOpt = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    log_format: Annotated[str, typer.Option(help="text or json (structured, one object per line).")] = "text",
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """dativo: config-driven ingestion with pluggable readers and writers."""
+    _state["debug"] = debug
+    if log_format not in {"text", "json"}:
+        _fail(ConfigError(f"--log-format must be 'text' or 'json', not '{log_format}'"))
+    configure_logging("debug" if debug else log_level, log_format)
+
+
+@app.command()
+def run(
+    job: JobArg,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="Also write the run summary as JSON to this file.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a job: read the source, write the target, commit once at the end."""
+    _state["debug"] |= debug
+    plan = _guard(lambda: build_plan(load_job(job)))
+    summary = pipeline.new_summary(plan)
+    try:
+        with _progress(quiet) as progress, _sigterm_as_interrupt():
+            _guard(lambda: pipeline.run(plan, progress, summary))
+    finally:
+        if summary_json is not None:
+            summary_json.write_text(redact(json.dumps(summary.to_dict(), indent=2, default=str)) + "\n")
+    if not quiet:
+        _print_summary(summary.to_dict())
+
+
+@app.command()
+def validate(
+    job: JobArg,
+    offline: Annotated[
+        bool, typer.Option(help="Only check the file and the plugins; do not connect to the source.")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a job file, its plugins and (unless --offline) that every source column maps to the target."""
+    _state["debug"] |= debug
+    plan = _guard(lambda: build_plan(load_job(job)))
+    if not offline:
+        _guard(lambda: pipeline.discover(plan))
+    out.print(f"[green]ok[/green] {job}: reader {plan.reader.ref.name}, writer {plan.writer.ref.name}")
+
+
+@app.command()
+def check(job: JobArg, debug: DebugOpt = False) -> None:
+    """Connect to the source and the target with the job's credentials."""
+    _state["debug"] |= debug
+    plan = _guard(lambda: build_plan(load_job(job)))
+    for side, result in _guard(lambda: pipeline.check(plan)):
+        out.print(f"[green]ok[/green] {side}: {result}")
+
+
+@app.command()
+def discover(
+    job: JobArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print the source schema as Arrow types and as the target types it will become."""
+    _state["debug"] |= debug
+    plan: Plan = _guard(lambda: build_plan(load_job(job)))
+    schema, target_types = _guard(lambda: pipeline.discover(plan))
+    targets = dict(target_types or [])
+    rows = [
+        {"column": f.name, "arrow": str(f.type), "nullable": f.nullable, "target": targets.get(f.name)}
+        for f in schema
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("column", "arrow type", "target type")
+    for row in rows:
+        table.add_row(row["column"], row["arrow"], row["target"] or "-")
+    out.print(table)
+
+
+@plugins_app.command("list")
+def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List every reader and writer a job can name, with origin and SDK API version."""
+    rows = list_plugins()
+    if as_json:
+        keys = ("kind", "name", "origin", "api_version", "problem")
+        out.print_json(json.dumps([dict(zip(keys, row, strict=True)) for row in rows]))
+        return
+    table = Table("kind", "name", "origin", "api", "status")
+    for kind, name, origin, api, problem in rows:
+        table.add_row(kind, name, origin, api, f"[red]{problem}[/red]" if problem else "[green]ok[/green]")
+    out.print(table)
+    if any(row[4] for row in rows):
+        raise typer.Exit(1)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except KeyboardInterrupt:
+        err.print("[red]error:[/red] interrupted; nothing was committed", highlight=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _fail(exc)
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    if _state["debug"]:
+        err.print(redact("".join(traceback.format_exception(exc))), highlight=False, markup=False)
+    if isinstance(exc, DativoError):
+        message = str(exc)
+    else:
+        message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+    err.print("error: " + redact(message).replace("\n", " "), highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1)
+
+
+class _Bar:
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task = progress.add_task("rows", total=None, rows=0, mb=0.0, rate=0.0)
+        self._rows = 0
+        self._bytes = 0
+
+    def advance(self, rows: int, nbytes: int) -> None:
+        self._rows += rows
+        self._bytes += nbytes
+        elapsed = self._progress.tasks[0].elapsed or 1e-9
+        self._progress.update(
+            self._task, rows=self._rows, mb=self._bytes / 1e6, rate=self._rows / max(elapsed, 1e-9)
+        )
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[pipeline.ProgressSink | None]:
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.fields[rows]:,}[/bold] rows"),
+        TextColumn("{task.fields[mb]:,.1f} MB"),
+        TextColumn("{task.fields[rate]:,.0f} rows/s"),
+        BarColumn(bar_width=None),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as progress:
+        yield _Bar(progress)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A scheduler's SIGTERM aborts the run like Ctrl-C does: nothing committed, staged files removed."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(show_header=False, title=f"run {summary['run_id'][:12]} of {summary['job']}: {summary['status']}")
+    target = summary.get("target", {})
+    where = target.get("table") or target.get("path") or "-"
+    snapshot = target.get("snapshot_id")
+    for key, value in (
+        ("rows", f"{summary['rows']:,}"),
+        ("bytes (arrow)", f"{summary['bytes']:,}"),
+        ("batches", str(summary["batches"])),
+        ("files", str(summary["files"])),
+        ("duration", f"{summary['duration_s']:.2f} s"),
+        ("rows/s", f"{summary['rows_per_s'] or 0:,}"),
+        ("target", str(where) + (f" (snapshot {snapshot})" if snapshot else "")),
+    ):
+        table.add_row(key, redact(value))
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("error: interrupted; nothing was committed", highlight=False, markup=False)
+        sys.exit(130)

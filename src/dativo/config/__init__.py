@@ -1,0 +1,1 @@
+"""Job files: YAML loading with line numbers, interpolation, secrets and validation."""

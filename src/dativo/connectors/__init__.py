@@ -1,0 +1,1 @@
+"""Built-in readers: ordinary plugins written against the public SDK."""

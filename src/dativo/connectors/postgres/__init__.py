@@ -1,0 +1,1 @@
+"""PostgreSQL readers and the PostgreSQL to Arrow type mapping they share."""

@@ -1,0 +1,1 @@
+"""The engine: job -> plan -> runtime -> batches -> writer -> commit."""

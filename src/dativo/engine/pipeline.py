@@ -1,0 +1,297 @@
+"""plan -> runtime -> batches -> writer -> commit.
+
+The reader runs ahead on its own thread into a bounded queue while the main
+thread writes, so reading, converting and writing overlap and memory stays
+bounded by ``queue_size`` batches plus what the writer buffers. The writer
+publishes only in ``finalize``; any failure (including Ctrl-C) aborts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from dativo import __version__
+from dativo.engine.batches import as_record_batches, conform
+from dativo.engine.plan import Plan
+from dativo.errors import DativoError, PluginError, SourceError, TargetError
+from dativo.runtimes import host_reader, host_writer
+from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes
+
+__all__ = ["ProgressSink", "RunSummary", "check", "discover", "run"]
+
+log = logging.getLogger("dativo.engine")
+
+
+class ProgressSink(Protocol):
+    """Receives progress while a job runs (the CLI draws a bar with it)."""
+
+    def advance(self, rows: int, nbytes: int) -> None:
+        """Called after each batch has been handed to the writer."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``to_dict`` gives the JSON written by ``--summary-json``."""
+
+    job: str
+    run_id: str
+    reader: str
+    writer: str
+    started_at: datetime
+    status: str = "running"
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+    duration_s: float = 0.0
+    target: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def files(self) -> int:
+        """Number of files the writer reported publishing."""
+        files = self.target.get("files", [])
+        return len(files) if isinstance(files, list) else int(files)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the summary."""
+        return {
+            "job": self.job,
+            "run_id": self.run_id,
+            "status": self.status,
+            "reader": self.reader,
+            "writer": self.writer,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "batches": self.batches,
+            "files": self.files,
+            "duration_s": round(self.duration_s, 3),
+            "rows_per_s": round(self.rows / self.duration_s) if self.duration_s > 0 else None,
+            "started_at": self.started_at.isoformat(),
+            "dativo_version": __version__,
+            "target": self.target,
+            "error": self.error,
+        }
+
+
+def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | None = None) -> RunSummary:
+    """Run the plan once. The target changes only if this returns.
+
+    On any failure — in the reader, the writer, the commit, or KeyboardInterrupt —
+    the writer is aborted, both plugins are closed, ``summary.status`` is set to
+    ``failed`` and the exception propagates.
+    """
+    summary = summary or new_summary(plan)
+    started = time.perf_counter()
+    reader: DataReader | None = None
+    writer: DataWriter | None = None
+    pump: _ReaderPump | None = None
+    published = False
+    log.info("run started", extra={"job": summary.job, "run_id": plan.run_id, "reader": summary.reader})
+    try:
+        reader = host_reader(plan.reader)
+        schema = _declared_schema(reader, plan.reader.ref.name)
+        writer = host_writer(plan.writer)
+        _call(writer.prepare, plan.writer.ref.name, "prepare", schema)
+        pump = _ReaderPump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size)
+        pump.start()
+        for batch in pump:
+            _call(writer.write_batch, plan.writer.ref.name, "write_batch", batch)
+            nbytes = batch.nbytes
+            summary.rows += batch.num_rows
+            summary.bytes += nbytes
+            summary.batches += 1
+            if progress is not None:
+                progress.advance(batch.num_rows, nbytes)
+        metadata = _call(writer.finalize, plan.writer.ref.name, "finalize")
+        published = True
+        summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
+        summary.status = "succeeded"
+        return summary
+    except BaseException as exc:
+        summary.status = "failed"
+        summary.error = str(exc) if isinstance(exc, DativoError) else f"{type(exc).__name__}: {exc}"
+        if pump is not None:
+            pump.cancel()
+        if writer is not None and not published:
+            _abort(writer, plan.writer.ref.name)
+        raise
+    finally:
+        summary.duration_s = time.perf_counter() - started
+        if pump is not None:
+            pump.join(timeout=30)
+        for plugin, name in ((reader, plan.reader.ref.name), (writer, plan.writer.ref.name)):
+            if plugin is not None:
+                _close(plugin, name)
+        log.info(
+            "run finished",
+            extra={"job": summary.job, "run_id": plan.run_id, "status": summary.status, "rows": summary.rows},
+        )
+
+
+def new_summary(plan: Plan) -> RunSummary:
+    """An empty summary for ``plan``, to be filled by :func:`run`."""
+    return RunSummary(
+        job=plan.job.name,
+        run_id=plan.run_id,
+        reader=plan.reader.ref.name,
+        writer=plan.writer.ref.name,
+        started_at=datetime.now(UTC),
+    )
+
+
+def check(plan: Plan) -> list[tuple[str, str]]:
+    """Connect to the source and the target with the job's credentials.
+
+    Returns ``(side, what was verified)`` pairs; raises the first failure.
+    """
+    results: list[tuple[str, str]] = []
+    reader = host_reader(plan.reader)
+    try:
+        schema = _declared_schema(reader, plan.reader.ref.name)
+        results.append(("source", f"reachable; {len(schema)} columns"))
+    finally:
+        _close(reader, plan.reader.ref.name)
+    writer = host_writer(plan.writer)
+    try:
+        _call(writer.check, plan.writer.ref.name, "check")
+        results.append(("target", "reachable"))
+    finally:
+        _close(writer, plan.writer.ref.name)
+    return results
+
+
+def discover(plan: Plan) -> tuple[pa.Schema, list[tuple[str, str]] | None]:
+    """Return the source's Arrow schema and, if the writer can say, the target type of each column."""
+    reader = host_reader(plan.reader)
+    try:
+        schema = _declared_schema(reader, plan.reader.ref.name)
+    finally:
+        _close(reader, plan.reader.ref.name)
+    writer = host_writer(plan.writer)
+    try:
+        if isinstance(writer, DescribesTargetTypes):
+            return schema, _call(writer.describe_types, plan.writer.ref.name, "describe_types", schema)
+        return schema, None
+    finally:
+        _close(writer, plan.writer.ref.name)
+
+
+def _declared_schema(reader: DataReader, name: str) -> pa.Schema:
+    schema = _call(reader.get_schema, name, "get_schema", role="reader")
+    if not isinstance(schema, pa.Schema):
+        raise PluginError(f"reader '{name}': get_schema() returned {type(schema).__name__}, not a pyarrow.Schema")
+    return schema
+
+
+def _call(fn: Any, name: str, method: str, *args: Any, role: str = "writer") -> Any:
+    """Call a plugin method; a non-dativo exception becomes an error naming the plugin and method."""
+    try:
+        return fn(*args)
+    except DativoError:
+        raise
+    except Exception as exc:
+        error = TargetError if role == "writer" else SourceError
+        raise error(f"{role} '{name}' failed in {method}(): {type(exc).__name__}: {exc}") from exc
+
+
+def _abort(writer: DataWriter, name: str) -> None:
+    try:
+        writer.abort()
+    except Exception:
+        log.exception("writer '%s' failed to abort; staged files may remain", name)
+
+
+def _close(plugin: DataReader | DataWriter, name: str) -> None:
+    try:
+        plugin.close()
+    except Exception:
+        log.exception("plugin '%s' failed to close", name)
+
+
+_END = object()
+
+
+class _ReaderPump:
+    """Runs ``read_batch`` on a thread, handing conformed batches over a bounded queue."""
+
+    def __init__(self, reader: DataReader, name: str, schema: pa.Schema, batch_size: int, depth: int) -> None:
+        self._reader = reader
+        self._name = name
+        self._schema = schema
+        self._batch_size = batch_size
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name=f"dativo-reader-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("reader '%s' did not stop within %.0f s of cancellation", self._name, timeout)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise SourceError(f"reader '{self._name}' stopped without finishing its stream") from None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.RecordBatch)
+            yield item
+
+    def _produce(self) -> None:
+        index = 0
+        stream = None
+        try:
+            stream = iter(self._reader.read_batch(self._batch_size))
+            for item in stream:
+                for raw in as_record_batches(item, self._name):
+                    if raw.num_rows == 0:
+                        continue
+                    if not self._put(conform(raw, self._schema, self._name, index)):
+                        return
+                    index += 1
+                if self._cancelled.is_set():
+                    return
+            self._put(_END)
+        except DativoError as exc:
+            self._put(exc)
+        except Exception as exc:
+            error = SourceError(f"reader '{self._name}' failed after {index} batches: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._put(error)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.debug("closing the stream of reader '%s' raised", self._name, exc_info=True)
+
+    def _put(self, item: object) -> bool:
+        while not self._cancelled.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False

@@ -1,0 +1,83 @@
+"""job -> plan: which reader and writer to run, with which configuration."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from dativo.config.loader import LoadedJob
+from dativo.config.models import SOURCE_CONNECTORS, TARGET_CONNECTORS, PluginSpec
+from dativo.engine.registry import PluginKind, PluginRef, resolve_plugin
+
+__all__ = ["Plan", "PluginPlan", "build_plan"]
+
+
+@dataclass(frozen=True)
+class PluginPlan:
+    """One side of the run: the plugin, the runtime that hosts it, and its ``initialize`` config."""
+
+    ref: PluginRef
+    runtime: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the engine needs to run a job once."""
+
+    job: LoadedJob
+    reader: PluginPlan
+    writer: PluginPlan
+    run_id: str
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per batch asked of the reader."""
+        return self.job.config.engine.batch_size
+
+    @property
+    def queue_size(self) -> int:
+        """Batches the reader may run ahead of the writer."""
+        return self.job.config.engine.queue_size
+
+
+def build_plan(job: LoadedJob) -> Plan:
+    """Resolve the job's reader and writer. Raises PluginError when either cannot be loaded."""
+    source, target = job.config.source, job.config.target
+    run_id = uuid.uuid4().hex
+    job_info = {"name": job.name, "dir": str(job.dir), "run_id": run_id}
+    reader = _plugin_plan(
+        "reader",
+        source.reader,
+        SOURCE_CONNECTORS[source.connector],
+        source.model_dump(exclude={"reader"}),
+        job_info,
+        job,
+    )
+    writer = _plugin_plan(
+        "writer",
+        target.writer,
+        TARGET_CONNECTORS[target.connector],
+        target.model_dump(exclude={"writer"}),
+        job_info,
+        job,
+    )
+    return Plan(job=job, reader=reader, writer=writer, run_id=run_id)
+
+
+def _plugin_plan(
+    kind: PluginKind,
+    spec: PluginSpec | None,
+    default: str | None,
+    section: dict[str, Any],
+    job_info: dict[str, str],
+    job: LoadedJob,
+) -> PluginPlan:
+    # The models guarantee a spec wherever the connector has no default.
+    implementation = spec.implementation if spec is not None else default
+    assert implementation is not None
+    options = {**section.pop("options"), **(spec.options if spec else {})}
+    config = {**section, "options": options, "job": job_info}
+    ref = resolve_plugin(kind, implementation, job.dir)
+    return PluginPlan(ref=ref, runtime=spec.type if spec else "custom", config=config)

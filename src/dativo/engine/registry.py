@@ -1,0 +1,199 @@
+"""Find reader and writer classes: by entry-point name, import path or file path.
+
+Built-in plugins are registered through the same ``dativo.readers`` /
+``dativo.writers`` entry points as third-party ones; nothing here knows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Literal
+
+from dativo.errors import PluginError
+from dativo.sdk import SDK_API_VERSION, DataReader, DataWriter
+
+__all__ = ["PluginKind", "PluginRef", "check_api_version", "list_plugins", "resolve_plugin"]
+
+PluginKind = Literal["reader", "writer"]
+_GROUPS: dict[PluginKind, str] = {"reader": "dativo.readers", "writer": "dativo.writers"}
+_BASES: dict[PluginKind, type] = {"reader": DataReader, "writer": DataWriter}
+
+
+@dataclass(frozen=True)
+class PluginRef:
+    """A resolved plugin class and where it came from."""
+
+    kind: PluginKind
+    name: str
+    cls: type
+    origin: str
+
+    @property
+    def api_version(self) -> str:
+        """The SDK version the plugin declares."""
+        return str(getattr(self.cls, "api_version", "?"))
+
+
+def resolve_plugin(kind: PluginKind, implementation: str, base_dir: Path) -> PluginRef:
+    """Return the plugin class that ``implementation`` names.
+
+    ``implementation`` is an entry-point name (``postgres-adbc``), a dotted path
+    (``pkg.mod.Class`` / ``pkg.mod:Class``) or a file (``plugins/x.py:Class``,
+    relative to ``base_dir``). Raises PluginError naming the plugin and the cause
+    when it cannot be found or imported, is not a DataReader/DataWriter, or was
+    written for an SDK version this engine does not support.
+    """
+    spec = implementation.strip()
+    entry = _entry_points(kind).get(spec)
+    if entry is not None:
+        cls = _load_entry_point(kind, entry)
+        origin = f"entry point {entry.group}:{entry.name} ({_distribution(entry)})"
+    elif ".py:" in spec or spec.endswith(".py"):
+        cls, origin = _load_from_file(kind, spec, base_dir)
+    elif ":" in spec or "." in spec:
+        cls, origin = _load_from_module(kind, spec)
+    else:
+        known = ", ".join(sorted(_entry_points(kind))) or "none installed"
+        raise PluginError(
+            f"{kind} '{spec}': no installed {kind} has that name (installed: {known}); "
+            f"use an import path like 'my_pkg.module.Class' or a file like 'plugins/my_{kind}.py:Class'"
+        )
+    _check_class(kind, spec, cls)
+    check_api_version(kind, spec, cls)
+    return PluginRef(kind=kind, name=spec, cls=cls, origin=origin)
+
+
+def check_api_version(kind: PluginKind, name: str, cls: type) -> None:
+    """Raise PluginError unless ``cls.api_version`` has this SDK's major and a minor no newer than it."""
+    declared = str(getattr(cls, "api_version", ""))
+    engine_major, engine_minor = (int(part) for part in SDK_API_VERSION.split("."))
+    try:
+        major, minor = (int(part) for part in declared.split(".")[:2])
+    except ValueError:
+        raise PluginError(
+            f"{kind} '{name}' declares api_version '{declared}', which is not MAJOR.MINOR; "
+            f"this engine supports SDK {SDK_API_VERSION}"
+        ) from None
+    if major != engine_major or minor > engine_minor:
+        raise PluginError(
+            f"{kind} '{name}' was written for SDK API {declared}, but this dativo supports "
+            f"{engine_major}.0 to {SDK_API_VERSION}; upgrade dativo or use a plugin release for SDK {SDK_API_VERSION}"
+        )
+
+
+def list_plugins() -> list[tuple[PluginKind, str, str, str, str | None]]:
+    """Every installed reader and writer: ``(kind, name, origin, api_version, problem or None)``."""
+    rows: list[tuple[PluginKind, str, str, str, str | None]] = []
+    for kind in ("reader", "writer"):
+        for name, entry in sorted(_entry_points(kind).items()):
+            origin = _distribution(entry)
+            try:
+                ref = resolve_plugin(kind, name, Path.cwd())
+                rows.append((kind, name, origin, ref.api_version, None))
+            except PluginError as exc:
+                rows.append((kind, name, origin, "?", str(exc)))
+    return rows
+
+
+def _entry_points(kind: PluginKind) -> dict[str, EntryPoint]:
+    return {entry.name: entry for entry in entry_points(group=_GROUPS[kind])}
+
+
+def _distribution(entry: EntryPoint) -> str:
+    dist = entry.dist
+    return f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+
+
+def _load_entry_point(kind: PluginKind, entry: EntryPoint) -> type:
+    try:
+        loaded = entry.load()
+    except Exception as exc:
+        raise PluginError(
+            f"{kind} '{entry.name}' ({entry.value}) failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _as_class(kind, entry.name, loaded)
+
+
+def _load_from_module(kind: PluginKind, spec: str) -> tuple[type, str]:
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise PluginError(f"{kind} '{spec}': expected 'package.module.Class' or 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise PluginError(
+                f"{kind} '{spec}': module '{module_name}' not found "
+                f"(is its package installed in this Python environment, or is the path misspelled?)"
+            ) from None
+        raise PluginError(
+            f"{kind} '{spec}': importing module '{module_name}' failed: {exc} "
+            f"(a dependency of the plugin is missing)"
+        ) from exc
+    except Exception as exc:
+        raise PluginError(
+            f"{kind} '{spec}': importing module '{module_name}' failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _attribute(kind, spec, module, attr), f"module {module_name}"
+
+
+def _load_from_file(kind: PluginKind, spec: str, base_dir: Path) -> tuple[type, str]:
+    file_part, sep, attr = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
+    if not sep or not attr:
+        raise PluginError(f"{kind} '{spec}': name the class after the file, as 'path/to/file.py:ClassName'")
+    path = Path(file_part).expanduser()
+    if not path.is_absolute():
+        path = (base_dir / path).resolve()
+    if not path.is_file():
+        raise PluginError(f"{kind} '{spec}': file {path} does not exist")
+    # One module per file path, so two jobs naming the same file share the class.
+    module_name = "dativo_plugin_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    module = sys.modules.get(module_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise PluginError(f"{kind} '{spec}': {path} is not a Python file that can be imported")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise PluginError(f"{kind} '{spec}': importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return _attribute(kind, spec, module, attr), f"file {path}"
+
+
+def _attribute(kind: PluginKind, spec: str, module: object, attr: str) -> type:
+    try:
+        value = getattr(module, attr)
+    except AttributeError:
+        raise PluginError(
+            f"{kind} '{spec}': module {getattr(module, '__name__', module)} has no attribute '{attr}'"
+        ) from None
+    return _as_class(kind, spec, value)
+
+
+def _as_class(kind: PluginKind, spec: str, value: object) -> type:
+    if not isinstance(value, type):
+        raise PluginError(f"{kind} '{spec}' is a {type(value).__name__}, not a class")
+    return value
+
+
+def _check_class(kind: PluginKind, spec: str, cls: type) -> None:
+    base = _BASES[kind]
+    if not issubclass(cls, base):
+        raise PluginError(
+            f"{kind} '{spec}': class {cls.__qualname__} does not subclass dativo.{base.__name__} "
+            f"(derive it from 'from dativo import {base.__name__}')"
+        )
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+    if abstract:
+        raise PluginError(f"{kind} '{spec}': class {cls.__qualname__} does not implement {', '.join(abstract)}")

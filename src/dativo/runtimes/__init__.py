@@ -1,0 +1,28 @@
+"""Runtimes host a plugin and present it to the engine as a DataReader or DataWriter.
+
+The engine never cares where a plugin runs; it asks :func:`host_reader` /
+:func:`host_writer` and gets the SDK interface back.
+"""
+
+from __future__ import annotations
+
+from dativo.engine.plan import PluginPlan
+from dativo.errors import PluginError
+from dativo.runtimes import inprocess
+from dativo.sdk import DataReader, DataWriter
+
+__all__ = ["host_reader", "host_writer"]
+
+
+def host_reader(plan: PluginPlan) -> DataReader:
+    """Start the planned reader in its runtime and initialize it. Raises PluginError or the reader's own error."""
+    if plan.runtime == "custom":
+        return inprocess.host(plan, DataReader)
+    raise PluginError(f"reader '{plan.ref.name}': unknown runtime type '{plan.runtime}'")
+
+
+def host_writer(plan: PluginPlan) -> DataWriter:
+    """Start the planned writer in its runtime and initialize it. Raises PluginError or the writer's own error."""
+    if plan.runtime == "custom":
+        return inprocess.host(plan, DataWriter)
+    raise PluginError(f"writer '{plan.ref.name}': unknown runtime type '{plan.runtime}'")

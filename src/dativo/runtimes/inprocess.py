@@ -1,0 +1,37 @@
+"""The in-process runtime: the plugin is a Python class (or a PyO3 module) in dativo's own process."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from dativo.engine.plan import PluginPlan
+from dativo.errors import DativoError, PluginError
+from dativo.sdk import DataReader, DataWriter
+
+__all__ = ["host"]
+
+P = TypeVar("P", DataReader, DataWriter)
+
+
+def host(plan: PluginPlan, base: type[P]) -> P:
+    """Instantiate the planned plugin and call its ``initialize``.
+
+    A DativoError raised by ``initialize`` (a wrong password, say) passes through
+    unchanged; any other exception becomes a PluginError naming the plugin.
+    """
+    name = plan.ref.name
+    try:
+        plugin = plan.ref.cls()
+    except Exception as exc:
+        raise PluginError(f"{plan.ref.kind} '{name}': constructing it failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(plugin, base):
+        raise PluginError(f"{plan.ref.kind} '{name}' is not a {base.__name__}")
+    try:
+        plugin.initialize(plan.config)
+    except DativoError:
+        plugin.close()
+        raise
+    except Exception as exc:
+        plugin.close()
+        raise PluginError(f"{plan.ref.kind} '{name}': initialize() failed: {type(exc).__name__}: {exc}") from exc
+    return plugin

@@ -1,0 +1,164 @@
+"""The public plugin SDK: everything a reader or writer author imports.
+
+A *reader* pulls data out of a source and yields Arrow record batches; a
+*writer* lands those batches in a target and publishes them in one step at
+:meth:`DataWriter.finalize`. Both are plain Python classes; dativo finds them by
+import path, by file path or through the ``dativo.readers`` / ``dativo.writers``
+entry-point groups, and hosts them in a runtime (in process today).
+
+Optional abilities are small opt-in interfaces (:class:`DescribesTargetTypes`),
+never methods every plugin must carry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+__all__ = [
+    "SDK_API_VERSION",
+    "ArrowArrayExportable",
+    "ArrowStreamExportable",
+    "BatchLike",
+    "DataReader",
+    "DataWriter",
+    "DescribesTargetTypes",
+    "PluginConfig",
+]
+
+#: The version of this SDK (``MAJOR.MINOR``). A plugin declares the version it
+#: was written for in its ``api_version`` class attribute; the engine loads
+#: plugins with the same MAJOR and a MINOR no newer than its own.
+SDK_API_VERSION = "1.0"
+
+#: What ``initialize`` receives: the job's ``source`` (for a reader) or
+#: ``target`` (for a writer) section with environment variables and secrets
+#: already resolved, ``options`` holding the plugin's own ``options:`` block, and
+#: ``job`` holding ``{"name": ..., "dir": ..., "run_id": ...}`` (relative paths
+#: resolve against ``dir``; ``run_id`` is unique to this run).
+PluginConfig = Mapping[str, Any]
+
+
+@runtime_checkable
+class ArrowStreamExportable(Protocol):
+    """Any object implementing the Arrow PyCapsule stream interface (polars, duckdb, nanoarrow, arrow-rs)."""
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+
+
+@runtime_checkable
+class ArrowArrayExportable(Protocol):
+    """Any object implementing the Arrow PyCapsule array interface for one struct array (a batch)."""
+
+    def __arrow_c_array__(self, requested_schema: object | None = None) -> tuple[object, object]: ...
+
+
+#: What ``read_batch`` may yield. Objects exposing the PyCapsule interface are
+#: imported without copying, so a plugin needs no pyarrow dependency of its own.
+BatchLike = pa.RecordBatch | pa.Table | ArrowStreamExportable | ArrowArrayExportable
+
+
+class _Plugin(ABC):
+    #: SDK version this plugin was written against (see :data:`SDK_API_VERSION`).
+    api_version: ClassVar[str] = SDK_API_VERSION
+
+    def initialize(self, config: PluginConfig) -> None:  # noqa: B027 - optional hook, not abstract
+        """Receive the job's configuration for this plugin; open connections here.
+
+        The default stores ``config`` as ``self.config``. Raise a
+        :class:`dativo.DativoError` subclass (``SourceError``, ``TargetError``,
+        ``ConfigError``) with a message naming what is wrong; any other exception
+        is reported as a failure of this plugin's ``initialize``.
+        """
+        self.config = config
+
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release every resource (connections, files, threads).
+
+        Called exactly once at the end of every run, successful or not, even
+        after an error inside the plugin. Must not raise for a plugin that was
+        never initialized or already closed.
+        """
+
+
+class DataReader(_Plugin):
+    """Base class of every reader. Override :meth:`get_schema` and :meth:`read_batch`.
+
+    The engine calls ``initialize(config)``, then ``get_schema()``, then iterates
+    ``read_batch(batch_size)`` on a thread of its own, then ``close()``.
+    """
+
+    @abstractmethod
+    def get_schema(self) -> pa.Schema:
+        """Return the schema every batch will have, before any data is read.
+
+        Every batch yielded by :meth:`read_batch` must have exactly these column
+        names and types, in this order; a batch that differs fails the run with
+        the differing column named.
+        """
+
+    @abstractmethod
+    def read_batch(self, batch_size: int) -> Iterator[BatchLike]:
+        """Yield the source's data as Arrow batches of about ``batch_size`` rows.
+
+        Yield ``pyarrow.RecordBatch``, ``pyarrow.Table`` or any object with
+        ``__arrow_c_stream__`` / ``__arrow_c_array__``. Signal failure by
+        raising (never by ending the iteration early): the run then fails and
+        the target is left unchanged. The engine may stop iterating at any time
+        (another failure, Ctrl-C); ``close()`` is still called.
+        """
+
+
+class DataWriter(_Plugin):
+    """Base class of every writer. Override :meth:`write_batch` and :meth:`finalize`.
+
+    The engine calls ``initialize(config)``, ``prepare(schema)``, then
+    ``write_batch`` for each batch, then ``finalize()`` to publish everything
+    at once. If anything fails before ``finalize`` returns, the engine calls
+    ``abort()`` instead; ``close()`` is called in every case.
+    """
+
+    def check(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Verify the target can be reached with the job's credentials (``dativo check``).
+
+        Called after ``initialize``; raise ``TargetError`` naming what failed.
+        The default does nothing beyond what ``initialize`` checked.
+        """
+
+    def prepare(self, schema: pa.Schema) -> None:  # noqa: B027 - optional hook, not abstract
+        """Receive the schema of the batches to come, once, before any batch (even for zero rows).
+
+        Create or check the destination here, so a mismatch fails before data moves.
+        """
+
+    @abstractmethod
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Stage one batch. Nothing staged may be visible to readers of the target before ``finalize``."""
+
+    @abstractmethod
+    def finalize(self) -> dict[str, Any]:
+        """Publish everything staged in one atomic step and return metadata about it.
+
+        Return a JSON-serialisable dict; dativo reports the keys ``rows``,
+        ``files`` (a list of paths), ``bytes`` and ``snapshot_id`` when present.
+        If publishing fails, raise: the engine then calls :meth:`abort`.
+        """
+
+    def abort(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Throw away everything staged since ``prepare``; the target must look untouched.
+
+        Called instead of ``finalize`` (or after ``finalize`` raised). Must not
+        raise for work that was never started.
+        """
+
+
+@runtime_checkable
+class DescribesTargetTypes(Protocol):
+    """Opt-in for writers: say which target type each Arrow column becomes (``dativo discover``)."""
+
+    def describe_types(self, schema: pa.Schema) -> list[tuple[str, str]]:
+        """Return ``(column, target type)`` pairs; raise ``TypeMappingError`` for a column that cannot be mapped."""
+        ...

@@ -1,0 +1,1 @@
+"""Built-in writers: ordinary plugins written against the public SDK."""

@@ -1,0 +1,1 @@
+pytest_plugins = ["support.pg_fixtures", "support.s3_fixtures"]
