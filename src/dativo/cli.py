@@ -231,11 +231,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table(show_header=False, title=f"run {summary['run_id'][:12]} of {summary['job']}: {summary['status']}")
+    table = Table(show_header=False)
     target = summary.get("target", {})
-    where = target.get("table") or target.get("path") or "-"
+    files = target.get("files") if isinstance(target.get("files"), list) else []
+    where = target.get("table") or target.get("path") or (files[0] if len(files) == 1 else "-")
     snapshot = target.get("snapshot_id")
     for key, value in (
+        ("job", f"{summary['job']} (run {summary['run_id'][:12]})"),
+        ("status", summary["status"]),
         ("rows", f"{summary['rows']:,}"),
         ("bytes (arrow)", f"{summary['bytes']:,}"),
         ("batches", str(summary["batches"])),

@@ -49,7 +49,8 @@ def filesystem_for(location: str, connection: Mapping[str, Any], base_dir: Path)
 
 
 def _s3(connection: Mapping[str, Any]) -> pafs.S3FileSystem:
-    options: dict[str, Any] = {}
+    # Delayed open: nothing is sent until data is, and small files go up in one PutObject.
+    options: dict[str, Any] = {"allow_delayed_open": True}
     endpoint = connection.get("endpoint_url")
     if endpoint:
         endpoint = str(endpoint)

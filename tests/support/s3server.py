@@ -141,6 +141,28 @@ class S3Server:
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(keys)
 
+    def create_iam_credentials(self, user: str | None = None) -> tuple[str, str]:
+        """Create an IAM user allowed ``s3:*`` and return its ``(access_key_id, secret_access_key)``.
+
+        These are the only credentials the server accepts inside :meth:`enforce_auth`;
+        call this before entering that block.
+        """
+        import boto3
+
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+        name = user or f"dativo-test-{uuid.uuid4().hex[:8]}"
+        iam.create_user(UserName=name)
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName=name, PolicyName="s3-all", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+
     @contextmanager
     def enforce_auth(self) -> Iterator[None]:
         """Make the server check credentials (against its IAM state) until the block exits.
@@ -158,7 +180,10 @@ class S3Server:
 
     def _reset_auth(self, count: str) -> str:
         request = urllib.request.Request(
-            f"{self.endpoint_url}/moto-api/reset-auth", data=count.encode(), method="POST"
+            f"{self.endpoint_url}/moto-api/reset-auth",
+            data=count.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},  # a form type would hide the body from moto
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             body = json.loads(response.read().decode())

@@ -44,7 +44,7 @@ class ParquetDatasetWriter(DataWriter):
         """Verify the folder can be created and written to; raises TargetError naming the location."""
         probe = f"{self._root}/_dativo_check_{self._run_id}"
         try:
-            self._fs.create_dir(self._root, recursive=True)
+            self._make_dir(self._root)
             with self._fs.open_output_stream(probe) as stream:
                 stream.write(b"ok")
             self._fs.delete_file(probe)
@@ -54,7 +54,7 @@ class ParquetDatasetWriter(DataWriter):
     def prepare(self, schema: pa.Schema) -> None:
         """Create the staging folder; raises TargetError if the location cannot be written."""
         try:
-            self._fs.create_dir(self._staging, recursive=True)
+            self._make_dir(self._staging)
         except (OSError, pa.ArrowException) as exc:
             raise TargetError(f"parquet target {self._display}: cannot create files: {redact(str(exc))}") from None
         self._rolling = RollingParquetWriter(schema, self._open_file, self._settings)
@@ -94,6 +94,11 @@ class ParquetDatasetWriter(DataWriter):
             except (OSError, pa.ArrowException):
                 pass
         self._remove_staging()
+
+    def _make_dir(self, path: str) -> None:
+        # Object stores have no folders; creating one would leave an empty marker object behind.
+        if isinstance(self._fs, pafs.LocalFileSystem):
+            self._fs.create_dir(path, recursive=True)
 
     def _remove_staging(self) -> None:
         try:

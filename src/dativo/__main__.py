@@ -1,0 +1,5 @@
+"""python -m dativo"""
+
+from dativo.cli import main
+
+main()

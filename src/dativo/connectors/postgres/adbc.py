@@ -1,0 +1,258 @@
+"""``postgres-adbc``: the default, Arrow-native PostgreSQL reader.
+
+The ADBC PostgreSQL driver runs ``COPY (SELECT ...) TO STDOUT (FORMAT binary)``
+and decodes the stream straight into Arrow in C++. This reader only adjusts
+each batch to the canonical schema, without copying what is already right:
+
+* ``numeric`` arrives as text (an ``arrow.opaque`` extension); it is cast to
+  ``decimal128`` exactly, failing on any value that would need rounding;
+* the driver shifts dates/timestamps to the Unix epoch without overflow
+  checks, so ``infinity`` wraps around; the shared range check catches it;
+* the driver flattens multi-dimensional arrays; the ``array_ndims`` helper
+  column of the shared plan catches those;
+* the driver's field metadata and extension wrappers are dropped.
+
+Schema discovery uses psycopg (see :mod:`dativo.connectors.postgres.types`),
+so this reader and ``postgres-psycopg`` produce identical schemas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import pyarrow as pa
+
+from dativo.connectors.postgres.connection import (
+    PG_EXTRA_HINT,
+    PgConnectionInfo,
+    build_connection,
+    connect_psycopg,
+    import_psycopg,
+    translate_error,
+)
+from dativo.connectors.postgres.types import (
+    ColumnPlan,
+    SourcePlan,
+    SourceSpec,
+    check_array_dims,
+    check_temporal_range,
+    decimal_from_strings,
+    describe_source,
+)
+from dativo.errors import DativoError, PluginError, SourceError
+from dativo.sdk import DataReader, PluginConfig
+
+__all__ = ["AdbcPostgresReader"]
+
+_BATCH_HINT_OPTION = "adbc.postgresql.batch_size_hint_bytes"
+_MIN_HINT_BYTES = 64 * 1024
+_MAX_HINT_BYTES = 256 * 1024 * 1024
+
+ArrayConverter = Callable[[pa.Array], pa.Array]
+
+
+def _import_adbc() -> ModuleType:
+    try:
+        import adbc_driver_postgresql.dbapi as dbapi
+    except ImportError as exc:
+        raise PluginError(f"the postgres-adbc reader requires the PostgreSQL extra: {PG_EXTRA_HINT}") from exc
+    return dbapi
+
+
+def _storage(arr: pa.Array) -> pa.Array:
+    return arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+
+
+def _value_converter(column: ColumnPlan) -> ArrayConverter:
+    """Adjust the driver's array (scalar column, or array elements) to the canonical value type."""
+    target = column.value_type
+    kind = column.kind
+    if kind == "numeric":
+        return lambda a: decimal_from_strings(_storage(a), column)
+    if kind in ("date", "timestamp", "timestamptz"):
+
+        def temporal(a: pa.Array) -> pa.Array:
+            a = _storage(a)
+            if a.type != target:
+                a = a.view(target)  # same layout; only the time zone spelling may differ
+            check_temporal_range(a, column)
+            return a
+
+        return temporal
+    if kind == "uuid":
+
+        def uuid(a: pa.Array) -> pa.Array:
+            return a if a.type == target else pa.ExtensionArray.from_storage(target, _storage(a))
+
+        return uuid
+
+    def plain(a: pa.Array) -> pa.Array:
+        if a.type == target:
+            return a
+        a = _storage(a)
+        if a.type == target:
+            return a
+        try:
+            return a.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SourceError(
+                f"the ADBC driver returned {a.type} for column {column.name!r} ({column.pg_type}), "
+                f"expected {target}: {exc}",
+                hint="use the postgres-psycopg reader or list the column in cast_to_text",
+            ) from exc
+
+    return plain
+
+
+def _column_converter(column: ColumnPlan) -> ArrayConverter:
+    convert = _value_converter(column)
+    if not column.is_array:
+        return convert
+    list_type = column.arrow_type
+
+    def convert_list(a: pa.Array) -> pa.Array:
+        # Rebuild the list around the converted child, reusing validity and offsets.
+        return pa.Array.from_buffers(
+            list_type,
+            len(a),
+            a.buffers()[:2],
+            null_count=a.null_count,
+            offset=a.offset,
+            children=[convert(a.values)],
+        )
+
+    return convert_list
+
+
+def _row_width(schema: pa.Schema) -> int:
+    """Rough bytes per row in the driver's output, to turn batch_size (rows) into its byte hint."""
+    width = 0
+    for field in schema:
+        t = field.type
+        if pa.types.is_list(t):
+            width += 64
+        elif pa.types.is_decimal(t):
+            width += 20  # arrives as text
+        elif pa.types.is_string(t) or pa.types.is_binary(t):
+            width += 36
+        else:
+            try:
+                width += max(1, t.bit_width // 8)
+            except ValueError:
+                width += 16
+    return max(width, 8)
+
+
+class AdbcPostgresReader(DataReader):
+    """Read a PostgreSQL table or query through the ADBC driver's binary COPY.
+
+    ``initialize`` connects (psycopg, for schema discovery, then ADBC) and
+    decides the schema; a wrong password, an unreachable server, a missing
+    table or an unmappable type fail there with :class:`dativo.SourceError` /
+    :class:`dativo.TypeMappingError` / :class:`dativo.ConfigError`.
+    ``read_batch`` streams batches of roughly ``batch_size`` rows without
+    materialising the result; a value that cannot be represented exactly
+    raises :class:`dativo.SchemaError` naming the column, and a failure
+    mid-stream raises :class:`dativo.SourceError`.
+    """
+
+    def __init__(self) -> None:
+        self._conn: Any = None
+        self._cursor: Any = None
+        self._info: PgConnectionInfo | None = None
+        self._spec: SourceSpec | None = None
+        self._plan: SourcePlan | None = None
+        self._converters: list[ArrayConverter] = []
+
+    def initialize(self, config: PluginConfig) -> None:
+        """Describe the source with psycopg, then open the ADBC connection; see the class docstring."""
+        self.config = config
+        dbapi = _import_adbc()
+        self._spec = SourceSpec.from_config(config)
+        self._info = info = build_connection(config.get("connection"))
+        psycopg = import_psycopg()
+        with contextlib.closing(connect_psycopg(info)) as pg:
+            try:
+                self._plan = describe_source(pg, self._spec)
+            except psycopg.Error as exc:
+                raise translate_error(exc, info, table=self._spec.table) from exc
+        self._converters = [_column_converter(c) for c in self._plan.columns]
+        try:
+            self._conn = dbapi.connect(info.conninfo, autocommit=True)
+        except Exception as exc:
+            raise translate_error(exc, info, connecting=True) from exc
+
+    def get_schema(self) -> pa.Schema:
+        """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
+        return self._require_plan().schema
+
+    def _require_plan(self) -> SourcePlan:
+        if self._plan is None:
+            raise SourceError("the PostgreSQL reader was not initialized")
+        return self._plan
+
+    def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Yield record batches of roughly ``batch_size`` rows; raises on any failure (never ends early)."""
+        plan = self._require_plan()
+        info, spec = self._info, self._spec
+        assert info is not None and spec is not None and self._conn is not None
+        batch_size = max(1, int(batch_size))
+        hint = min(max(batch_size * _row_width(plan.schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
+        try:
+            cursor = self._conn.cursor()
+            self._cursor = cursor
+            cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
+            cursor.execute(plan.sql)
+            stream = cursor.fetch_record_batch()
+            while True:
+                try:
+                    raw = stream.read_next_batch()
+                except StopIteration:
+                    break
+                batch = self._convert(raw)
+                n = batch.num_rows
+                if n <= batch_size * 1.25:
+                    yield batch
+                    continue
+                pieces = math.ceil(n / batch_size)
+                step = math.ceil(n / pieces)
+                for start in range(0, n, step):
+                    yield batch.slice(start, step)
+            self._close_cursor()
+        except DativoError:
+            raise
+        except Exception as exc:
+            raise translate_error(exc, info, table=spec.table) from exc
+
+    def _convert(self, raw: pa.RecordBatch) -> pa.RecordBatch:
+        plan = self._require_plan()
+        n_data = len(plan.columns)
+        if raw.num_columns != n_data + len(plan.array_columns):
+            raise SourceError(
+                f"the ADBC driver returned {raw.num_columns} columns for the {plan.source}, "
+                f"expected {n_data + len(plan.array_columns)}"
+            )
+        for pos, idx in enumerate(plan.array_columns):
+            check_array_dims(raw.column(n_data + pos), plan.columns[idx])
+        arrays = [convert(raw.column(i)) for i, convert in enumerate(self._converters)]
+        if n_data == 0:
+            return pa.RecordBatch.from_struct_array(pa.array([{}] * raw.num_rows, type=pa.struct([])))
+        return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
+
+    def _close_cursor(self) -> None:
+        cursor, self._cursor = self._cursor, None
+        if cursor is not None:
+            with contextlib.suppress(Exception):
+                cursor.close()
+
+    def close(self) -> None:
+        """Close the cursor and the connection; idempotent and safe after errors."""
+        self._close_cursor()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
