@@ -86,7 +86,10 @@ target: {connector: parquet, path: out}
 def test_missing_environment_variable_names_variable_key_and_line():
     with pytest.raises(ConfigError) as info:
         parse_job(
-            'source:\n  connector: postgres\n  connection:\n    dsn: "${PG_DSN}"\ntarget: {connector: parquet, path: o}\n',
+            (
+                'source:\n  connector: postgres\n  connection:\n    dsn: "${PG_DSN}"\n'
+                "target: {connector: parquet, path: o}\n"
+            ),
             source="job.yaml",
             env={},
         )

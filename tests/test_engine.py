@@ -17,13 +17,14 @@ import pytest
 from pyiceberg.catalog import load_catalog
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, LongType, NestedField, StringType
-from support import plugins
-from support.cli import assert_one_line_error, dativo
 
 from dativo.config.loader import load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
 from dativo.errors import SchemaError, SourceError, TargetError
+
+from support import plugins
+from support.cli import assert_one_line_error, dativo
 
 SUPPORT = Path(__file__).parent / "support" / "plugins.py"
 
@@ -243,7 +244,14 @@ def test_parquet_dataset_publishes_only_on_success(tmp_path):
     assert pq.read_table(out).num_rows == 100_000
 
     with pytest.raises(SourceError):
-        run_job(write_job(tmp_path, options={"rows": 100_000, "fail_after": 10}, target=target, engine="batch_size: 5000"))
+        run_job(
+            write_job(
+                tmp_path,
+                options={"rows": 100_000, "fail_after": 10},
+                target=target,
+                engine="batch_size: 5000",
+            )
+        )
     assert sorted(out.glob("*.parquet")) == files
     assert [p.name for p in out.iterdir() if p.name.startswith("_")] == []
 
@@ -282,7 +290,9 @@ def test_parquet_dataset_on_s3(tmp_path, s3_server, s3_bucket):
 def test_interrupt_aborts_and_removes_staged_files(tmp_path, sig):
     marker = tmp_path / "started"
     job = write_job(
-        tmp_path, options={"rows": 1_000_000, "sleep": 0.05, "marker_file": str(marker)}, engine="batch_size: 1000"
+        tmp_path,
+        options={"rows": 1_000_000, "sleep": 0.05, "marker_file": str(marker)},
+        engine="batch_size: 1000",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "dativo", "run", str(job), "--quiet"],
@@ -360,7 +370,14 @@ def test_secrets_never_reach_output(tmp_path):
         )
     )
     result = dativo(
-        "--log-level", "debug", "--log-format", "json", "run", job, "--summary-json", tmp_path / "s.json",
+        "--log-level",
+        "debug",
+        "--log-format",
+        "json",
+        "run",
+        job,
+        "--summary-json",
+        tmp_path / "s.json",
         env={"SOURCE_PASSWORD": "pa55-w0rd-xyz"},
     )
     assert result.returncode == 1

@@ -7,10 +7,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support.cli import assert_one_line_error, dativo
 
 from dativo import SDK_API_VERSION, DataReader, DataWriter, PluginError
 from dativo.engine.registry import list_plugins, resolve_plugin
+
+from support.cli import assert_one_line_error, dativo
 
 SUPPORT = Path(__file__).parent / "support"
 
@@ -109,7 +110,10 @@ def _job(tmp_path: Path, reader: str) -> Path:
     [
         (f"{SUPPORT}/broken_import.py:Reader", "No module named 'a_dependency_that_is_not_installed'"),
         (f"{SUPPORT}/plugins.py:FutureReader", "written for SDK API 2.0"),
-        (f"{SUPPORT}/plugins.py:InitializeFailsReader", "initialize() failed: ValueError: bad option 'speed'"),
+        (
+            f"{SUPPORT}/plugins.py:InitializeFailsReader",
+            "initialize() failed: ValueError: bad option 'speed'",
+        ),
     ],
 )
 def test_cli_reports_plugin_failures_in_one_line(tmp_path, reader, fragment):

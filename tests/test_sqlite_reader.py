@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from dativo.connectors.sqlite import SAMPLE_ROWS, SqliteReader, arrow_type_for_d
 from dativo.errors import ConfigError, PluginError, SchemaError, SourceError
 
 
-def make_db(path: Path, ddl: str, rows: list[tuple[Any, ...]] = (), table: str = "t") -> Path:  # type: ignore[assignment]
+def make_db(path: Path, ddl: str, rows: Sequence[tuple[Any, ...]] = (), table: str = "t") -> Path:
     conn = sqlite3.connect(path)
     conn.execute(ddl)
     if rows:
@@ -363,7 +364,7 @@ def test_file_that_is_not_a_database(tmp_path: Path) -> None:
 def test_exactly_one_of_table_and_query(tmp_path: Path, source: dict[str, Any]) -> None:
     make_db(tmp_path / "data.db", "CREATE TABLE t (id INTEGER)")
 
-    with pytest.raises(ConfigError, match="exactly one of source.table and source.query"):
+    with pytest.raises(ConfigError, match=r"exactly one of source\.table and source\.query"):
         read_all(config(tmp_path, **source))
 
 
@@ -395,7 +396,7 @@ def test_table_name_is_quoted_and_case_insensitive(tmp_path: Path) -> None:
 def test_bad_query_and_duplicate_columns(tmp_path: Path) -> None:
     make_db(tmp_path / "data.db", "CREATE TABLE t (id INTEGER)", [(1,)])
 
-    with pytest.raises(SourceError, match="query failed.*syntax error"):
+    with pytest.raises(SourceError, match=r"query failed.*syntax error"):
         read_all(config(tmp_path, query="SELEC id FROM t"))
     with pytest.raises(SchemaError, match="two columns named 'id'"):
         read_all(config(tmp_path, query="SELECT id, id FROM t"))

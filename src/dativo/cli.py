@@ -78,9 +78,7 @@ def _main(
 @app.command()
 def run(
     job: JobArg,
-    summary_json: Annotated[
-        Path | None, typer.Option(help="Also write the run summary as JSON to this file.")
-    ] = None,
+    summary_json: Annotated[Path | None, typer.Option(help="Also write the run summary as JSON to this file.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -135,8 +133,7 @@ def discover(
     schema, target_types = _guard(lambda: pipeline.discover(plan))
     targets = dict(target_types or [])
     rows = [
-        {"column": f.name, "arrow": str(f.type), "nullable": f.nullable, "target": targets.get(f.name)}
-        for f in schema
+        {"column": f.name, "arrow": str(f.type), "nullable": f.nullable, "target": targets.get(f.name)} for f in schema
     ]
     if as_json:
         out.print_json(json.dumps(rows))
@@ -195,9 +192,7 @@ class _Bar:
         self._rows += rows
         self._bytes += nbytes
         elapsed = self._progress.tasks[0].elapsed or 1e-9
-        self._progress.update(
-            self._task, rows=self._rows, mb=self._bytes / 1e6, rate=self._rows / max(elapsed, 1e-9)
-        )
+        self._progress.update(self._task, rows=self._rows, mb=self._bytes / 1e6, rate=self._rows / max(elapsed, 1e-9))
 
 
 @contextmanager

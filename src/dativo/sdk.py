@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
 import pyarrow as pa
 
@@ -58,14 +58,14 @@ class ArrowArrayExportable(Protocol):
 
 #: What ``read_batch`` may yield. Objects exposing the PyCapsule interface are
 #: imported without copying, so a plugin needs no pyarrow dependency of its own.
-BatchLike = pa.RecordBatch | pa.Table | ArrowStreamExportable | ArrowArrayExportable
+BatchLike: TypeAlias = pa.RecordBatch | pa.Table | ArrowStreamExportable | ArrowArrayExportable
 
 
-class _Plugin(ABC):
+class _Plugin(ABC):  # noqa: B024 - shared hooks only; the abstract methods live in the subclasses
     #: SDK version this plugin was written against (see :data:`SDK_API_VERSION`).
     api_version: ClassVar[str] = SDK_API_VERSION
 
-    def initialize(self, config: PluginConfig) -> None:  # noqa: B027 - optional hook, not abstract
+    def initialize(self, config: PluginConfig) -> None:
         """Receive the job's configuration for this plugin; open connections here.
 
         The default stores ``config`` as ``self.config``. Raise a
@@ -121,14 +121,14 @@ class DataWriter(_Plugin):
     ``abort()`` instead; ``close()`` is called in every case.
     """
 
-    def check(self) -> None:  # noqa: B027 - optional hook, not abstract
+    def check(self) -> None:
         """Verify the target can be reached with the job's credentials (``dativo check``).
 
         Called after ``initialize``; raise ``TargetError`` naming what failed.
         The default does nothing beyond what ``initialize`` checked.
         """
 
-    def prepare(self, schema: pa.Schema) -> None:  # noqa: B027 - optional hook, not abstract
+    def prepare(self, schema: pa.Schema) -> None:
         """Receive the schema of the batches to come, once, before any batch (even for zero rows).
 
         Create or check the destination here, so a mismatch fails before data moves.
@@ -147,7 +147,7 @@ class DataWriter(_Plugin):
         If publishing fails, raise: the engine then calls :meth:`abort`.
         """
 
-    def abort(self) -> None:  # noqa: B027 - optional hook, not abstract
+    def abort(self) -> None:
         """Throw away everything staged since ``prepare``; the target must look untouched.
 
         Called instead of ``finalize`` (or after ``finalize`` raised). Must not

@@ -146,7 +146,7 @@ def all_types_batch() -> pa.RecordBatch:
     import decimal
     import uuid
 
-    utc = dt.timezone.utc
+    utc = dt.UTC
     columns = {
         "i16": (pa.int16(), [-32768, 32767, None]),
         "i32": (pa.int32(), [-(2**31), 2**31 - 1, None]),
@@ -154,14 +154,23 @@ def all_types_batch() -> pa.RecordBatch:
         "f32": (pa.float32(), [1.5, float("inf"), None]),
         "f64": (pa.float64(), [float("nan"), float("-inf"), None]),
         "dec": (pa.decimal128(14, 2), [decimal.Decimal("-999999999999.99"), decimal.Decimal("0.01"), None]),
-        "dec38": (pa.decimal128(38, 9), [decimal.Decimal("12345678901234567890123456789.123456789"), None, None]),
+        "dec38": (
+            pa.decimal128(38, 9),
+            [decimal.Decimal("12345678901234567890123456789.123456789"), None, None],
+        ),
         "txt": (pa.string(), ["héllo ✓", "", None]),
         "flag": (pa.bool_(), [True, False, None]),
         "day": (pa.date32(), [dt.date(1, 1, 1), dt.date(9999, 12, 31), None]),
         "clock": (pa.time64("us"), [dt.time(0, 0), dt.time(23, 59, 59, 999999), None]),
-        "ts": (pa.timestamp("us"), [dt.datetime(1970, 1, 1), dt.datetime(2262, 4, 11, 23, 47, 16, 854775), None]),
+        "ts": (
+            pa.timestamp("us"),
+            [dt.datetime(1970, 1, 1), dt.datetime(2262, 4, 11, 23, 47, 16, 854775), None],
+        ),
         "tstz": (pa.timestamp("us", tz="UTC"), [dt.datetime(2024, 2, 29, 12, tzinfo=utc), None, None]),
-        "uid": (pa.uuid(), [uuid.UUID(int=1).bytes, uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, None]),
+        "uid": (
+            pa.uuid(),
+            [uuid.UUID(int=1).bytes, uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, None],
+        ),
         "raw": (pa.binary(), [b"\x00\xff", b"", None]),
         "ints": (pa.list_(pa.int32()), [[1, None, 3], [], None]),
         "words": (pa.list_(pa.string()), [["a", None], [], None]),

@@ -108,7 +108,7 @@ def _compose(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave dispose untyped
+        loader.dispose()
 
 
 class _Interpolator:
@@ -143,14 +143,16 @@ class _Interpolator:
             return self._secret_file(expr[len("file:") :].strip(), path)
         name, has_default, default = expr.partition(":-")
         if not _ENV_NAME.fullmatch(name):
-            self._fail(path, f"'${{{expr}}}' is not a valid reference (use ${{VAR}}, ${{VAR:-default}} or ${{file:path}})")
+            self._fail(
+                path,
+                f"'${{{expr}}}' is not a valid reference (use ${{VAR}}, ${{VAR:-default}} or ${{file:path}})",
+            )
         value = self.env.get(name)
         if value is None or (has_default and value == ""):
             if not has_default:
                 self._fail(
                     path,
-                    f"environment variable {name} is not set "
-                    f"(export it, or give a default with ${{{name}:-value}})",
+                    f"environment variable {name} is not set (export it, or give a default with ${{{name}:-value}})",
                 )
             value = default
         if SECRET_KEY_PATTERN.search(name):

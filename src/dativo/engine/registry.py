@@ -135,8 +135,7 @@ def _load_from_module(kind: PluginKind, spec: str) -> tuple[type, str]:
                 f"(is its package installed in this Python environment, or is the path misspelled?)"
             ) from None
         raise PluginError(
-            f"{kind} '{spec}': importing module '{module_name}' failed: {exc} "
-            f"(a dependency of the plugin is missing)"
+            f"{kind} '{spec}': importing module '{module_name}' failed: {exc} (a dependency of the plugin is missing)"
         ) from exc
     except Exception as exc:
         raise PluginError(

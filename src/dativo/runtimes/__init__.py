@@ -17,12 +17,12 @@ __all__ = ["host_reader", "host_writer"]
 def host_reader(plan: PluginPlan) -> DataReader:
     """Start the planned reader in its runtime and initialize it. Raises PluginError or the reader's own error."""
     if plan.runtime == "custom":
-        return inprocess.host(plan, DataReader)
+        return inprocess.host(plan, DataReader)  # type: ignore[type-abstract]  # used for isinstance only
     raise PluginError(f"reader '{plan.ref.name}': unknown runtime type '{plan.runtime}'")
 
 
 def host_writer(plan: PluginPlan) -> DataWriter:
     """Start the planned writer in its runtime and initialize it. Raises PluginError or the writer's own error."""
     if plan.runtime == "custom":
-        return inprocess.host(plan, DataWriter)
+        return inprocess.host(plan, DataWriter)  # type: ignore[type-abstract]  # used for isinstance only
     raise PluginError(f"writer '{plan.ref.name}': unknown runtime type '{plan.runtime}'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,10 +112,9 @@ class RollingParquetWriter:
         self._writer = self._stream = None
         for closable in (writer, stream):
             if closable is not None:
-                try:
+                # The file is deleted next; a half-written footer does not matter.
+                with contextlib.suppress(Exception):
                     closable.close()
-                except Exception:  # the file is deleted next; a half-written footer does not matter
-                    pass
 
     def _flush(self) -> None:
         if not self._buffer:

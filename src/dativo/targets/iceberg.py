@@ -11,12 +11,18 @@ Without a ``catalog:`` block the catalog is embedded: PyIceberg's SQL catalog on
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import CommitFailedException, NamespaceNotEmptyError, NoSuchNamespaceError, NoSuchTableError
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceNotEmptyError,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+)
 from pyiceberg.io import load_file_io
 from pyiceberg.io.pyarrow import (
     compute_statistics_plan,
@@ -161,10 +167,8 @@ class IcebergWriter(DataWriter):
             return
         self._rolling.abandon()
         for path in self._rolling.paths:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self._io.delete(path)
-            except FileNotFoundError:
-                pass
         self._rolling = None
 
     def _load_table(self) -> Table | None:
@@ -192,10 +196,9 @@ class IcebergWriter(DataWriter):
 
     def _drop_created_namespace(self) -> None:
         if self._created_namespace:
-            try:
+            # Not empty: another job created a table in it meanwhile, so it stays.
+            with contextlib.suppress(NamespaceNotEmptyError, NoSuchNamespaceError):
                 self._catalog.drop_namespace(self._identifier[:-1])
-            except (NamespaceNotEmptyError, NoSuchNamespaceError):  # another job used it meanwhile
-                pass
             self._created_namespace = False
 
     def _data_file(self, file: WrittenFile) -> DataFile:
@@ -237,7 +240,7 @@ def _open_catalog(properties: dict[str, Any], job_dir: Path) -> Catalog:
     for key, value in properties.items():
         if any(marker in key.lower() for marker in _SECRET_PROPERTY_MARKERS):
             register_secret(value)
-    if not properties or properties.get("type", "sql") == "sql" and "uri" not in properties:
+    if not properties or (properties.get("type", "sql") == "sql" and "uri" not in properties):
         warehouse = job_dir / "warehouse"
         warehouse.mkdir(parents=True, exist_ok=True)
         properties = {

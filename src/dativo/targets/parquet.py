@@ -7,6 +7,7 @@ the temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,8 @@ class ParquetDatasetWriter(DataWriter):
         if self._rolling is not None:
             self._rolling.abandon()
         for path in self._published:
-            try:
+            with contextlib.suppress(OSError, pa.ArrowException):
                 self._fs.delete_file(path)
-            except (OSError, pa.ArrowException):
-                pass
         self._remove_staging()
 
     def _make_dir(self, path: str) -> None:
