@@ -16,9 +16,10 @@ variant, variant, ..., then again) so that drift hits all of them alike:
   table, with the default ADBC reader and with the psycopg reader;
 * ``sqlalchemy``: row-by-row SQLAlchemy extraction (``sqlalchemy_rowwise.py``).
 
-Each variant runs as a child process; wall time is taken around it and its
-peak RSS comes from ``os.wait4`` (exact ``ru_maxrss`` of that child; for a
-process tree this is the largest single process, see ``--sample-tree-rss``).
+Each variant runs as a child process, started through ``_launch.py`` (a bare
+interpreter that times it and reaps it with ``os.wait4``): wall time, exact
+peak RSS (``ru_maxrss``; for a process tree the largest single process, see
+``--sample-tree-rss``) and CPU time of that child alone.
 The report is a Markdown table on stdout (also written next to ``--out`` as
 ``.md``) and every raw figure is written as JSON to ``--out``.
 
@@ -34,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -209,9 +211,7 @@ def ensure_table(dsn: str, name: str, rows: int) -> SourceTable:
         regclass = conn.execute("SELECT to_regclass(%s)::text", [f'"{schema}"."{table}"']).fetchone()
         existing = None
         if regclass and regclass[0]:
-            comment = conn.execute(
-                "SELECT obj_description(%s::regclass, 'pg_class')", [regclass[0]]
-            ).fetchone()
+            comment = conn.execute("SELECT obj_description(%s::regclass, 'pg_class')", [regclass[0]]).fetchone()
             if comment and comment[0] == _table_comment(rows):
                 count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
                 existing = count[0] if count else None
@@ -234,20 +234,14 @@ def ensure_table(dsn: str, name: str, rows: int) -> SourceTable:
                 )
             )
             conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(ident))
-            conn.execute(
-                sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, sql.Literal(_table_comment(rows)))
-            )
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, sql.Literal(_table_comment(rows))))
             conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(ident))
             built_s = time.perf_counter() - started
             log(f"built {name} in {built_s:.1f}s")
-        size = conn.execute(
-            "SELECT pg_total_relation_size(%s::regclass)", [f'"{schema}"."{table}"']
-        ).fetchone()
+        size = conn.execute("SELECT pg_total_relation_size(%s::regclass)", [f'"{schema}"."{table}"']).fetchone()
         # The fingerprint every copy must reproduce: row count, sum(id) and each column's non-NULL count.
         counts = sql.SQL(", ").join(sql.SQL("count({})").format(sql.Identifier(c.name)) for c in WIDE_COLUMNS)
-        fp_row = conn.execute(
-            sql.SQL("SELECT count(*), sum(id)::bigint, {} FROM {}").format(counts, ident)
-        ).fetchone()
+        fp_row = conn.execute(sql.SQL("SELECT count(*), sum(id)::bigint, {} FROM {}").format(counts, ident)).fetchone()
     assert fp_row is not None
     fingerprint = {"rows": int(fp_row[0]), "sum_id": int(fp_row[1] or 0)}
     fingerprint.update({f"non_null.{c.name}": int(v) for c, v in zip(WIDE_COLUMNS, fp_row[2:], strict=True)})
@@ -266,7 +260,7 @@ def ensure_table(dsn: str, name: str, rows: int) -> SourceTable:
 
 
 class TreeRssSampler(threading.Thread):
-    """Samples the summed RSS of a process and all its descendants from ``/proc``.
+    """Samples the summed RSS of all descendants of ``root_pid`` (the launcher) from ``/proc``.
 
     ``wait4``'s ``ru_maxrss`` is exact but is the peak of the *largest single
     process* of a tree; a variant that fans out into worker processes needs the
@@ -293,7 +287,8 @@ class TreeRssSampler(threading.Thread):
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
             parents[int(entry.name)] = int(fields[1])
-        tree, frontier = {self.root_pid}, [self.root_pid]
+        tree: set[int] = set()
+        frontier = [self.root_pid]
         children: dict[int, list[int]] = {}
         for pid, ppid in parents.items():
             children.setdefault(ppid, []).append(pid)
@@ -346,45 +341,69 @@ def run_measured(
     timeout_s: float,
     sample_tree: bool = False,
 ) -> ProcessResult:
-    """Run ``argv`` and return its wall time, exact peak RSS and CPU time.
+    """Run ``argv`` and return its wall time, peak RSS and CPU time.
 
-    The child is reaped with ``os.wait4`` so its ``rusage`` is its own (and its
-    reaped descendants'), independent of any other child of this process.
-    Output goes to files, never pipes, so the child cannot block on a full pipe.
+    The command is started by ``_launch.py``, a bare interpreter that forks it,
+    times it and reaps it with ``os.wait4`` (see that file for why run.py does
+    not fork it itself). Output goes to files, never pipes, so the child cannot
+    block on a full pipe. On timeout the whole process group is killed.
     """
+    result_file = stdout.with_name("rusage.txt")
+    result_file.unlink(missing_ok=True)
+    launcher = [sys.executable, "-I", "-S", str(HERE / "_launch.py"), str(result_file)]
+    timed_out = False
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        started = time.perf_counter()
         proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd
+            [*launcher, *argv],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,  # its own process group, so a timeout can kill the whole tree
         )
         sampler = TreeRssSampler(proc.pid) if sample_tree else None
         if sampler:
             sampler.start()
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-
-        timer = threading.Timer(timeout_s, kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         finally:
-            timer.cancel()
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen the child is reaped
-        tree = sampler.stop() if sampler else None
+            tree = sampler.stop() if sampler else None
+    figures: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        figures = dict(line.split("=", 1) for line in result_file.read_text().splitlines() if "=" in line)
+    if not figures:
+        return ProcessResult(proc.returncode or -1, 0.0, 0.0, 0.0, 0.0, tree, timed_out)
     return ProcessResult(
-        exit_code=proc.returncode,
-        wall_s=wall,
-        peak_rss_mb=usage.ru_maxrss * 1024 / 1e6,  # Linux reports KiB
-        user_s=usage.ru_utime,
-        sys_s=usage.ru_stime,
+        exit_code=int(figures["exit_code"]),
+        wall_s=float(figures["wall_s"]),
+        peak_rss_mb=int(figures["maxrss_kb"]) * 1024 / 1e6,  # Linux reports KiB
+        user_s=float(figures["user_s"]),
+        sys_s=float(figures["sys_s"]),
         tree_rss_mb=tree,
-        timed_out=timed_out.is_set(),
+        timed_out=timed_out,
     )
+
+
+def rss_measurement_floor(workdir: Path) -> float:
+    """Peak RSS reported for ``true``: the launcher's pre-exec share, a lower bound of every RSS figure."""
+    probe = workdir / "rss-floor"
+    probe.mkdir(parents=True, exist_ok=True)
+    result = run_measured(
+        ["true"],
+        env=os.environ,
+        cwd=probe,
+        stdout=probe / "stdout.txt",
+        stderr=probe / "stderr.txt",
+        timeout_s=60,
+    )
+    shutil.rmtree(probe, ignore_errors=True)
+    return round(result.peak_rss_mb, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,9 +504,12 @@ def _sqlalchemy_build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> 
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``extra``; a ``None`` value in ``extra`` removes the key."""
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -532,13 +554,16 @@ def dativo_variant(
     job: Mapping[str, Any] | None = None,
     default: bool = True,
     sample_tree_rss: bool = False,
+    verify_iceberg: bool = True,
 ) -> Variant:
     """A variant that runs ``dativo run --quiet`` from the source table into a fresh embedded Iceberg table.
 
     ``reader`` names the reader implementation (``None``: the connector's
     default); ``reader_options`` become ``source.reader.options``; ``job`` is
     deep-merged into the generated job last, so a variant can set anything
-    (``engine``, ``target.options``, another writer, ...).
+    (``engine``, ``target.options``, another writer, ...; a ``None`` value
+    removes a key). ``verify_iceberg=False`` skips reading the result back (for
+    a variant whose target is not the embedded Iceberg table).
     """
 
     def build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
@@ -569,7 +594,13 @@ def dativo_variant(
         def verify(src: SourceTable) -> dict[str, int]:
             return iceberg_fingerprint(run_dir / "warehouse", TARGET_TABLE)
 
-        return Invocation(argv=argv, env={DSN_ENV: ctx.dsn}, cwd=run_dir, outcome=outcome, verify=verify)
+        return Invocation(
+            argv=argv,
+            env={DSN_ENV: ctx.dsn},
+            cwd=run_dir,
+            outcome=outcome,
+            verify=verify if verify_iceberg else None,
+        )
 
     return Variant(
         key=key,
@@ -741,9 +772,7 @@ class Runner:
             got = inv.verify(source)
         except Exception as exc:  # a broken output must show up in the report, not abort the benchmark
             return {"ok": False, "error": repr(exc)}
-        mismatches = {
-            k: {"expected": v, "got": got.get(k)} for k, v in source.fingerprint.items() if got.get(k) != v
-        }
+        mismatches = {k: {"expected": v, "got": got.get(k)} for k, v in source.fingerprint.items() if got.get(k) != v}
         if got.get("columns", len(WIDE_COLUMNS)) != len(WIDE_COLUMNS):
             mismatches["columns"] = {"expected": len(WIDE_COLUMNS), "got": got.get("columns")}
         total = got.get("snapshot.total-records")
@@ -802,9 +831,7 @@ def summarize(measurements: Sequence[Measurement]) -> dict[str, Any]:
     return out
 
 
-def check_targets(
-    summary: Mapping[str, Mapping[str, Any]], variants: Sequence[Variant]
-) -> list[dict[str, Any]]:
+def check_targets(summary: Mapping[str, Mapping[str, Any]], variants: Sequence[Variant]) -> list[dict[str, Any]]:
     """Evaluate the project's performance targets; ``met`` is None when not measured."""
     targets: list[dict[str, Any]] = []
     adbc = summary.get("adbc", {})
@@ -848,9 +875,10 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec)
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table, numbers right-aligned."""
-    aligns = ["---" if i == 0 else "--:" for i in range(len(headers))]
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table; ``align`` has one ``l`` or ``r`` per column (default ``lrr...``)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    aligns = ["--:" if a == "r" else "---" for a in align]
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(aligns) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -907,7 +935,8 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
     parts += [
         "",
         "- *x floor*: median over runs of (variant wall / floor wall of the same run).",
-        "- *peak RSS*: worst run; `ru_maxrss` of the child from `wait4` (exact; largest single process).",
+        "- *peak RSS*: worst run; `ru_maxrss` of the child from `wait4` (largest single process); "
+        f"figures near {meta.get('rss_measurement_floor_mb')} MB (what `true` reports) are at most that.",
         "- *client CPU s*: user + system CPU of the child (the server's CPU is not included).",
         "- *engine s*: the run's own duration from dativo's summary (no interpreter start-up, no imports).",
         "- The server runs on the same machine; its work is inside every wall time, including the floor's.",
@@ -924,14 +953,14 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
                 f"{row['rows']:,}",
                 row["variant"],
                 _fmt(row.get("median_wall_s"), ".2f"),
-                _fmt(row.get("median_ratio_to_floor"), ".2f"),
+                "1.00" if row["variant"] == "floor" else _fmt(row.get("median_ratio_to_floor"), ".2f"),
                 _fmt(row.get("max_peak_rss_mb"), ".0f"),
                 _fmt(row.get("rows_per_s"), ",.0f"),
             ]
             for row in result["scaling"]
         ]
         parts.append(
-            markdown_table(["rows", "variant", "median wall s", "x floor", "peak RSS MB", "rows/s"], srows)
+            markdown_table(["rows", "variant", "median wall s", "x floor", "peak RSS MB", "rows/s"], srows, "rlrrrr")
         )
         parts.append("")
     parts += ["## Correctness (read back with PyIceberg)", ""]
@@ -945,16 +974,14 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
         for key, v in result["verification"].items()
     ]
     parts.append(
-        markdown_table(["variant@table", "check", "rows", "details"], vrows)
-        if vrows
-        else "(nothing verified)"
+        markdown_table(["variant@table", "check", "rows", "details"], vrows, "llrl") if vrows else "(nothing verified)"
     )
     parts += ["", "## Targets", ""]
     trows = [
         [t["target"], _fmt(t["value"]), {True: "met", False: "NOT met", None: "not measured"}[t["met"]]]
         for t in result["targets"]
     ]
-    parts.append(markdown_table(["target", "value", "status"], trows))
+    parts.append(markdown_table(["target", "value", "status"], trows, "lrl"))
     parts += ["", "## Machine", ""]
     parts += [f"- {k}: {v}" for k, v in meta.items()]
     parts.append("")
@@ -1015,7 +1042,7 @@ def machine_facts(dsn: str, psql: str) -> dict[str, Any]:
         pg_version = conn.execute("SHOW server_version").fetchone()
         settings = dict(
             conn.execute(
-                "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings WHERE name = ANY(%s)",
+                "SELECT name, current_setting(name) FROM unnest(%s::text[]) AS name",
                 [["shared_buffers", "work_mem", "jit", "fsync", "max_parallel_workers_per_gather"]],
             ).fetchall()
         )
@@ -1066,9 +1093,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Measure dativo against the PostgreSQL export floor and a row-by-row baseline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--rows", type=lambda s: int(s.replace("_", "")), default=1_000_000, help="rows in the table"
-    )
+    p.add_argument("--rows", type=lambda s: int(s.replace("_", "")), default=1_000_000, help="rows in the table")
     p.add_argument("--runs", type=int, default=5, help="measured passes (the report shows medians)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes first (caches, .pyc, page cache)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "latest.json", help="JSON output (+ .md)")
@@ -1079,22 +1104,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated variants to run besides the floor (default: {keys}; "
         f"known: {', '.join(v.key for v in VARIANTS if v.role != 'floor')})",
     )
-    p.add_argument(
-        "--rows-scaling", type=_int_list, default=[], help="e.g. 1000000,5000000: RSS per table size"
-    )
+    p.add_argument("--rows-scaling", type=_int_list, default=[], help="e.g. 1000000,5000000: RSS per table size")
     p.add_argument("--scaling-runs", type=int, default=1, help="passes per size for --rows-scaling")
     p.add_argument("--scaling-readers", default="adbc", help="variants measured at each --rows-scaling size")
     p.add_argument("--dsn", default=None, help="use this server instead of starting one (needs CREATE on it)")
     p.add_argument("--table", default="public.wide", help="source table (scaling sizes get a _<rows> suffix)")
     p.add_argument("--batch-size", type=int, default=65_536, help="engine.batch_size of the dativo jobs")
-    p.add_argument(
-        "--workdir", type=Path, default=None, help="where run directories go (default: a temp dir)"
-    )
+    p.add_argument("--workdir", type=Path, default=None, help="where run directories go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep every run directory (job, logs, Iceberg table)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a single run is killed")
-    p.add_argument(
-        "--sample-tree-rss", action="store_true", help="also sample summed RSS of every process tree"
-    )
+    p.add_argument("--sample-tree-rss", action="store_true", help="also sample summed RSS of every process tree")
     p.add_argument(
         "--pg-setting",
         action="append",
@@ -1159,6 +1178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             machine = machine_facts(dsn, psql)
             machine["server"] = server_note
             machine["workdir_filesystem"] = _filesystem_of(workdir)
+            machine["rss_measurement_floor_mb"] = rss_measurement_floor(workdir)
             source = ensure_table(dsn, args.table, args.rows)
             runner = Runner(
                 ctx=ctx,
@@ -1184,9 +1204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runner.run_pass([floor_variant, *scaling_variants], table, "scaling", i)
                 for v in [floor_variant, *scaling_variants]:
                     ms = [m for m in runner.measurements if m.phase == "scaling" and m.variant == v.key]
-                    scaling.append(
-                        {"rows": n, "variant": v.key, **summarize([m for m in ms if m.rows_expected == n])}
-                    )
+                    scaling.append({"rows": n, "variant": v.key, **summarize([m for m in ms if m.rows_expected == n])})
     finally:
         if own_workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -1208,9 +1226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "machine": machine,
         "source": asdict(source),
-        "variants": [
-            {"key": v.key, "label": v.label, "role": v.role, "description": v.description} for v in variants
-        ],
+        "variants": [{"key": v.key, "label": v.label, "role": v.role, "description": v.description} for v in variants],
         "summary": summary,
         "scaling": scaling,
         "scaling_tables": scaling_tables,

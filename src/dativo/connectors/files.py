@@ -87,9 +87,7 @@ COMPRESSION_SUFFIXES: tuple[str, ...] = (".gz", ".bz2", ".lz4", ".zstd")
 
 _FORMAT_ALIASES = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl"}
 _OPTIONS: dict[str, frozenset[str]] = {
-    "csv": frozenset(
-        {"schema", "delimiter", "quote_char", "escape_char", "header", "null_values", "encoding"}
-    ),
+    "csv": frozenset({"schema", "delimiter", "quote_char", "escape_char", "header", "null_values", "encoding"}),
     "parquet": frozenset({"schema"}),
     "jsonl": frozenset({"schema"}),
 }
@@ -109,6 +107,11 @@ _TRANSIENT_MARKERS = (
     "Timeout",
 )
 _CSV_COLUMN = re.compile(r"In CSV column #(\d+)")
+# pyarrow's wrapping around the real cause; the reader names the file itself.
+_ARROW_PREFIXES = re.compile(
+    r"Error creating dataset\. Could not read schema from '[^']*'\. Is this a '\w+' file\?: "
+    r"|Could not open \w+ input source '[^']*': (?:Invalid: )?"
+)
 _ERRORS: tuple[type[BaseException], ...] = (pa.ArrowException, OSError, ValueError)
 
 _DECIMAL_TYPE = re.compile(r"(decimal|decimal128|decimal256)\s*\(\s*(\d+)\s*(?:,\s*(-?\d+)\s*)?\)", re.I)
@@ -448,9 +451,7 @@ class FileReader(DataReader):
             candidates = [
                 e.path
                 for e in entries
-                if e.type == pafs.FileType.File
-                and pattern.fullmatch(e.path)
-                and not _is_hidden(e.path[len(base) :])
+                if e.type == pafs.FileType.File and pattern.fullmatch(e.path) and not _is_hidden(e.path[len(base) :])
             ]
             kind = "glob"
         else:
@@ -460,9 +461,7 @@ class FileReader(DataReader):
             elif info.type == pafs.FileType.Directory:
                 entries = self._select(location)
                 candidates = [
-                    e.path
-                    for e in entries
-                    if e.type == pafs.FileType.File and not _is_hidden(e.path[len(location) :])
+                    e.path for e in entries if e.type == pafs.FileType.File and not _is_hidden(e.path[len(location) :])
                 ]
                 kind = "directory"
             else:
@@ -483,8 +482,7 @@ class FileReader(DataReader):
                 wanted = declared_format or "csv, parquet or jsonl"
                 raise SourceError(
                     f"files reader: no {wanted} files under {self._display(location)}",
-                    hint="recognised extensions: "
-                    + ", ".join(e for exts in FORMAT_EXTENSIONS.values() for e in exts),
+                    hint="recognised extensions: " + ", ".join(e for exts in FORMAT_EXTENSIONS.values() for e in exts),
                 )
             return files, declared_format
         if not files:
@@ -531,9 +529,7 @@ class FileReader(DataReader):
                 value = options[key]
                 if key == "delimiter" and value == "\\t":
                     value = "\t"
-                valid = (isinstance(value, str) and len(value) == 1) or (
-                    key != "delimiter" and value is False
-                )
+                valid = (isinstance(value, str) and len(value) == 1) or (key != "delimiter" and value is False)
                 if not valid:
                     raise ConfigError(
                         f"files reader: options.{key} must be a single character"
@@ -558,11 +554,7 @@ class FileReader(DataReader):
             read.pop("autogenerate_column_names")
         self._csv_read = pcsv.ReadOptions(**read)
         nulls = options.get("null_values", [""])
-        if (
-            isinstance(nulls, str)
-            or not isinstance(nulls, Sequence)
-            or not all(isinstance(v, str) for v in nulls)
-        ):
+        if isinstance(nulls, str) or not isinstance(nulls, Sequence) or not all(isinstance(v, str) for v in nulls):
             raise ConfigError("files reader: options.null_values must be a list of strings")
         self._csv_nulls = list(nulls)
 
@@ -574,9 +566,7 @@ class FileReader(DataReader):
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             )
-            return ds.CsvFileFormat(
-                parse_options=self._csv_parse, read_options=self._csv_read, convert_options=convert
-            )
+            return ds.CsvFileFormat(parse_options=self._csv_parse, read_options=self._csv_read, convert_options=convert)
         if self._format == "parquet":
             return ds.ParquetFileFormat()
         return ds.JsonFileFormat()
@@ -600,32 +590,33 @@ class FileReader(DataReader):
                     raise ConfigError(f"files reader: options.schema column {name!r}: {exc}") from None
             if name in self._text_columns and arrow_type != pa.string():
                 raise ConfigError(
-                    f"files reader: column {name!r} is in cast_to_text "
-                    f"but declared {arrow_type} in options.schema",
+                    f"files reader: column {name!r} is in cast_to_text but declared {arrow_type} in options.schema",
                     hint="declare it as string instead",
                 )
             fields.append(pa.field(str(name), arrow_type, nullable=True))
         missing = sorted(self._text_columns - {f.name for f in fields})
         if missing:
-            raise ConfigError(
-                f"files reader: cast_to_text names column(s) not in options.schema: {', '.join(missing)}"
-            )
+            raise ConfigError(f"files reader: cast_to_text names column(s) not in options.schema: {', '.join(missing)}")
         return pa.schema(fields)
 
-    def _inspect(self, path: str, column_types: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
-        """The schema pyarrow reads from one file (for CSV/JSON from its first block)."""
+    def _inspect(self, path: str) -> pa.Schema:
+        """The schema pyarrow infers for one file (for CSV/JSON from its first block).
+
+        Only names are used for CSV files after the first: types are not imposed
+        here, so a value that does not convert is reported by the scan, which
+        knows the column names.
+        """
         cached = self._inspected.pop(path, None)
         if cached is not None:
             return cached
         try:
-            dataset = ds.dataset(path, format=self._file_format(column_types), filesystem=self._fs_or_fail())
+            dataset = ds.dataset(path, format=self._file_format(), filesystem=self._fs_or_fail())
             return dataset.schema
         except _ERRORS as exc:
             raise self._read_error(path, exc) from None
 
     def _inferred_schema(self, first: str) -> pa.Schema:
-        text_types = dict.fromkeys(self._text_columns, pa.string())
-        physical = self._inspect(first, text_types)
+        physical = self._inspect(first)
         fields: list[pa.Field] = []
         seen: set[str] = set()
         for field in physical:
@@ -654,8 +645,7 @@ class FileReader(DataReader):
         missing = sorted(self._text_columns - seen)
         if missing:
             raise ConfigError(
-                f"files reader: cast_to_text names column(s) not in {self._display(first)}: "
-                + ", ".join(missing),
+                f"files reader: cast_to_text names column(s) not in {self._display(first)}: " + ", ".join(missing),
                 hint=f"columns: {', '.join(physical.names)}",
             )
         self._inspected[first] = physical
@@ -664,17 +654,18 @@ class FileReader(DataReader):
     # -- reading -------------------------------------------------------------------
 
     def _read_error(self, path: str, exc: BaseException, names: Sequence[str] = ()) -> SourceError:
-        message = _one_line(exc)
+        message = _ARROW_PREFIXES.sub("", _one_line(exc))
         match = _CSV_COLUMN.search(message)
         if match and int(match[1]) < len(names):
             message = message.replace(match[0], f"In CSV column #{match[1]} ({names[int(match[1])]!r})")
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and self._scheme:
             return self._access_error(path, exc)
-        hint = (
-            "declare the column's type in options.schema, or fix the file"
-            if "conversion error" in message or "Failed to convert" in message or "changed from" in message
-            else f"check that the file is valid {self._format} (format from source.format or the extension)"
-        )
+        if "conversion error" in message or "Failed to convert" in message:
+            hint = "declare the column's type in options.schema, or fix the file"
+        elif "changed from" in message:
+            hint = "a JSON key holds values of different kinds (e.g. numbers and strings); fix the file"
+        else:
+            hint = f"check that it is a valid {self._format} file, or set source.format"
         return SourceError(
             f"files reader: cannot read {self._display(path)} as {self._format}: {message}",
             hint=hint,
@@ -684,9 +675,7 @@ class FileReader(DataReader):
     def _read_file(self, path: str, schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
         fs = self._fs_or_fail()
         target_types = {f.name: f.type for f in schema}
-        if self._format == "csv":
-            physical = self._inspect(path, target_types)
-        elif self._format == "parquet" or not self._declared or self._text_columns:
+        if self._format != "jsonl" or not self._declared or self._text_columns:
             physical = self._inspect(path)
         else:
             physical = schema  # JSON with a declared schema: absent keys are null, others ignored.
@@ -709,9 +698,7 @@ class FileReader(DataReader):
                     for f in schema
                 ]
                 present = schema.names
-                dataset = ds.dataset(
-                    path, format=self._file_format(), filesystem=fs, schema=pa.schema(scan_fields)
-                )
+                dataset = ds.dataset(path, format=self._file_format(), filesystem=fs, schema=pa.schema(scan_fields))
             else:
                 dataset = ds.dataset(path, format=self._file_format(), filesystem=fs)
             batches = dataset.to_batches(columns=present, batch_size=batch_size)
@@ -730,14 +717,9 @@ class FileReader(DataReader):
         if self._format != "jsonl":
             for field in schema:
                 if field.name not in names:
-                    origin = (
-                        "options.schema"
-                        if self._declared
-                        else f"the first file, {self._display(self._files[0])}"
-                    )
+                    origin = "options.schema" if self._declared else f"the first file, {self._display(self._files[0])}"
                     raise SchemaError(
-                        f"files reader: {self._display(path)} has no column {field.name!r} "
-                        f"(expected from {origin})",
+                        f"files reader: {self._display(path)} has no column {field.name!r} (expected from {origin})",
                         hint=f"its columns: {', '.join(physical.names)}; fix it or declare options.schema",
                     )
         if not self._declared:

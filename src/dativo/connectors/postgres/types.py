@@ -56,7 +56,6 @@ __all__ = [
     "SourceSpec",
     "check_array_dims",
     "check_temporal_range",
-    "decimal_from_objects",
     "decimal_from_strings",
     "describe_source",
     "quote_ident",
@@ -362,11 +361,16 @@ def _map_column(oid: int, typmod: int, types: Mapping[int, _PgTypeRow]) -> tuple
     return None if scalar is None else (scalar, False)
 
 
-def describe_source(conn: psycopg.Connection[Any], spec: SourceSpec) -> SourcePlan:
+def describe_source(
+    conn: psycopg.Connection[Any], spec: SourceSpec, *, numeric_as_text: bool = False
+) -> SourcePlan:
     """Decide the SQL and canonical Arrow schema for ``spec``, using ``conn`` (psycopg).
 
     Runs the source with ``LIMIT 0`` and reads the result's type OIDs and
-    typmods, then ``pg_type`` for arrays, domains and enums. Raises
+    typmods, then ``pg_type`` for arrays, domains and enums.
+    ``numeric_as_text`` makes the SQL select numeric columns as ``::text``
+    (the schema is unchanged; the reader must convert with
+    :func:`decimal_from_strings`). Raises
     :class:`TypeMappingError` naming every column whose type has no lossless
     mapping (suggesting ``cast_to_text``), :class:`ConfigError` for
     ``cast_to_text`` names the source does not have or duplicate column
@@ -431,7 +435,10 @@ def describe_source(conn: psycopg.Connection[Any], spec: SourceSpec) -> SourcePl
             unmapped.append(f"{name!r} ({pg_type})")
             continue
         m, is_array = mapped
-        expr = f"{ident}::{m.cast}" if m.cast else ident
+        cast = m.cast
+        if numeric_as_text and m.kind == "numeric":
+            cast = "text[]" if is_array else "text"
+        expr = f"{ident}::{cast}" if cast else ident
         columns.append(ColumnPlan(name, pg_type, m.arrow_type, m.kind, is_array, m.unconstrained, expr))
     if unmapped:
         cols = [u.split(" (")[0].strip("'") for u in unmapped]
@@ -488,7 +495,7 @@ def _first_unfit(values: list[Any], dec: pa.Decimal128Type) -> object:
 
 
 def decimal_from_strings(values: pa.Array, column: ColumnPlan) -> pa.Array:
-    """Cast decimal text (``12.30``, ``nan``) to the column's decimal128 type, exactly.
+    """Cast decimal text (``12.30``, ``nan``) to the column's decimal128 value type, exactly.
 
     Raises :class:`SchemaError` naming the column (and the value) when any
     value would need rounding, has too many digits, or is NaN/Infinity.
@@ -498,18 +505,6 @@ def decimal_from_strings(values: pa.Array, column: ColumnPlan) -> pa.Array:
         return pc.cast(values, dec)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise _numeric_error(column, _first_unfit(values.to_pylist(), dec)) from exc
-
-
-def decimal_from_objects(values: Sequence[Any], column: ColumnPlan, arrow_type: pa.DataType) -> pa.Array:
-    """Build an array of ``arrow_type`` (decimal128 or a list of it) from ``decimal.Decimal`` objects, exactly.
-
-    Raises :class:`SchemaError` like :func:`decimal_from_strings`.
-    """
-    try:
-        return pa.array(values, type=arrow_type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        flat = [x for v in values if v is not None for x in v] if column.is_array else list(values)
-        raise _numeric_error(column, _first_unfit(flat, column.value_type)) from exc
 
 
 def check_temporal_range(values: pa.Array, column: ColumnPlan) -> None:
