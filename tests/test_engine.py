@@ -385,3 +385,42 @@ def test_secrets_never_reach_output(tmp_path):
     assert "login rejected for password ***" in everything
     assert "pa55-w0rd-xyz" not in everything
     assert os.environ.get("SOURCE_PASSWORD") is None
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    import pty
+
+    job = write_job(tmp_path, options={"rows": 20_000, "sleep": 0.05}, engine="batch_size: 1000")
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dativo", "run", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    proc.wait(timeout=60)
+    os.close(controller)
+    assert proc.returncode == 0
+    screen = drawn.decode(errors="replace")
+    assert "rows/s" in screen and " MB" in screen and " rows" in screen
+
+
+def test_structured_json_logs(tmp_path):
+    job = write_job(tmp_path, options={"rows": 10})
+    result = dativo("--log-format", "json", "--log-level", "info", "run", job, "--quiet")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    started = next(e for e in events if e["msg"] == "run started")
+    finished = next(e for e in events if e["msg"] == "run finished")
+    assert started["job"] == "items" and started["level"] == "info" and started["logger"] == "dativo.engine"
+    assert finished["run_id"] == started["run_id"] and finished["status"] == "succeeded" and finished["rows"] == 10

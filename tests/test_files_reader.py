@@ -563,9 +563,7 @@ def put_csv(server: S3Server, bucket: str, key: str, text: str) -> None:
 def test_s3_single_object(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     put_csv(s3_server, s3_bucket, "in/orders.csv", "id,v\n1,a\n2,b\n")
 
-    schema, batches = read_all(
-        config(tmp_path, f"s3://{s3_bucket}/in/orders.csv", connection=s3_server.connection())
-    )
+    schema, batches = read_all(config(tmp_path, f"s3://{s3_bucket}/in/orders.csv", connection=s3_server.connection()))
 
     assert schema == pa.schema([("id", pa.int64()), ("v", pa.string())])
     assert rows_of(batches) == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
@@ -577,9 +575,7 @@ def test_s3_prefix_with_several_files_and_batches(s3_server: S3Server, s3_bucket
     put_csv(s3_server, s3_bucket, "in/_SUCCESS", "")
     put_csv(s3_server, s3_bucket, "other/9.csv", "id\n9\n")
 
-    _, batches = read_all(
-        config(tmp_path, f"s3://{s3_bucket}/in/", connection=s3_server.connection()), batch_size=2
-    )
+    _, batches = read_all(config(tmp_path, f"s3://{s3_bucket}/in/", connection=s3_server.connection()), batch_size=2)
 
     assert [r["id"] for r in rows_of(batches)] == [1, 2, 3, 4, 5]
     assert [b.num_rows for b in batches] == [2, 2, 1]
@@ -592,9 +588,7 @@ def test_s3_glob_parquet_and_jsonl(s3_server: S3Server, s3_bucket: str, tmp_path
     s3_server.put_object(s3_bucket, "p/day=2/notes.txt", b"ignored")
     s3_server.put_object(s3_bucket, "j/e.jsonl", b'{"id": 7}\n')
 
-    _, parquet = read_all(
-        config(tmp_path, f"s3://{s3_bucket}/p/*/*.parquet", connection=s3_server.connection())
-    )
+    _, parquet = read_all(config(tmp_path, f"s3://{s3_bucket}/p/*/*.parquet", connection=s3_server.connection()))
     _, jsonl = read_all(config(tmp_path, f"s3://{s3_bucket}/j", connection=s3_server.connection()))
 
     assert [r["id"] for r in rows_of(parquet)] == [1, 2, 1, 2]

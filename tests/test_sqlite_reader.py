@@ -265,9 +265,7 @@ def test_inferred_columns_keep_the_sampled_rows(tmp_path: Path) -> None:
         ("NUMERIC", 2**60 + 1, "INTEGER"),  # float64 cannot hold it exactly
     ],
 )
-def test_value_that_does_not_fit_names_column_and_row(
-    tmp_path: Path, declared: str, bad: Any, stored_as: str
-) -> None:
+def test_value_that_does_not_fit_names_column_and_row(tmp_path: Path, declared: str, bad: Any, stored_as: str) -> None:
     good = {
         "INTEGER": 1,
         "TEXT": "ok",

@@ -275,7 +275,7 @@ class FileReader(DataReader):
             )
         declared_format = self._normalise_format(config.get("format"))
         text_columns = config.get("cast_to_text") or []
-        if isinstance(text_columns, str) or not all(isinstance(c, str) for c in text_columns):
+        if not isinstance(text_columns, list | tuple) or not all(isinstance(c, str) for c in text_columns):
             raise ConfigError("files reader: cast_to_text must be a list of column names")
         self._text_columns = frozenset(text_columns)
 

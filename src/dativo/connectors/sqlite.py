@@ -203,9 +203,7 @@ def _decimal_converter(precision: int, scale: int) -> Callable[[Any], Any]:
         if type(value) is int:
             number = decimal.Decimal(value)
         elif type(value) is float:
-            number = decimal.Decimal(
-                repr(value)
-            )  # the shortest text that round-trips: 12.34, not 12.339999...
+            number = decimal.Decimal(repr(value))  # the shortest text that round-trips: 12.34, not 12.339999...
         elif type(value) is str:
             try:
                 number = decimal.Decimal(value.strip())
@@ -338,14 +336,13 @@ class SqliteReader(DataReader):
         table, query = config.get("table"), config.get("query")
         if bool(table) == bool(query):
             raise ConfigError(
-                "sqlite reader: give exactly one of source.table and source.query"
-                + (", not both" if table else ""),
+                "sqlite reader: give exactly one of source.table and source.query" + (", not both" if table else ""),
                 hint="table reads a whole table or view; query runs one SELECT",
             )
         if not isinstance(table or query, str):
             raise ConfigError("sqlite reader: source.table / source.query must be a string")
         text_columns = config.get("cast_to_text") or []
-        if isinstance(text_columns, str) or not all(isinstance(c, str) for c in text_columns):
+        if not isinstance(text_columns, list | tuple) or not all(isinstance(c, str) for c in text_columns):
             raise ConfigError("sqlite reader: cast_to_text must be a list of column names")
 
         path = Path(raw_path).expanduser()
@@ -358,9 +355,7 @@ class SqliteReader(DataReader):
                 hint="check connection.path (relative paths are resolved against the job file's directory)",
             )
         try:
-            self._connection = sqlite3.connect(
-                path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False
-            )
+            self._connection = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
             self._connection.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             raise self._error(f"cannot open {self._path}", exc, "is it a SQLite database?") from None
