@@ -726,7 +726,7 @@ class Runner:
         )
         outcome, error = Outcome(rows=None), None
         if result.timed_out:
-            error = f"timed out after {self.timeout_s:.0f}s"
+            error = f"timed out after {self.timeout_s:g}s"
         elif result.exit_code != 0:
             tail = (run_dir / "stderr.txt").read_text(errors="replace").strip()[-1500:]
             error = f"exit code {result.exit_code}: {tail}"
@@ -946,6 +946,13 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
     for key, errors in failures.items():
         parts.append(f"**{key} failed**: {errors[0][:500]}")
         parts.append("")
+    load = meta.get("load_average_at_start", "")
+    if load and float(load.split()[0]) >= 0.5:
+        parts += [
+            f"**Warning**: the machine was busy when the benchmark started (load average {load}); "
+            "other processes compete with the client and the server, so figures are noisy.",
+            "",
+        ]
     if result.get("scaling"):
         parts += ["## Memory vs row count", ""]
         srows = [
@@ -1040,7 +1047,7 @@ def machine_facts(dsn: str, psql: str) -> dict[str, Any]:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         pg_version = conn.execute("SHOW server_version").fetchone()
-        settings = dict(
+        settings: dict[str, str] = dict(
             conn.execute(
                 "SELECT name, current_setting(name) FROM unnest(%s::text[]) AS name",
                 [["shared_buffers", "work_mem", "jit", "fsync", "max_parallel_workers_per_gather"]],
@@ -1134,7 +1141,7 @@ def postgres(args: argparse.Namespace) -> Iterator[tuple[str, str, str]]:
         yield args.dsn, shutil.which("psql") or "psql", "given with --dsn"
         return
     sys.path.insert(0, str(REPO / "tests"))
-    from support.pgserver import PostgresServer  # type: ignore[import-not-found]
+    from support.pgserver import PostgresServer  # tests/ is on sys.path now
 
     settings = dict(s.split("=", 1) for s in args.pg_setting)
     log("starting a PostgreSQL server ...")
@@ -1205,6 +1212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for v in [floor_variant, *scaling_variants]:
                     ms = [m for m in runner.measurements if m.phase == "scaling" and m.variant == v.key]
                     scaling.append({"rows": n, "variant": v.key, **summarize([m for m in ms if m.rows_expected == n])})
+            machine["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     finally:
         if own_workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -17,6 +17,7 @@ import pytest
 from dativo._secrets import redact
 from dativo.connectors.files import FileReader, parse_arrow_type
 from dativo.errors import ConfigError, PluginError, SchemaError, SourceError
+
 from support.s3server import S3Server
 
 

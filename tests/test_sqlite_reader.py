@@ -387,8 +387,10 @@ def test_table_name_is_quoted_and_case_insensitive(tmp_path: Path) -> None:
     make_db(tmp_path / "data.db", 'CREATE TABLE "Order Items" (id INTEGER)', [(1,)], table='"Order Items"')
 
     _, batches = read_all(config(tmp_path, table="order items"))
+    _, qualified = read_all(config(tmp_path, table="main.Order Items"))
 
     assert rows_of(batches) == [{"id": 1}]
+    assert rows_of(qualified) == [{"id": 1}]
 
 
 def test_bad_query_and_duplicate_columns(tmp_path: Path) -> None:

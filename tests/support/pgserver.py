@@ -14,6 +14,7 @@ an unprivileged system user (``dativo-pg``, created on first use).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -30,7 +31,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["PostgresServer", "PostgresServerError", "find_pg_bindir"]
+__all__ = ["PostgresDatabase", "PostgresServer", "PostgresServerError", "find_pg_bindir"]
 
 SYSTEM_USER = "dativo-pg"
 
@@ -191,6 +192,7 @@ class PostgresServer:
             pwfile.unlink()
             self._start_server()
             self._started = True
+            atexit.register(self.stop)  # a run that dies without stopping us must not leave the server behind
         except BaseException:
             self._cleanup()
             raise
@@ -239,6 +241,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete its directory. Safe to call twice."""
+        atexit.unregister(self.stop)
         if self._started:
             self._started = False
             with contextlib.suppress(PostgresServerError):
@@ -316,3 +319,43 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         """Drop database ``name``, disconnecting any session still using it."""
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def new_database(self, prefix: str = "db") -> PostgresDatabase:
+        """Create a fresh, empty database with a unique name (drop it with :meth:`PostgresDatabase.drop`)."""
+        name = f"{prefix}_{secrets.token_hex(6)}"
+        self.create_database(name)
+        return PostgresDatabase(self, name)
+
+
+class PostgresDatabase:
+    """One database on a :class:`PostgresServer`, with the same helpers bound to it."""
+
+    def __init__(self, server: PostgresServer, name: str) -> None:
+        self.server = server
+        self.name = name
+
+    @property
+    def dsn(self) -> str:
+        """URI of this database, password included."""
+        return self.server.dsn_for(self.name)
+
+    @property
+    def connection(self) -> dict[str, Any]:
+        """The ``connection:`` mapping of a dativo job reading this database (host, port, user, ...)."""
+        return self.server.connection_params(self.name)
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Execute one statement (autocommit) and return its rows, if any."""
+        return self.server.execute(sql, params, dbname=self.name)
+
+    def psql(self, sql: str) -> str:
+        """Run a script with ``psql`` (ON_ERROR_STOP) in this database and return its output."""
+        return self.server.psql(sql, dbname=self.name)
+
+    def connect(self, *, autocommit: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """A psycopg connection to this database, closed on exit."""
+        return self.server.connect(self.name, autocommit=autocommit)
+
+    def drop(self) -> None:
+        """Drop the database (sessions still connected are terminated)."""
+        self.server.drop_database(self.name)

@@ -36,10 +36,12 @@ Rules (the documented behaviour):
   gives null). Without it the schema is inferred from the *first* file alone
   (for CSV and JSON from its first block, about 1 MB), then normalised: a column
   with only nulls becomes ``string`` and dictionary-encoded columns are decoded.
-  Every later file must have exactly those column names (in any order); its
-  values are converted to the schema's types (CSV and JSON are parsed straight
-  into them, Parquet columns are cast), and a file with a missing or extra column
-  or values that do not convert fails the run naming the file and the column.
+  Every later file must have exactly those column names, in any order (JSON
+  lines may lack keys, which gives nulls; extra keys are looked for in each
+  file's first block); its values are converted to the schema's types (CSV and
+  JSON are parsed straight into them, Parquet columns are cast), and a file with
+  a missing or extra column or values that do not convert fails the run naming
+  the file and the column.
   Columns listed in ``cast_to_text`` become ``string`` (CSV keeps the raw text).
 * **CSV.** A header line is expected (``header: false`` names columns after
   ``options.schema``, else ``f0``, ``f1``...). An unquoted empty field is null, a
@@ -267,7 +269,7 @@ class FileReader(DataReader):
         connection = config.get("connection") or {}
         if not isinstance(connection, Mapping):
             raise ConfigError("files reader: source.connection must be a mapping")
-        unknown = sorted(set(connection) - _CONNECTION_KEYS)
+        unknown = sorted(k for k, v in connection.items() if v is not None and k not in _CONNECTION_KEYS)
         if unknown:
             raise ConfigError(
                 f"files reader: unknown connection key(s) {', '.join(unknown)}",
@@ -701,12 +703,7 @@ class FileReader(DataReader):
                 dataset = ds.dataset(path, format=self._file_format(), filesystem=fs, schema=pa.schema(scan_fields))
             else:
                 dataset = ds.dataset(path, format=self._file_format(), filesystem=fs)
-            batches = dataset.to_batches(columns=present, batch_size=batch_size)
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
+            for batch in dataset.to_batches(columns=present, batch_size=batch_size):
                 if batch.num_rows:
                     yield self._conform(path, batch, schema)
         except _ERRORS as exc:

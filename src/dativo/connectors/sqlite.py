@@ -321,7 +321,7 @@ class SqliteReader(DataReader):
         connection = config.get("connection") or {}
         if not isinstance(connection, Mapping):
             raise ConfigError("sqlite reader: source.connection must be a mapping with a path")
-        unknown = sorted(set(connection) - _CONNECTION_KEYS)
+        unknown = sorted(k for k, v in connection.items() if v is not None and k not in _CONNECTION_KEYS)
         if unknown:
             raise ConfigError(
                 f"sqlite reader: unknown connection key(s) {', '.join(unknown)}",
@@ -424,16 +424,25 @@ class SqliteReader(DataReader):
             raise PluginError("sqlite reader: used before initialize() or after close()")
         return self._connection
 
-    def _table_sql(self, table: str) -> str:
-        rows = (
+    def _find_table(self, name: str) -> str | None:
+        row = (
             self._conn()
             .execute(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",
-                (table,),
+                (name,),
             )
-            .fetchall()
+            .fetchone()
         )
-        if not rows:
+        return None if row is None else str(row[0])
+
+    def _table_sql(self, table: str) -> str:
+        """``SELECT *`` of ``table`` (a name, or ``main.name``; case-insensitive like SQLite)."""
+        found = self._find_table(table)
+        if found is None and "." in table:
+            schema, _, name = table.partition(".")
+            if schema.strip('"').lower() == "main":
+                found = self._find_table(name.strip('"'))
+        if found is None:
             names = [
                 r[0]
                 for r in self._conn().execute(
@@ -446,7 +455,7 @@ class SqliteReader(DataReader):
                 f"sqlite reader: no table or view {table!r} in {self._path}",
                 hint=f"tables and views: {listing}",
             )
-        return f"SELECT * FROM {_quote_identifier(rows[0][0])}"
+        return f"SELECT * FROM {_quote_identifier(found)}"
 
     def _declared_types(self, sql: str) -> list[str]:
         """Declared types of the result columns, via a temporary view (empty list if SQLite refuses)."""

@@ -19,9 +19,10 @@ so this reader and ``postgres-psycopg`` produce identical schemas.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
-from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
@@ -48,14 +49,17 @@ from dativo.sdk import DataReader, PluginConfig
 
 __all__ = ["AdbcPostgresReader"]
 
+log = logging.getLogger(__name__)
+
 _BATCH_HINT_OPTION = "adbc.postgresql.batch_size_hint_bytes"
+_CLOSE_WAIT_S = 10.0
 _MIN_HINT_BYTES = 64 * 1024
 _MAX_HINT_BYTES = 256 * 1024 * 1024
 
 ArrayConverter = Callable[[pa.Array], pa.Array]
 
 
-def _import_adbc() -> ModuleType:
+def _import_adbc() -> Any:
     try:
         import adbc_driver_postgresql.dbapi as dbapi
     except ImportError as exc:
@@ -167,6 +171,9 @@ class AdbcPostgresReader(DataReader):
         self._spec: SourceSpec | None = None
         self._plan: SourcePlan | None = None
         self._converters: list[ArrayConverter] = []
+        # Held while the driver is inside read_next_batch: close() from another
+        # thread cancels the query and waits, instead of freeing a stream in use.
+        self._reading = threading.Lock()
 
     def initialize(self, config: PluginConfig) -> None:
         """Describe the source with psycopg, then open the ADBC connection; see the class docstring."""
@@ -198,35 +205,43 @@ class AdbcPostgresReader(DataReader):
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield record batches of roughly ``batch_size`` rows; raises on any failure (never ends early)."""
         plan = self._require_plan()
-        info, spec = self._info, self._spec
-        assert info is not None and spec is not None and self._conn is not None
+        info, spec, conn = self._info, self._spec, self._conn
+        if info is None or spec is None or conn is None:
+            raise SourceError("the PostgreSQL reader is closed")
         batch_size = max(1, int(batch_size))
         hint = min(max(batch_size * _row_width(plan.schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
         try:
-            cursor = self._conn.cursor()
-            self._cursor = cursor
-            cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
-            cursor.execute(plan.sql)
-            stream = cursor.fetch_record_batch()
+            with self._reading:
+                cursor = conn.cursor()
+                self._cursor = cursor
+                cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
+                cursor.execute(plan.sql)
+                stream = cursor.fetch_record_batch()
             while True:
-                try:
-                    raw = stream.read_next_batch()
-                except StopIteration:
-                    break
+                with self._reading:
+                    if self._cursor is None:
+                        raise SourceError("the PostgreSQL reader was closed while reading")
+                    try:
+                        raw = stream.read_next_batch()
+                    except StopIteration:
+                        break
                 batch = self._convert(raw)
                 n = batch.num_rows
                 if n <= batch_size * 1.25:
                     yield batch
                     continue
+                # Zero-copy slices when the driver's byte-sized batch overshoots.
                 pieces = math.ceil(n / batch_size)
                 step = math.ceil(n / pieces)
                 for start in range(0, n, step):
                     yield batch.slice(start, step)
-            self._close_cursor()
         except DativoError:
             raise
         except Exception as exc:
             raise translate_error(exc, info, table=spec.table) from exc
+        finally:
+            with self._reading:
+                self._close_cursor()
 
     def _convert(self, raw: pa.RecordBatch) -> pa.RecordBatch:
         plan = self._require_plan()
@@ -239,8 +254,6 @@ class AdbcPostgresReader(DataReader):
         for pos, idx in enumerate(plan.array_columns):
             check_array_dims(raw.column(n_data + pos), plan.columns[idx])
         arrays = [convert(raw.column(i)) for i, convert in enumerate(self._converters)]
-        if n_data == 0:
-            return pa.RecordBatch.from_struct_array(pa.array([{}] * raw.num_rows, type=pa.struct([])))
         return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
 
     def _close_cursor(self) -> None:
@@ -250,9 +263,25 @@ class AdbcPostgresReader(DataReader):
                 cursor.close()
 
     def close(self) -> None:
-        """Close the cursor and the connection; idempotent and safe after errors."""
-        self._close_cursor()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        """Close the cursor and the connection; idempotent and safe after errors.
+
+        Called while another thread is inside the driver, it cancels the query
+        and waits for that thread to leave the driver (up to 10 s; after that the
+        connection is left to the garbage collector rather than freed in use).
+        """
+        if not self._reading.acquire(blocking=False):
+            cursor = self._cursor
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.adbc_cancel()
+            if not self._reading.acquire(timeout=_CLOSE_WAIT_S):
+                log.warning("the ADBC PostgreSQL reader is still busy; not closing its connection")
+                return
+        try:
+            self._close_cursor()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        finally:
+            self._reading.release()

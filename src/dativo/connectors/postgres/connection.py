@@ -154,10 +154,10 @@ def _os_user() -> str:
 
 def connect_psycopg(info: PgConnectionInfo, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     """Open a psycopg connection; failures become :class:`SourceError` (see :func:`translate_error`)."""
-    psycopg = import_psycopg()
+    pg = import_psycopg()
     try:
-        conn: psycopg.Connection[Any] = psycopg.connect(info.conninfo, autocommit=autocommit)
-    except psycopg.Error as exc:
+        conn: psycopg.Connection[Any] = pg.connect(info.conninfo, autocommit=autocommit)
+    except pg.Error as exc:
         raise translate_error(exc, info, connecting=True) from exc
     return conn
 
@@ -204,10 +204,10 @@ def translate_error(
         return SourceError(redact(msg), hint=redact(hint) if hint else None, transient=transient)
 
     if connecting or (sqlstate is None and re.search(r"Failed to connect|connection to server at", text)):
-        if sqlstate and sqlstate.startswith("28") or any(p in text for p in _AUTH_PATTERNS):
+        if (sqlstate and sqlstate.startswith("28")) or any(p in text for p in _AUTH_PATTERNS):
             return err(
                 f"authentication failed for user {info.user!r} at PostgreSQL {info.address}: {message}",
-                hint="check connection.user and connection.password (or the secret they come from)",
+                hint="check connection.user and connection.password, or the secret they come from",
             )
         if re.search(r'database ".*" does not exist', text):
             return err(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import array
 import contextlib
 import gc
-import itertools
 import queue
 import sys
 import threading
@@ -69,6 +68,9 @@ _CURSOR_NAME = "dativo_reader"
 _EPOCH_DAYS = 10_957
 _EPOCH_MICROS = _EPOCH_DAYS * 86_400_000_000
 _STOP_TIMEOUT_S = 5.0
+# Values (rows x columns) per FETCH: bounds the Python objects alive at once
+# (about 50 bytes each) while keeping round trips few.
+_VALUES_PER_FETCH = 200_000
 
 Converter = Callable[[Sequence[Any]], pa.Array]
 Finisher = Callable[[pa.Array], pa.Array]
@@ -172,12 +174,20 @@ def _converter(column: ColumnPlan) -> Converter:
 
 
 class _Prefetcher:
-    """Runs ``fetchmany`` on a helper thread, one batch ahead of the consumer."""
+    """Runs ``fetchmany`` on a helper thread, one chunk ahead of the consumer.
 
-    def __init__(self, cursor: psycopg.ServerCursor[Any], conn: psycopg.Connection[Any], size: int) -> None:
+    Chunks hold at most ``chunk_rows`` rows and are cut so that every
+    ``batch_rows`` rows end a chunk: the consumer can assemble batches of exactly
+    ``batch_rows`` rows. An empty chunk marks the end.
+    """
+
+    def __init__(
+        self, cursor: psycopg.ServerCursor[Any], conn: psycopg.Connection[Any], chunk_rows: int, batch_rows: int
+    ) -> None:
         self._cursor = cursor
         self._conn = conn
-        self._size = size
+        self._chunk_rows = chunk_rows
+        self._batch_rows = batch_rows
         self._queue: queue.Queue[list[tuple[Any, ...]] | BaseException] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dativo-postgres-fetch", daemon=True)
@@ -185,14 +195,17 @@ class _Prefetcher:
 
     def _run(self) -> None:
         try:
+            left_in_batch = self._batch_rows
             while not self._stop.is_set():
+                size = min(self._chunk_rows, left_in_batch)
                 with _gc_paused():
-                    rows = self._cursor.fetchmany(self._size)
-                self._put(rows)
-                if len(rows) < self._size:
-                    if rows:
-                        self._put([])
+                    rows = self._cursor.fetchmany(size)
+                if rows:
+                    self._put(rows)
+                if len(rows) < size:
+                    self._put([])
                     return
+                left_in_batch = left_in_batch - size or self._batch_rows
         except BaseException as exc:
             self._put(exc)
 
@@ -205,11 +218,20 @@ class _Prefetcher:
                 continue
 
     def get(self) -> list[tuple[Any, ...]]:
-        """The next rows (empty at the end); re-raises the helper thread's exception."""
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        """The next chunk of rows (empty at the end); re-raises the helper thread's exception.
+
+        Raises :class:`SourceError` if :meth:`stop` is called (from another thread) meanwhile.
+        """
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise SourceError("the PostgreSQL reader was closed while reading") from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
 
     def stop(self) -> None:
         """Stop the helper thread; cancels a running FETCH if it does not finish promptly."""
@@ -217,12 +239,27 @@ class _Prefetcher:
             return
         self._stop.set()
         with contextlib.suppress(queue.Empty):
-            self._queue.get_nowait()
+            while True:
+                self._queue.get_nowait()
         self._thread.join(timeout=0.5)
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
                 self._conn.cancel_safe(timeout=_STOP_TIMEOUT_S)
             self._thread.join(timeout=_STOP_TIMEOUT_S)
+
+
+def _combine(chunks: list[list[pa.Array]], schema: pa.Schema) -> pa.RecordBatch:
+    """One batch from converted chunks, freeing each column's chunks as soon as it is concatenated."""
+    if len(chunks) == 1:
+        return pa.RecordBatch.from_arrays(chunks[0], schema=schema)
+    columns: list[pa.Array] = []
+    for i in range(len(schema)):
+        parts = [chunk[i] for chunk in chunks]
+        for chunk in chunks:
+            chunk[i] = None
+        columns.append(pa.concat_arrays(parts))
+        del parts
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 class PsycopgPostgresReader(DataReader):
@@ -232,9 +269,10 @@ class PsycopgPostgresReader(DataReader):
     :func:`dativo.connectors.postgres.types.describe_source`); a wrong
     password, an unreachable server, a missing table or an unmappable type fail
     there with :class:`dativo.SourceError` / :class:`dativo.TypeMappingError` /
-    :class:`dativo.ConfigError`. ``read_batch`` fetches ``batch_size`` rows per
-    round trip; a value that cannot be represented exactly (numeric NaN, an
-    infinite date, a multi-dimensional array) raises :class:`dativo.SchemaError`
+    :class:`dativo.ConfigError`. ``read_batch`` fetches chunks of rows on a
+    helper thread and yields batches of exactly ``batch_size`` rows; a value
+    that cannot be represented exactly (numeric NaN, an infinite date, a
+    multi-dimensional array) raises :class:`dativo.SchemaError`
     naming the column, and a failure mid-stream raises :class:`dativo.SourceError`.
     """
 
@@ -283,7 +321,11 @@ class PsycopgPostgresReader(DataReader):
         return self._plan
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
-        """Yield record batches of at most ``batch_size`` rows; raises on any failure (never ends early)."""
+        """Yield record batches of ``batch_size`` rows (the last may be shorter); raises on any failure.
+
+        Rows are fetched in chunks of at most about 200,000 values (and at most
+        ``batch_size`` rows) to bound memory, converted per chunk and combined.
+        """
         plan = self._require_plan()
         conn, info, spec = self._conn, self._info, self._spec
         if conn is None or info is None or spec is None:
@@ -294,9 +336,21 @@ class PsycopgPostgresReader(DataReader):
             cursor = conn.cursor(name=_CURSOR_NAME, binary=True)
             self._cursor = cursor
             cursor.execute(plan.sql.encode())
-            self._prefetcher = prefetcher = _Prefetcher(cursor, conn, batch_size)
+            width = len(plan.columns) + len(plan.array_columns)
+            chunk_rows = max(1, min(batch_size, _VALUES_PER_FETCH // max(1, width)))
+            self._prefetcher = prefetcher = _Prefetcher(cursor, conn, chunk_rows, batch_size)
+            chunks: list[list[pa.Array]] = []
+            count = 0
             while rows := prefetcher.get():
-                yield self._to_batch(rows)
+                chunks.append(self._to_arrays(rows))
+                count += len(rows)
+                del rows
+                if count >= batch_size:
+                    batch = _combine(chunks, plan.schema)
+                    chunks, count = [], 0  # let the chunks go before the consumer gets the batch
+                    yield batch
+            if chunks:
+                yield _combine(chunks, plan.schema)
             self._stop_reading()
             conn.rollback()
         except DativoError:
@@ -306,16 +360,14 @@ class PsycopgPostgresReader(DataReader):
         finally:
             self._stop_reading()
 
-    def _to_batch(self, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    def _to_arrays(self, rows: list[tuple[Any, ...]]) -> list[pa.Array]:
+        """Convert fetched rows into one canonical array per column (checking array dimensions first)."""
         plan = self._require_plan()
         n_data = len(plan.columns)
-        if n_data == 0:
-            return pa.RecordBatch.from_struct_array(pa.array([{}] * len(rows), type=pa.struct([])))
         columns = list(zip(*rows, strict=True))
         for pos, idx in enumerate(plan.array_columns):
             check_array_dims(pa.array(columns[n_data + pos], type=pa.int32()), plan.columns[idx])
-        arrays = [convert(values) for convert, values in zip(self._converters, itertools.islice(columns, n_data))]
-        return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
+        return [convert(values) for convert, values in zip(self._converters, columns[:n_data], strict=True)]
 
     def _stop_reading(self) -> None:
         prefetcher, self._prefetcher = self._prefetcher, None

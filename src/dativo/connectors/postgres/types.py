@@ -310,9 +310,9 @@ def _load_type_rows(conn: psycopg.Connection[Any], oids: set[int]) -> dict[int, 
                 if row is None:
                     continue
                 for ref in (row.typelem if row.elem_is_array_of else 0, row.typbasetype):
-                    if ref and ref not in _SCALARS and ref not in _AS_TEXT_OIDS and ref != OID_NUMERIC:
-                        if ref not in rows:
-                            nxt.add(ref)
+                    known = ref in _SCALARS or ref in _AS_TEXT_OIDS or ref == OID_NUMERIC or ref in rows
+                    if ref and not known:
+                        nxt.add(ref)
             pending = nxt - set(rows)
     return rows
 
@@ -361,9 +361,7 @@ def _map_column(oid: int, typmod: int, types: Mapping[int, _PgTypeRow]) -> tuple
     return None if scalar is None else (scalar, False)
 
 
-def describe_source(
-    conn: psycopg.Connection[Any], spec: SourceSpec, *, numeric_as_text: bool = False
-) -> SourcePlan:
+def describe_source(conn: psycopg.Connection[Any], spec: SourceSpec, *, numeric_as_text: bool = False) -> SourcePlan:
     """Decide the SQL and canonical Arrow schema for ``spec``, using ``conn`` (psycopg).
 
     Runs the source with ``LIMIT 0`` and reads the result's type OIDs and
@@ -373,8 +371,8 @@ def describe_source(
     :func:`decimal_from_strings`). Raises
     :class:`TypeMappingError` naming every column whose type has no lossless
     mapping (suggesting ``cast_to_text``), :class:`ConfigError` for
-    ``cast_to_text`` names the source does not have or duplicate column
-    names, and :class:`SourceError` for a missing table. PostgreSQL errors
+    ``cast_to_text`` names the source does not have, duplicate column
+    names or a source without columns, and :class:`SourceError` for a missing table. PostgreSQL errors
     (syntax, permissions) propagate as psycopg exceptions for the caller to
     translate.
     """
@@ -389,10 +387,12 @@ def describe_source(
         relation = f"(\n{query}\n) AS dativo_source"
 
     with conn.cursor() as cur:
-        cur.execute(f"SELECT * FROM {relation} LIMIT 0")  # type: ignore[arg-type]  # built from quoted parts
+        cur.execute(f"SELECT * FROM {relation} LIMIT 0")  # built from quoted identifiers
         if cur.description is None or cur.pgresult is None:
             raise SourceError(f"the {spec.describe()} returns no result set", hint="use a SELECT query")
         names = [d.name for d in cur.description]
+        if not names:
+            raise ConfigError(f"the {spec.describe()} returns no columns", hint="select at least one column")
         oids = [int(d.type_code) for d in cur.description]
         typmods = [int(cur.pgresult.fmod(i)) for i in range(len(names))]
         cur.execute(
@@ -451,7 +451,7 @@ def describe_source(
     array_columns = tuple(i for i, c in enumerate(columns) if c.is_array)
     select = [c.select_expr for c in columns]
     select += [f"array_ndims({quote_ident(columns[i].name)})" for i in array_columns]
-    sql = f"SELECT {', '.join(select)} FROM {relation}" if select else f"SELECT FROM {relation}"
+    sql = f"SELECT {', '.join(select)} FROM {relation}"
     schema = pa.schema([pa.field(c.name, c.arrow_type, nullable=True) for c in columns])
     return SourcePlan(tuple(columns), schema, sql, array_columns, spec.describe())
 
