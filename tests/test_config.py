@@ -33,7 +33,7 @@ def test_minimal_job_gets_defaults_and_name_from_file(tmp_path):
     job = load_job(write(tmp_path, MINIMAL, "orders.yaml"))
     assert job.name == "orders"
     assert job.dir == tmp_path.resolve()
-    assert job.config.engine.batch_size == 65_536
+    assert job.config.engine.batch_size == 16_384
     assert job.config.source.reader is None
 
 

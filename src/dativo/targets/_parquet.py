@@ -9,10 +9,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
-from dativo.errors import ConfigError
+from dativo._secrets import redact
+from dativo.errors import ConfigError, TargetError
 
-__all__ = ["ParquetSettings", "RollingParquetWriter", "WrittenFile"]
+__all__ = ["ParquetSettings", "RollingParquetWriter", "StagedFolder", "WrittenFile"]
 
 _MIB = 1024 * 1024
 
@@ -22,24 +24,26 @@ class ParquetSettings:
     """How Parquet files are written; built from a target's ``options:``."""
 
     target_file_bytes: int = 512 * _MIB
-    row_group_bytes: int = 64 * _MIB
+    row_group_bytes: int = 16 * _MIB
     compression: str = "zstd"
     compression_level: int | None = None
+    dictionary: str = "strings"
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ParquetSettings:
-        """Read ``target_file_size_mb``, ``row_group_size_mb``, ``compression``, ``compression_level``.
+        """Read ``target_file_size_mb``, ``row_group_size_mb``, ``compression``, ``compression_level``, ``dictionary``.
 
         Raises ConfigError for a non-positive size or an unknown codec.
         """
         try:
             settings = cls(
                 target_file_bytes=int(float(options.get("target_file_size_mb", 512)) * _MIB),
-                row_group_bytes=int(float(options.get("row_group_size_mb", 64)) * _MIB),
+                row_group_bytes=int(float(options.get("row_group_size_mb", 16)) * _MIB),
                 compression=str(options.get("compression", "zstd")).lower(),
                 compression_level=(
                     int(options["compression_level"]) if options.get("compression_level") is not None else None
                 ),
+                dictionary=str(options.get("dictionary", "strings")).lower(),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"target options: {exc}") from None
@@ -50,7 +54,29 @@ class ParquetSettings:
                 f"target options: unknown compression '{settings.compression}' "
                 "(use zstd, snappy, gzip, lz4, brotli or none)"
             )
+        if settings.dictionary not in {"strings", "all", "none"}:
+            raise ConfigError(
+                f"target options: unknown dictionary setting '{settings.dictionary}' (use strings, all or none)"
+            )
         return settings
+
+    def use_dictionary(self, schema: pa.Schema) -> bool | list[str]:
+        """Which columns get dictionary encoding.
+
+        Dictionary pages pay off for repetitive text; on numbers, timestamps and
+        unique keys zstd alone is both faster and smaller (measured on the
+        benchmark table: 0.48 s and 56.6 MB without dictionaries, 0.75 s and
+        63.2 MB with them on every column).
+        """
+        if self.dictionary == "all":
+            return True
+        if self.dictionary == "none":
+            return False
+        return [
+            field.name
+            for field in schema
+            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+        ]
 
 
 @dataclass(frozen=True)
@@ -69,8 +95,10 @@ class RollingParquetWriter:
     Batches are buffered until ``row_group_bytes`` of Arrow data have gathered
     and then written as one row group, so row groups stay large while memory
     stays bounded. ``open_file(index)`` returns ``(path, writable stream)`` for
-    the next file. Every path opened is in :attr:`paths`, finished or not, so a
-    failed run can delete them all.
+    the next file; ``file_options(index, path)``, when given, returns extra
+    ``pyarrow.parquet.ParquetWriter`` arguments for that file (for example fresh
+    ``encryption_properties``). Every path opened is in :attr:`paths`, finished
+    or not, so a failed run can delete them all.
     """
 
     def __init__(
@@ -78,10 +106,12 @@ class RollingParquetWriter:
         schema: pa.Schema,
         open_file: Callable[[int], tuple[str, Any]],
         settings: ParquetSettings,
+        file_options: Callable[[int, str], Mapping[str, Any]] | None = None,
     ) -> None:
         self._schema = schema
         self._open_file = open_file
         self._settings = settings
+        self._file_options = file_options
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_bytes = 0
         self._writer: pq.ParquetWriter | None = None
@@ -131,15 +161,19 @@ class RollingParquetWriter:
             self._finish_file()
 
     def _start_file(self) -> None:
-        self._path, self._stream = self._open_file(len(self.paths))
+        index = len(self.paths)
+        self._path, self._stream = self._open_file(index)
         self.paths.append(self._path)
         compression = None if self._settings.compression == "none" else self._settings.compression
+        extra = dict(self._file_options(index, self._path)) if self._file_options is not None else {}
         self._writer = pq.ParquetWriter(
             self._stream,
             self._schema,
             compression=compression,
             compression_level=self._settings.compression_level,
+            use_dictionary=self._settings.use_dictionary(self._schema),
             store_decimal_as_integer=True,
+            **extra,
         )
         self._rows_in_file = 0
 
@@ -151,3 +185,84 @@ class RollingParquetWriter:
         self._stream.close()
         self.files.append(WrittenFile(self._path, size, self._rows_in_file, self._writer.writer.metadata))
         self._writer = self._stream = None
+
+
+class StagedFolder:
+    """A target folder whose new files are written under ``<root>/_dativo_tmp_<run id>/`` and published at once.
+
+    Parquet readers skip names starting with ``_``, so staged files are never
+    visible. :meth:`publish` moves each staged file into ``root``;
+    :meth:`rollback` deletes what was published and the staging folder.
+    ``display`` is the location as the user wrote it, secrets masked.
+    """
+
+    def __init__(self, fs: pafs.FileSystem, root: str, run_id: str, display: str) -> None:
+        self.fs = fs
+        self.root = root
+        self.run_id = run_id
+        self.display = display
+        self.staging = f"{root}/_dativo_tmp_{run_id}"
+        self.published: list[str] = []
+
+    def check(self, what: str) -> None:
+        """Create the folder and write and delete a probe; raises TargetError naming the location."""
+        probe = f"{self.root}/_dativo_check_{self.run_id}"
+        try:
+            self.make_dir(self.root)
+            with self.fs.open_output_stream(probe) as stream:
+                stream.write(b"ok")
+            self.fs.delete_file(probe)
+        except (OSError, pa.ArrowException) as exc:
+            raise TargetError(f"{what} {self.display} is not writable: {redact(str(exc))}") from None
+
+    def prepare(self, what: str) -> None:
+        """Create the staging folder; raises TargetError if the location cannot be written."""
+        try:
+            self.make_dir(self.staging)
+        except (OSError, pa.ArrowException) as exc:
+            raise TargetError(f"{what} {self.display}: cannot create files: {redact(str(exc))}") from None
+
+    def staged_path(self, name: str) -> str:
+        """Where a new file called ``name`` is written before publishing."""
+        return f"{self.staging}/{name}"
+
+    def final_path(self, staged: str) -> str:
+        """Where the staged file ``staged`` is published."""
+        return f"{self.root}/{staged.rsplit('/', 1)[1]}"
+
+    def publish(self, staged: list[str]) -> list[str]:
+        """Move every staged file into the folder and remove the staging folder; returns the final paths.
+
+        Raises (OSError / ArrowException) when a move fails; :meth:`rollback` then undoes the moves made.
+        """
+        for path in staged:
+            final = self.final_path(path)
+            self.fs.move(path, final)
+            self.published.append(final)
+        self.remove_staging()
+        return list(self.published)
+
+    def rollback(self) -> None:
+        """Delete every file published by this run and the staging folder; never raises."""
+        for path in self.published:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                self.fs.delete_file(path)
+        self.published.clear()
+        self.remove_staging()
+
+    def make_dir(self, path: str) -> None:
+        """Create ``path`` on a local file system (object stores have no folders; a marker would linger)."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(path, recursive=True)
+
+    def remove_staging(self) -> None:
+        """Delete the staging folder if it exists; never raises."""
+        try:
+            if self.fs.get_file_info(self.staging).type != pafs.FileType.NotFound:
+                self.fs.delete_dir(self.staging)
+        except (OSError, pa.ArrowException):
+            pass
+
+    def display_path(self, path: str) -> str:
+        """``path`` as the user would write it (``s3://`` prefixed for object storage)."""
+        return f"s3://{path}" if self.display.startswith("s3://") else path
