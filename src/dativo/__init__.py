@@ -22,7 +22,12 @@ from dativo.sdk import (
     DataReader,
     DataWriter,
     DescribesTargetTypes,
+    IncrementalReader,
+    PartitionedReader,
     PluginConfig,
+    ReadPartition,
+    StatefulWriter,
+    WriteMode,
 )
 
 try:
@@ -38,11 +43,16 @@ __all__ = [
     "DataWriter",
     "DativoError",
     "DescribesTargetTypes",
+    "IncrementalReader",
+    "PartitionedReader",
     "PluginConfig",
     "PluginError",
+    "ReadPartition",
     "SchemaError",
+    "StatefulWriter",
     "SourceError",
     "TargetError",
     "TypeMappingError",
+    "WriteMode",
     "__version__",
 ]

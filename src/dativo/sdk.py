@@ -13,8 +13,9 @@ never methods every plugin must carry.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, TypeAlias, runtime_checkable
 
 import pyarrow as pa
 
@@ -26,7 +27,12 @@ __all__ = [
     "DataReader",
     "DataWriter",
     "DescribesTargetTypes",
+    "IncrementalReader",
+    "PartitionedReader",
     "PluginConfig",
+    "ReadPartition",
+    "StatefulWriter",
+    "WriteMode",
 ]
 
 #: The version of this SDK (``MAJOR.MINOR``). A plugin declares the version it
@@ -112,6 +118,10 @@ class DataReader(_Plugin):
         """
 
 
+#: How a run changes the target: add rows, replace the table, or upsert on a key.
+WriteMode = Literal["append", "overwrite", "merge"]
+
+
 class DataWriter(_Plugin):
     """Base class of every writer. Override :meth:`write_batch` and :meth:`finalize`.
 
@@ -120,6 +130,9 @@ class DataWriter(_Plugin):
     at once. If anything fails before ``finalize`` returns, the engine calls
     ``abort()`` instead; ``close()`` is called in every case.
     """
+
+    #: Write modes (``target.mode``) this writer implements; a job asking for another fails validation.
+    supported_modes: ClassVar[frozenset[str]] = frozenset({"append"})
 
     def check(self) -> None:
         """Verify the target can be reached with the job's credentials (``dativo check``).
@@ -156,9 +169,82 @@ class DataWriter(_Plugin):
 
 
 @runtime_checkable
+class IncrementalReader(Protocol):
+    """Opt-in for readers: read only rows past a high-water mark (``source.incremental``).
+
+    The engine tracks the greatest cursor value it sees and commits it with the data;
+    the reader only has to filter.
+    """
+
+    def set_incremental(self, cursor: str, after: Any | None) -> None:
+        """Before ``read_batch``: yield only rows whose ``cursor`` column is greater than ``after``.
+
+        ``after`` is an ``int``, ``datetime.date`` or ``datetime.datetime`` (aware for
+        timestamptz), or None for every row. Raise ConfigError if the column cannot be filtered.
+        """
+        ...
+
+
+@runtime_checkable
+class StatefulWriter(Protocol):
+    """Opt-in for writers: keep a job's state (cursor, run id) in the same atomic commit as its data."""
+
+    def load_state(self) -> dict[str, Any] | None:
+        """Return the state committed by the latest successful run of this job (``config['job']['name']``), or None."""
+        ...
+
+    def stage_state(self, state: dict[str, Any]) -> None:
+        """Remember ``state`` (JSON-ready) so that ``finalize`` commits it together with the data."""
+        ...
+
+
+@runtime_checkable
 class DescribesTargetTypes(Protocol):
     """Opt-in for writers: say which target type each Arrow column becomes (``dativo discover``)."""
 
     def describe_types(self, schema: pa.Schema) -> list[tuple[str, str]]:
         """Return ``(column, target type)`` pairs; raise ``TypeMappingError`` for a column that cannot be mapped."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReadPartition:
+    """One slice of a partitioned read, planned by :meth:`PartitionedReader.plan_partitions`.
+
+    ``label`` appears in messages (e.g. ``ctid pages 0-1249``); ``spec`` is the
+    reader's own description of the slice (SQL, snapshot id, key range), opaque
+    to the engine.
+    """
+
+    index: int
+    label: str
+    spec: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PartitionedReader(Protocol):
+    """Opt-in for readers: read one source as partitions on parallel connections, in one consistent snapshot.
+
+    When ``source.parallelism`` is not 1, the engine calls ``plan_partitions``
+    once (after ``get_schema``), then ``read_partition`` for each partition,
+    from up to ``parallelism`` threads at once, and finally ``close()``. The
+    union of the partitions must be exactly what ``read_batch`` would return at
+    the moment of planning (e.g. all partitions join a snapshot the plan
+    exported). Returning fewer than two partitions makes the engine fall back
+    to ``read_batch``.
+    """
+
+    def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
+        """Split the source into partitions; ``parallelism`` is the job's setting (None: choose from its size).
+
+        Raise a :class:`dativo.DativoError` subclass if planning fails; the run then fails before any data moves.
+        """
+        ...
+
+    def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[BatchLike]:
+        """Yield one partition's batches, like ``read_batch``; safe to run concurrently for different partitions.
+
+        Signal failure by raising (never by ending early); the engine then
+        stops the other partitions and fails the run.
+        """
         ...

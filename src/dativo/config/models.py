@@ -10,10 +10,17 @@ __all__ = [
     "SOURCE_CONNECTORS",
     "TARGET_CONNECTORS",
     "EngineConfig",
+    "FlightTlsSpec",
+    "IncrementalSpec",
     "JobConfig",
+    "MergeSpec",
     "PluginSpec",
+    "RetrySpec",
+    "SandboxSpec",
+    "SchemaEvolutionSpec",
     "SourceConfig",
     "TargetConfig",
+    "TimeoutSpec",
 ]
 
 #: Source connector -> the reader used when the job names none (``custom``: a reader is required).
@@ -27,6 +34,7 @@ SOURCE_CONNECTORS: dict[str, str | None] = {
 TARGET_CONNECTORS: dict[str, str | None] = {
     "iceberg": "iceberg",
     "parquet": "parquet",
+    "encrypted-parquet": "encrypted-parquet",
     "custom": None,
 }
 
@@ -35,24 +43,109 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SandboxSpec(_Strict):
+    """``sandbox:`` of a process plugin — what the plugin may use. On by default; see docs/process-protocol.md."""
+
+    enabled: bool = Field(True, description="Run the plugin in the sandbox (clean environment, limits, bwrap).")
+    memory_mb: int | None = Field(4096, gt=0, description="Address-space limit (RLIMIT_AS) in MiB; null: none.")
+    cpu_seconds: int | None = Field(None, gt=0, description="CPU-time limit (RLIMIT_CPU) in seconds; null: none.")
+    open_files: int | None = Field(1024, gt=2, description="Open file descriptors (RLIMIT_NOFILE); null: inherit.")
+    max_processes: int | None = Field(
+        256, gt=0, description="Processes and threads the plugin may run at once (pids cgroup or RLIMIT_NPROC)."
+    )
+    network: bool = Field(False, description="Allow network access (needs bwrap to be forbidden).")
+    writable_paths: list[str] = Field(
+        default_factory=list, description="Paths the plugin may write (relative to the job file); all else read-only."
+    )
+    require_isolation: bool = Field(
+        True, description="Refuse to run when the machine cannot give the isolation asked for (no bwrap, ...)."
+    )
+
+
+class TimeoutSpec(_Strict):
+    """``timeouts:`` of a process plugin, in seconds (null: no limit)."""
+
+    startup_s: float | None = Field(30.0, gt=0, description="From start until the plugin's hello.")
+    idle_s: float | None = Field(300.0, gt=0, description="No progress on the plugin's pipes for this long.")
+    total_s: float | None = Field(None, gt=0, description="The plugin's whole life.")
+
+
+class FlightTlsSpec(_Strict):
+    """``tls:`` of a Flight plugin (for ``grpc+tls://`` endpoints)."""
+
+    ca_file: str | None = Field(None, description="PEM file of the CA that signed the server certificate.")
+    server_name: str | None = Field(None, description="Name to verify the certificate against, if not the host.")
+
+
 class PluginSpec(_Strict):
     """``reader:`` / ``writer:`` — which implementation to run and how to host it."""
 
-    type: Literal["custom"] = Field(
-        "custom", description="How the plugin is hosted: 'custom' runs Python (or a PyO3 module) in process."
+    type: Literal["custom", "process", "flight"] = Field(
+        "custom",
+        description="How the plugin is hosted: 'custom' runs Python (or a PyO3 module) in process; 'process' "
+        "runs an executable speaking Arrow IPC over pipes; 'flight' talks to an Arrow Flight endpoint.",
     )
-    implementation: str = Field(
-        description="'pkg.mod.Class', 'pkg.mod:Class', 'path/to/file.py:Class' (relative to the job file) "
-        "or the name of an installed plugin (see 'dativo plugins list')."
+    implementation: str | None = Field(
+        None,
+        description="For type custom: 'pkg.mod.Class', 'pkg.mod:Class', 'path/to/file.py:Class' (relative to the "
+        "job file) or the name of an installed plugin (see 'dativo plugins list').",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Passed to initialize() as config['options'].")
+    name: str | None = Field(None, description="Label of a process/flight plugin in logs and messages.")
+    command: list[str] | None = Field(None, description="type process: the executable and its arguments.")
+    sha256: str | None = Field(
+        None, pattern=r"^sha256:[0-9a-f]{64}$", description="type process: 'sha256:<hex>' of the executable."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="type process: the plugin's entire environment.")
+    sandbox: SandboxSpec = Field(default_factory=SandboxSpec)  # type: ignore[arg-type]  # pydantic fills defaults
+    timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)  # type: ignore[arg-type]  # pydantic fills defaults
+    endpoint: str | None = Field(
+        None, pattern=r"^grpc(\+tls|\+tcp)?://", description="type flight: grpc://host:port or grpc+tls://host:port."
+    )
+    token: str | None = Field(None, description="type flight: bearer token sent with every call.")
+    tls: FlightTlsSpec = Field(default_factory=FlightTlsSpec)  # type: ignore[arg-type]  # pydantic fills defaults
 
     @field_validator("implementation")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("implementation must not be empty")
-        return value.strip()
+        return value.strip() if value is not None else None
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0].strip()):
+            raise ValueError("command must name an executable, e.g. [./bin/my-reader, --flag]")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> PluginSpec:
+        required = {"custom": "implementation", "process": "command", "flight": "endpoint"}[self.type]
+        if getattr(self, required) is None:
+            raise ValueError(f"type '{self.type}' needs '{required}'")
+        for key in ("implementation", "command", "endpoint"):
+            if key != required and getattr(self, key) is not None:
+                raise ValueError(f"'{key}' does not apply to type '{self.type}' (it needs '{required}')")
+        if self.type != "process" and (self.sha256 or self.env):
+            raise ValueError(f"'sha256' and 'env' apply to type 'process' only, not '{self.type}'")
+        if self.type != "flight" and self.token is not None:
+            raise ValueError(f"'token' applies to type 'flight' only, not '{self.type}'")
+        return self
+
+
+class IncrementalSpec(_Strict):
+    """``source.incremental:`` — read only rows past the last committed high-water mark."""
+
+    cursor: str = Field(description="Column whose greatest value is remembered (integer, date, timestamp[tz]).")
+    initial: str | int | None = Field(
+        None, description="Lower bound (exclusive) for the first run: a number, date or ISO timestamp."
+    )
+    lookback: str | int | None = Field(
+        None,
+        description="Re-read this far behind the mark for late rows: a number for integer cursors, "
+        "or a duration like '2h', '30m', '1d' for temporal ones. Needs target.mode: merge.",
+    )
 
 
 class SourceConfig(_Strict):
@@ -65,6 +158,14 @@ class SourceConfig(_Strict):
     path: str | None = None
     format: str | None = None
     cast_to_text: list[str] = Field(default_factory=list)
+    incremental: IncrementalSpec | None = None
+    parallelism: int | None = Field(
+        None,
+        gt=0,
+        le=64,
+        description="Connections reading partitions of the source at once, in one snapshot (readers that support "
+        "it); unset: chosen from the table size and the machine's cores; 1: one stream.",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
     reader: PluginSpec | None = None
 
@@ -84,6 +185,28 @@ class SourceConfig(_Strict):
         return self
 
 
+class MergeSpec(_Strict):
+    """``target.merge:`` — upsert on a primary key."""
+
+    keys: list[str] = Field(min_length=1, description="Primary-key columns identifying a row.")
+    delete_column: str | None = Field(
+        None, description="Boolean source column: rows where it is true delete their key from the target."
+    )
+    duplicates: Literal["fail", "last_wins"] = Field(
+        "fail", description="A key appearing more than once in one run: fail naming it, or keep the last row."
+    )
+
+
+class SchemaEvolutionSpec(_Strict):
+    """``target.schema_evolution:`` — what happens when the source schema differs from the table's."""
+
+    mode: Literal["evolve", "freeze", "fail"] = Field(
+        "evolve",
+        description="evolve: add new columns, widen types Iceberg allows; freeze: keep the table schema, ignore "
+        "new columns; fail: any difference stops the run.",
+    )
+
+
 class TargetConfig(_Strict):
     """``target:`` — where data lands."""
 
@@ -93,6 +216,9 @@ class TargetConfig(_Strict):
     catalog: dict[str, Any] = Field(default_factory=dict)
     connection: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["append", "overwrite", "merge"] = "append"
+    merge: MergeSpec | None = None
+    schema_evolution: SchemaEvolutionSpec = Field(default_factory=SchemaEvolutionSpec)  # type: ignore[arg-type]  # pydantic fills defaults
     writer: PluginSpec | None = None
 
     @field_validator("connector")
@@ -108,16 +234,29 @@ class TargetConfig(_Strict):
             raise ValueError("connector 'custom' has no default writer: name one under 'writer:'")
         if self.connector == "iceberg" and not self.table:
             raise ValueError("an iceberg target needs 'table: namespace.table'")
-        if self.connector == "parquet" and not self.path:
+        if self.connector in ("parquet", "encrypted-parquet") and not self.path:
             raise ValueError("a parquet target needs 'path' (a local folder or s3://bucket/prefix)")
+        if self.mode == "merge" and self.merge is None:
+            raise ValueError("mode 'merge' needs the primary key: merge: {keys: [id]}")
+        if self.merge is not None and self.mode != "merge":
+            raise ValueError(f"'merge' settings are given but mode is '{self.mode}' (set mode: merge)")
         return self
+
+
+class RetrySpec(_Strict):
+    """``engine.retry:`` — how transient failures (dropped connections, commit conflicts, S3 503s) are retried."""
+
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts in all, the first included.")
+    initial_delay_s: float = Field(1.0, ge=0, description="Delay before the second attempt; doubles each time.")
+    max_delay_s: float = Field(60.0, ge=0, description="Upper bound of one delay (before jitter).")
 
 
 class EngineConfig(_Strict):
     """``engine:`` — how batches flow."""
 
-    batch_size: int = Field(65_536, gt=0, le=10_000_000, description="Rows per batch asked of the reader.")
+    batch_size: int = Field(16_384, gt=0, le=10_000_000, description="Rows per batch asked of the reader.")
     queue_size: int = Field(4, gt=0, le=64, description="Batches the reader may run ahead of the writer.")
+    retry: RetrySpec = Field(default_factory=RetrySpec)  # type: ignore[arg-type]  # pydantic fills defaults
 
 
 class JobConfig(_Strict):
@@ -127,4 +266,14 @@ class JobConfig(_Strict):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
     source: SourceConfig
     target: TargetConfig
+
+    @model_validator(mode="after")
+    def _lookback_needs_merge(self) -> JobConfig:
+        incremental = self.source.incremental
+        if incremental is not None and incremental.lookback is not None and self.target.mode != "merge":
+            raise ValueError(
+                "source.incremental.lookback re-reads rows, which only target.mode: merge deduplicates "
+                f"(mode is '{self.target.mode}')"
+            )
+        return self
     engine: EngineConfig = Field(default_factory=EngineConfig)  # type: ignore[arg-type]  # pydantic fills defaults

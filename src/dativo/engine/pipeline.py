@@ -20,11 +20,14 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from dativo import __version__
+from dativo._faults import crash_point
 from dativo.engine.batches import as_record_batches, conform
+from dativo.engine.incremental import CursorTracker, IncrementalPlan, plan_incremental
+from dativo.engine.parallel import PartitionPump, plan_partitioned_read
 from dativo.engine.plan import Plan
-from dativo.errors import DativoError, PluginError, SourceError, TargetError
+from dativo.errors import ConfigError, DativoError, PluginError, SourceError, TargetError, is_transient
 from dativo.runtimes import host_reader, host_writer
-from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes
+from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes, IncrementalReader, StatefulWriter
 
 __all__ = ["ProgressSink", "RunSummary", "check", "discover", "run"]
 
@@ -54,6 +57,7 @@ class RunSummary:
     duration_s: float = 0.0
     target: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    attempt: int = 1
 
     @property
     def files(self) -> int:
@@ -77,6 +81,7 @@ class RunSummary:
             "rows_per_s": round(self.rows / self.duration_s) if self.duration_s > 0 else None,
             "started_at": self.started_at.isoformat(),
             "dativo_version": __version__,
+            "attempt": self.attempt,
             "target": self.target,
             "error": self.error,
         }
@@ -93,26 +98,44 @@ def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | 
     started = time.perf_counter()
     reader: DataReader | None = None
     writer: DataWriter | None = None
-    pump: _ReaderPump | None = None
+    pump: _ReaderPump | PartitionPump | None = None
     published = False
     log.info("run started", extra={"job": summary.job, "run_id": plan.run_id, "reader": summary.reader})
     try:
         reader = host_reader(plan.reader)
         schema = _declared_schema(reader, plan.reader.ref.name)
         writer = host_writer(plan.writer)
+        state = _prior_state(plan, writer)
+        if plan.run_id_given and state is not None and state.get("run_id") == plan.run_id:
+            summary.status = "already committed"
+            published = True
+            log.warning("run %s of job %s was already committed; nothing to do", plan.run_id, summary.job)
+            return summary
+        tracker = _start_incremental(plan, reader, writer, schema, state)
         _call(writer.prepare, plan.writer.ref.name, "prepare", schema)
-        pump = _ReaderPump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size)
+        partitioned = plan_partitioned_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)
+        if partitioned is not None:
+            pump = PartitionPump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size, *partitioned)
+        else:
+            pump = _ReaderPump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size)
         pump.start()
         for batch in pump:
             _call(writer.write_batch, plan.writer.ref.name, "write_batch", batch)
+            crash_point("batch")
+            if tracker is not None:
+                tracker[1].update(batch)
             nbytes = batch.nbytes
             summary.rows += batch.num_rows
             summary.bytes += nbytes
             summary.batches += 1
             if progress is not None:
                 progress.advance(batch.num_rows, nbytes)
+        if isinstance(writer, StatefulWriter):
+            writer.stage_state(_new_state(plan, summary, tracker))
+        crash_point("before_finalize")
         metadata = _call(writer.finalize, plan.writer.ref.name, "finalize")
         published = True
+        crash_point("after_finalize")
         summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
         summary.status = "succeeded"
         return summary
@@ -135,6 +158,58 @@ def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | 
             "run finished",
             extra={"job": summary.job, "run_id": plan.run_id, "status": summary.status, "rows": summary.rows},
         )
+
+
+def _prior_state(plan: Plan, writer: DataWriter) -> dict[str, Any] | None:
+    """Check the write mode against the writer and load the job's committed state, if the writer keeps one."""
+    mode = plan.job.config.target.mode
+    if mode not in writer.supported_modes:
+        raise ConfigError(
+            f"target.mode: writer '{plan.writer.ref.name}' does not support mode '{mode}' "
+            f"(it supports: {', '.join(sorted(writer.supported_modes))})"
+        )
+    if isinstance(writer, StatefulWriter):
+        loaded = _call(writer.load_state, plan.writer.ref.name, "load_state")
+        return dict(loaded) if loaded else None
+    return None
+
+
+def _start_incremental(
+    plan: Plan, reader: DataReader, writer: DataWriter, schema: pa.Schema, state: dict[str, Any] | None
+) -> tuple[IncrementalPlan, CursorTracker] | None:
+    """Tell the reader where to start; returns the plan and a tracker for the new high-water mark."""
+    spec = plan.job.config.source.incremental
+    if spec is None:
+        return None
+    if not isinstance(reader, IncrementalReader):
+        raise ConfigError(
+            f"source.incremental: reader '{plan.reader.ref.name}' cannot read incrementally "
+            "(it does not implement dativo.IncrementalReader)"
+        )
+    if not isinstance(writer, StatefulWriter):
+        raise ConfigError(
+            f"source.incremental: writer '{plan.writer.ref.name}' cannot keep the cursor with its data "
+            "(it does not implement dativo.StatefulWriter)"
+        )
+    incremental = plan_incremental(spec, schema, state)
+    name = plan.reader.ref.name
+    _call(reader.set_incremental, name, "set_incremental", incremental.column, incremental.after, role="reader")
+    log.info("incremental read", extra={"cursor": incremental.column, "after": str(incremental.after)})
+    return incremental, CursorTracker(incremental, schema)
+
+
+def _new_state(
+    plan: Plan, summary: RunSummary, tracker: tuple[IncrementalPlan, CursorTracker] | None
+) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "job": summary.job,
+        "run_id": plan.run_id,
+        "dativo_version": __version__,
+        "rows": summary.rows,
+    }
+    if tracker is not None:
+        state.update(tracker[0].state(tracker[1].high_water))
+    return state
 
 
 def new_summary(plan: Plan) -> RunSummary:
@@ -200,7 +275,9 @@ def _call(fn: Any, name: str, method: str, *args: Any, role: str = "writer") -> 
         raise
     except Exception as exc:
         error = TargetError if role == "writer" else SourceError
-        raise error(f"{role} '{name}' failed in {method}(): {type(exc).__name__}: {exc}") from exc
+        raise error(
+            f"{role} '{name}' failed in {method}(): {type(exc).__name__}: {exc}", transient=is_transient(exc)
+        ) from exc
 
 
 def _abort(writer: DataWriter, name: str) -> None:
@@ -276,7 +353,10 @@ class _ReaderPump:
         except DativoError as exc:
             self._put(exc)
         except Exception as exc:
-            error = SourceError(f"reader '{self._name}' failed after {index} batches: {type(exc).__name__}: {exc}")
+            error = SourceError(
+                f"reader '{self._name}' failed after {index} batches: {type(exc).__name__}: {exc}",
+                transient=is_transient(exc),
+            )
             error.__cause__ = exc
             self._put(error)
         finally:

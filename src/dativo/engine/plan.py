@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from dativo.config.loader import LoadedJob
 from dativo.config.models import SOURCE_CONNECTORS, TARGET_CONNECTORS, PluginSpec
 from dativo.engine.registry import PluginKind, PluginRef, resolve_plugin
+from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["Plan", "PluginPlan", "build_plan"]
 
@@ -20,6 +22,9 @@ class PluginPlan:
     ref: PluginRef
     runtime: str
     config: dict[str, Any]
+    #: The job's ``reader:`` / ``writer:`` block (None when the connector's default is used);
+    #: out-of-process runtimes read their command, endpoint, sandbox and timeouts from it.
+    spec: PluginSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Plan:
     reader: PluginPlan
     writer: PluginPlan
     run_id: str
+    run_id_given: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -42,10 +48,15 @@ class Plan:
         return self.job.config.engine.queue_size
 
 
-def build_plan(job: LoadedJob) -> Plan:
-    """Resolve the job's reader and writer. Raises PluginError when either cannot be loaded."""
+def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
+    """Resolve the job's reader and writer. Raises PluginError when either cannot be loaded.
+
+    ``run_id`` names the run (a scheduler's run id, say): a run whose id the target's
+    state already records as committed is not applied again. Without one, a random id is used.
+    """
     source, target = job.config.source, job.config.target
-    run_id = uuid.uuid4().hex
+    run_id_given = run_id is not None
+    run_id = run_id or uuid.uuid4().hex
     job_info = {"name": job.name, "dir": str(job.dir), "run_id": run_id}
     reader = _plugin_plan(
         "reader",
@@ -63,7 +74,7 @@ def build_plan(job: LoadedJob) -> Plan:
         job_info,
         job,
     )
-    return Plan(job=job, reader=reader, writer=writer, run_id=run_id)
+    return Plan(job=job, reader=reader, writer=writer, run_id=run_id, run_id_given=run_id_given)
 
 
 def _plugin_plan(
@@ -74,10 +85,27 @@ def _plugin_plan(
     job_info: dict[str, str],
     job: LoadedJob,
 ) -> PluginPlan:
+    options = {**section.pop("options"), **(spec.options if spec else {})}
+    config = {**section, "options": options, "job": job_info}
+    if spec is not None and spec.type != "custom":
+        # Out of process: nothing to import; the runtime starts or calls it.
+        return PluginPlan(ref=_remote_ref(kind, spec), runtime=spec.type, config=config, spec=spec)
     # The models guarantee a spec wherever the connector has no default.
     implementation = spec.implementation if spec is not None else default
     assert implementation is not None
-    options = {**section.pop("options"), **(spec.options if spec else {})}
-    config = {**section, "options": options, "job": job_info}
     ref = resolve_plugin(kind, implementation, job.dir)
-    return PluginPlan(ref=ref, runtime=spec.type if spec else "custom", config=config)
+    return PluginPlan(ref=ref, runtime=spec.type if spec else "custom", config=config, spec=spec)
+
+
+def _remote_ref(kind: PluginKind, spec: PluginSpec) -> PluginRef:
+    """A PluginRef for a process/flight plugin: named by ``name``, else its executable or endpoint."""
+    base = DataReader if kind == "reader" else DataWriter
+    if spec.type == "process":
+        assert spec.command is not None
+        origin = "process " + " ".join(spec.command)
+        name = spec.name or PurePath(spec.command[0]).name
+    else:
+        assert spec.endpoint is not None
+        origin = f"flight {spec.endpoint}"
+        name = spec.name or spec.endpoint
+    return PluginRef(kind=kind, name=name, cls=base, origin=origin)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +35,7 @@ from dativo.connectors.postgres.connection import (
     import_psycopg,
     translate_error,
 )
+from dativo.connectors.postgres.partitions import SnapshotPartitioner, snapshot_setup_sql
 from dativo.connectors.postgres.types import (
     ColumnPlan,
     SourcePlan,
@@ -43,9 +44,10 @@ from dativo.connectors.postgres.types import (
     check_temporal_range,
     decimal_from_strings,
     describe_source,
+    with_lower_bound,
 )
 from dativo.errors import DativoError, PluginError, SourceError
-from dativo.sdk import DataReader, PluginConfig
+from dativo.sdk import DataReader, PluginConfig, ReadPartition
 
 __all__ = ["AdbcPostgresReader"]
 
@@ -174,6 +176,9 @@ class AdbcPostgresReader(DataReader):
         # Held while the driver is inside read_next_batch: close() from another
         # thread cancels the query and waits, instead of freeing a stream in use.
         self._reading = threading.Lock()
+        self._partitioner: SnapshotPartitioner | None = None
+        self._partition_lock = threading.Lock()
+        self._partition_cursors: set[Any] = set()
 
     def initialize(self, config: PluginConfig) -> None:
         """Describe the source with psycopg, then open the ADBC connection; see the class docstring."""
@@ -196,6 +201,10 @@ class AdbcPostgresReader(DataReader):
     def get_schema(self) -> pa.Schema:
         """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
         return self._require_plan().schema
+
+    def set_incremental(self, cursor: str, after: Any | None) -> None:
+        """Read only rows whose ``cursor`` column is greater than ``after`` (see dativo.IncrementalReader)."""
+        self._plan = with_lower_bound(self._require_plan(), cursor, after)
 
     def _require_plan(self) -> SourcePlan:
         if self._plan is None:
@@ -225,16 +234,7 @@ class AdbcPostgresReader(DataReader):
                         raw = stream.read_next_batch()
                     except StopIteration:
                         break
-                batch = self._convert(raw)
-                n = batch.num_rows
-                if n <= batch_size * 1.25:
-                    yield batch
-                    continue
-                # Zero-copy slices when the driver's byte-sized batch overshoots.
-                pieces = math.ceil(n / batch_size)
-                step = math.ceil(n / pieces)
-                for start in range(0, n, step):
-                    yield batch.slice(start, step)
+                yield from self._sized(self._convert(raw), batch_size)
         except DativoError:
             raise
         except Exception as exc:
@@ -242,6 +242,62 @@ class AdbcPostgresReader(DataReader):
         finally:
             with self._reading:
                 self._close_cursor()
+
+    @staticmethod
+    def _sized(batch: pa.RecordBatch, batch_size: int) -> Iterator[pa.RecordBatch]:
+        n = batch.num_rows
+        if n <= batch_size * 1.25:
+            yield batch
+            return
+        # Zero-copy slices when the driver's byte-sized batch overshoots.
+        pieces = math.ceil(n / batch_size)
+        step = math.ceil(n / pieces)
+        for start in range(0, n, step):
+            yield batch.slice(start, step)
+
+    def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
+        """Export a snapshot and split a ``table`` source into ctid page ranges (empty for a query source)."""
+        plan, info, spec = self._require_plan(), self._info, self._spec
+        if info is None or spec is None:
+            raise SourceError("the PostgreSQL reader is closed")
+        self._partitioner = SnapshotPartitioner(info, spec, plan)
+        return self._partitioner.plan(parallelism)
+
+    def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Read one partition on an ADBC connection of its own, inside the exported snapshot."""
+        plan, info, spec = self._require_plan(), self._info, self._spec
+        if info is None or spec is None or self._conn is None:
+            raise SourceError("the PostgreSQL reader is closed")
+        dbapi = _import_adbc()
+        batch_size = max(1, int(batch_size))
+        hint = min(max(batch_size * _row_width(plan.schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
+        conn: Any = None
+        cursor: Any = None
+        try:
+            conn = dbapi.connect(info.conninfo, autocommit=True)
+            cursor = conn.cursor()
+            with self._partition_lock:
+                if self._conn is None:
+                    raise SourceError("the PostgreSQL reader was closed while reading")
+                self._partition_cursors.add(cursor)
+            for statement in snapshot_setup_sql(str(partition.spec["snapshot"])).split("; "):
+                cursor.execute(statement)  # the driver prepares statements: one command each
+            cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
+            cursor.execute(str(partition.spec["sql"]))
+            stream = cursor.fetch_record_batch()
+            for raw in stream:
+                yield from self._sized(self._convert(raw), batch_size)
+        except DativoError:
+            raise
+        except Exception as exc:
+            raise translate_error(exc, info, table=spec.table) from exc
+        finally:
+            with self._partition_lock:
+                self._partition_cursors.discard(cursor)
+            for closable in (cursor, conn):
+                if closable is not None:
+                    with contextlib.suppress(Exception):
+                        closable.close()
 
     def _convert(self, raw: pa.RecordBatch) -> pa.RecordBatch:
         plan = self._require_plan()
@@ -269,6 +325,14 @@ class AdbcPostgresReader(DataReader):
         and waits for that thread to leave the driver (up to 10 s; after that the
         connection is left to the garbage collector rather than freed in use).
         """
+        with self._partition_lock:
+            running = list(self._partition_cursors)
+        for cursor in running:
+            with contextlib.suppress(Exception):
+                cursor.adbc_cancel()
+        partitioner, self._partitioner = self._partitioner, None
+        if partitioner is not None:
+            partitioner.close()
         if not self._reading.acquire(blocking=False):
             cursor = self._cursor
             if cursor is not None:

@@ -54,6 +54,7 @@ from dativo.connectors.postgres.types import (
     check_temporal_range,
     decimal_from_strings,
     describe_source,
+    with_lower_bound,
 )
 from dativo.errors import DativoError, SourceError
 from dativo.sdk import DataReader, PluginConfig
@@ -314,6 +315,10 @@ class PsycopgPostgresReader(DataReader):
     def get_schema(self) -> pa.Schema:
         """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
         return self._require_plan().schema
+
+    def set_incremental(self, cursor: str, after: Any | None) -> None:
+        """Read only rows whose ``cursor`` column is greater than ``after`` (see dativo.IncrementalReader)."""
+        self._plan = with_lower_bound(self._require_plan(), cursor, after)
 
     def _require_plan(self) -> SourcePlan:
         if self._plan is None:

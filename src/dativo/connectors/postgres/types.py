@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
@@ -540,3 +541,26 @@ def check_array_dims(ndims: pa.Array, column: ColumnPlan) -> None:
             "only one-dimensional arrays are supported",
             hint=f"unnest or flatten it in a query, or list the column in cast_to_text: [{column.name}]",
         )
+
+
+def with_lower_bound(plan: SourcePlan, column: str, after: Any | None) -> SourcePlan:
+    """``plan`` reading only rows whose ``column`` is greater than ``after`` (incremental reads).
+
+    ``after`` is an int, a date or a datetime (aware for timestamptz) and is
+    rendered as a typed literal, never interpolated as text; None keeps every row.
+    Raises ConfigError when ``column`` is not one of the plan's columns.
+    """
+    if after is None:
+        return plan
+    if column not in plan.schema.names:
+        raise ConfigError(f"incremental cursor column '{column}' is not selected by the {plan.source}")
+    if isinstance(after, bool) or not isinstance(after, int | dt.date):
+        raise ConfigError(f"incremental bound {after!r} for column '{column}' is not an integer, date or timestamp")
+    if isinstance(after, int):
+        literal = str(after)
+    elif isinstance(after, dt.datetime):
+        literal = f"'{after.isoformat()}'::{'timestamptz' if after.tzinfo else 'timestamp'}"
+    else:
+        literal = f"'{after.isoformat()}'::date"
+    sql = f"SELECT * FROM (\n{plan.sql}\n) AS dativo_incremental WHERE {quote_ident(column)} > {literal}"
+    return replace(plan, sql=sql)

@@ -1,0 +1,59 @@
+"""Run a job with retries: transient failures are retried with exponential backoff and jitter.
+
+A failed attempt committed nothing (the writer was aborted), so a retry starts
+from the same committed state and can never apply a batch twice. Terminal errors
+(bad credentials, a missing table, a type error) fail at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from dativo.config.loader import LoadedJob
+from dativo.engine import pipeline
+from dativo.engine.plan import build_plan
+from dativo.errors import is_transient
+
+__all__ = ["run_job"]
+
+log = logging.getLogger("dativo.engine")
+
+
+def run_job(
+    job: LoadedJob,
+    *,
+    run_id: str | None = None,
+    progress: pipeline.ProgressSink | None = None,
+    attempts: list[pipeline.RunSummary] | None = None,
+) -> pipeline.RunSummary:
+    """Run ``job`` until it succeeds, fails terminally, or ``engine.retry.max_attempts`` is used up.
+
+    Every attempt's summary is appended to ``attempts`` (if given), so a caller can
+    report the last one even when this raises. Raises the last attempt's error.
+    """
+    policy = job.config.engine.retry
+    attempt = 1
+    while True:
+        plan = build_plan(job, run_id)
+        summary = pipeline.new_summary(plan)
+        summary.attempt = attempt
+        if attempts is not None:
+            attempts.append(summary)
+        try:
+            return pipeline.run(plan, progress, summary)
+        except Exception as exc:
+            if attempt >= policy.max_attempts or not is_transient(exc):
+                raise
+            delay = min(policy.max_delay_s, policy.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.warning(
+                "attempt %d of %d failed with a transient error; retrying in %.1f s: %s",
+                attempt,
+                policy.max_attempts,
+                delay,
+                exc,
+                extra={"job": job.name, "run_id": plan.run_id},
+            )
+            time.sleep(delay)
+            attempt += 1
