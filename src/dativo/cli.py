@@ -25,10 +25,12 @@ from rich.table import Table
 from dativo import __version__
 from dativo._logging import configure_logging
 from dativo._secrets import redact
+from dativo.cli_audit import audit_app, decrypt, kms_app
 from dativo.config.loader import load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import Plan, build_plan
 from dativo.engine.registry import list_plugins
+from dativo.engine.retry import run_job
 from dativo.errors import ConfigError, DativoError, PluginError
 from dativo.sdk import SDK_API_VERSION
 
@@ -43,6 +45,11 @@ app = typer.Typer(
 )
 plugins_app = typer.Typer(help="Inspect installed readers and writers.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
+state_app = typer.Typer(help="Inspect or reset the state a job commits with its data.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+app.add_typer(audit_app, name="audit")  # encrypted-parquet: dativo audit verify LOG
+app.add_typer(kms_app, name="kms")
+app.command("decrypt")(decrypt)
 
 out = Console()
 err = Console(stderr=True)
@@ -79,21 +86,49 @@ def _main(
 def run(
     job: JobArg,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the run summary as JSON to this file.")] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(help="Name this run (e.g. the scheduler's run id); a run already committed is not applied again."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run a job: read the source, write the target, commit once at the end."""
+    """Run a job: read the source, write the target, commit once at the end (transient failures are retried)."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(load_job(job)))
-    summary = pipeline.new_summary(plan)
+    loaded = _guard(lambda: load_job(job))
+    attempts: list[pipeline.RunSummary] = []
     try:
         with _progress(quiet) as progress, _sigterm_as_interrupt():
-            _guard(lambda: pipeline.run(plan, progress, summary))
+            _guard(lambda: run_job(loaded, run_id=run_id, progress=progress, attempts=attempts))
     finally:
-        if summary_json is not None:
-            summary_json.write_text(redact(json.dumps(summary.to_dict(), indent=2, default=str)) + "\n")
+        if summary_json is not None and attempts:
+            summary_json.write_text(redact(json.dumps(attempts[-1].to_dict(), indent=2, default=str)) + "\n")
     if not quiet:
-        _print_summary(summary.to_dict())
+        _print_summary(attempts[-1].to_dict())
+
+
+@state_app.command("show")
+def state_show(job: JobArg, debug: DebugOpt = False) -> None:
+    """Print the state the job's last successful run committed with its data (JSON)."""
+    _state["debug"] |= debug
+    plan = _guard(lambda: build_plan(load_job(job)))
+    state = _guard(lambda: pipeline.load_state(plan))
+    out.print_json(json.dumps(state, default=str) if state is not None else "null")
+
+
+@state_app.command("reset")
+def state_reset(
+    job: JobArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[bool, typer.Option(help="Reset even though other jobs or tools write the same target.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Forget the job's state: its next run reads from source.incremental.initial again."""
+    _state["debug"] |= debug
+    plan = _guard(lambda: build_plan(load_job(job)))
+    if not yes and not typer.confirm(f"Reset the state of job '{plan.job.name}'? Its next run re-reads the source"):
+        _fail(ConfigError("state reset cancelled; nothing changed"))
+    out.print(_guard(lambda: pipeline.reset_state(plan, force)))
 
 
 @app.command()

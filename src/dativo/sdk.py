@@ -197,6 +197,13 @@ class StatefulWriter(Protocol):
         """Remember ``state`` (JSON-ready) so that ``finalize`` commits it together with the data."""
         ...
 
+    def reset_state(self, force: bool) -> str:
+        """Forget this job's state (``dativo state reset``); return a sentence saying what was done.
+
+        Raise TargetError when other jobs also write the target, unless ``force``.
+        """
+        ...
+
 
 @runtime_checkable
 class DescribesTargetTypes(Protocol):

@@ -266,6 +266,7 @@ class JobConfig(_Strict):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
     source: SourceConfig
     target: TargetConfig
+    engine: EngineConfig = Field(default_factory=EngineConfig)  # type: ignore[arg-type]  # pydantic fills defaults
 
     @model_validator(mode="after")
     def _lookback_needs_merge(self) -> JobConfig:
@@ -276,4 +277,3 @@ class JobConfig(_Strict):
                 f"(mode is '{self.target.mode}')"
             )
         return self
-    engine: EngineConfig = Field(default_factory=EngineConfig)  # type: ignore[arg-type]  # pydantic fills defaults

@@ -29,7 +29,7 @@ from dativo.errors import ConfigError, DativoError, PluginError, SourceError, Ta
 from dativo.runtimes import host_reader, host_writer
 from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes, IncrementalReader, StatefulWriter
 
-__all__ = ["ProgressSink", "RunSummary", "check", "discover", "run"]
+__all__ = ["ProgressSink", "RunSummary", "check", "discover", "load_state", "new_summary", "reset_state", "run"]
 
 log = logging.getLogger("dativo.engine")
 
@@ -210,6 +210,35 @@ def _new_state(
     if tracker is not None:
         state.update(tracker[0].state(tracker[1].high_water))
     return state
+
+
+def load_state(plan: Plan) -> dict[str, Any] | None:
+    """The state the job's last successful run committed; raises ConfigError if the writer keeps none."""
+    writer = _stateful_writer(plan)
+    assert isinstance(writer, StatefulWriter)
+    try:
+        loaded = _call(writer.load_state, plan.writer.ref.name, "load_state")
+        return dict(loaded) if loaded else None
+    finally:
+        _close(writer, plan.writer.ref.name)
+
+
+def reset_state(plan: Plan, force: bool) -> str:
+    """Forget the job's committed state (see StatefulWriter.reset_state); returns what was done."""
+    writer = _stateful_writer(plan)
+    assert isinstance(writer, StatefulWriter)
+    try:
+        return str(_call(writer.reset_state, plan.writer.ref.name, "reset_state", force))
+    finally:
+        _close(writer, plan.writer.ref.name)
+
+
+def _stateful_writer(plan: Plan) -> DataWriter:
+    writer = host_writer(plan.writer)
+    if not isinstance(writer, StatefulWriter):
+        _close(writer, plan.writer.ref.name)
+        raise ConfigError(f"writer '{plan.writer.ref.name}' keeps no state (it does not implement StatefulWriter)")
+    return writer
 
 
 def new_summary(plan: Plan) -> RunSummary:

@@ -1,30 +1,46 @@
-"""Built-in writer: a folder of Parquet files, local or on object storage.
+"""Built-in writer: a folder of Parquet files, local or on object storage, with a manifest.
 
 Files are written under ``<path>/_dativo_tmp_<run id>/`` (a name Parquet
-readers skip) and moved into ``<path>`` only at ``finalize``; ``abort`` deletes
-the temporary folder.
+readers skip) and moved into ``<path>`` at ``finalize``. The commit point is
+the manifest written last: ``<path>/_dativo/manifest-<sequence>.json`` lists
+every file of the dataset and the state of every job writing it. Until it
+exists the run has not happened: the next run deletes files that a crashed run
+moved into place but never listed. ``abort`` deletes the staging folder.
+
+Modes: ``append`` (the manifest lists the old files and the new ones) and
+``overwrite`` (only the new ones; the old files are deleted after the manifest).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from pyarrow import fs as pafs
 
+from dativo import __version__
+from dativo._faults import crash_point
 from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
 from dativo.sdk import DataWriter, PluginConfig
 from dativo.storage import filesystem_for
-from dativo.targets._parquet import ParquetSettings, RollingParquetWriter
+from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder
 
-__all__ = ["ParquetDatasetWriter"]
+__all__ = ["MANIFEST_DIR", "ParquetDatasetWriter", "read_manifest"]
+
+MANIFEST_DIR = "_dativo"
+_KEEP_MANIFESTS = 20
 
 
 class ParquetDatasetWriter(DataWriter):
-    """Writes zstd Parquet files, rolled at ``target_file_size_mb``, into a folder published at finalize."""
+    """Writes zstd Parquet files, rolled at ``target_file_size_mb``, published by a manifest at finalize."""
+
+    supported_modes = frozenset({"append", "overwrite"})
 
     def initialize(self, config: PluginConfig) -> None:
         """Resolve the target folder and its file system; raises ConfigError for a missing or bad ``path``."""
@@ -33,36 +49,52 @@ class ParquetDatasetWriter(DataWriter):
         if not location:
             raise ConfigError("parquet target: 'path' is required (a local folder or s3://bucket/prefix)")
         job = config.get("job", {})
-        self._fs, self._root = filesystem_for(str(location), config.get("connection") or {}, Path(job.get("dir", ".")))
-        self._display = redact(str(location))
-        self._run_id = str(job.get("run_id", "run"))
-        self._staging = f"{self._root}/_dativo_tmp_{self._run_id}"
+        fs, root = filesystem_for(str(location), config.get("connection") or {}, Path(job.get("dir", ".")))
+        self._folder = StagedFolder(fs, root, str(job.get("run_id", "run")), redact(str(location)))
+        self._job = str(job.get("name", ""))
+        self._mode = str(config.get("mode") or "append")
         self._settings = ParquetSettings.from_options(config.get("options") or {})
         self._rolling: RollingParquetWriter | None = None
-        self._published: list[str] = []
+        self._state: dict[str, Any] | None = None
 
     def check(self) -> None:
         """Verify the folder can be created and written to; raises TargetError naming the location."""
-        probe = f"{self._root}/_dativo_check_{self._run_id}"
-        try:
-            self._make_dir(self._root)
-            with self._fs.open_output_stream(probe) as stream:
-                stream.write(b"ok")
-            self._fs.delete_file(probe)
-        except (OSError, pa.ArrowException) as exc:
-            raise TargetError(f"parquet target {self._display} is not writable: {redact(str(exc))}") from None
+        self._folder.check("parquet target")
+
+    def load_state(self) -> dict[str, Any] | None:
+        """This job's state in the latest manifest, or None."""
+        manifest = read_manifest(self._folder.fs, self._folder.root)
+        state = manifest.get("states", {}).get(self._job) if manifest else None
+        return dict(state) if state else None
+
+    def stage_state(self, state: dict[str, Any]) -> None:
+        """Publish ``state`` in this run's manifest."""
+        self._state = dict(state)
+
+    def reset_state(self, force: bool = False) -> str:
+        """Write a manifest without this job's state; TargetError if other jobs write here, unless ``force``."""
+        manifest = read_manifest(self._folder.fs, self._folder.root)
+        if manifest is None or self._job not in manifest.get("states", {}):
+            return f"job '{self._job}' has no state in {self._folder.display}"
+        others = sorted(job for job in manifest["states"] if job != self._job)
+        if others and not force:
+            raise TargetError(
+                f"parquet dataset {self._folder.display} is also written by {', '.join(others)}; resetting job "
+                f"'{self._job}' would re-ingest its rows next to theirs. Use --force if that is intended"
+            )
+        states = {job: state for job, state in manifest["states"].items() if job != self._job}
+        self._write_manifest(manifest, manifest["files"], states)
+        return f"state of job '{self._job}' removed from {self._folder.display}"
 
     def prepare(self, schema: pa.Schema) -> None:
-        """Create the staging folder; raises TargetError if the location cannot be written."""
-        try:
-            self._make_dir(self._staging)
-        except (OSError, pa.ArrowException) as exc:
-            raise TargetError(f"parquet target {self._display}: cannot create files: {redact(str(exc))}") from None
+        """Remove files a crashed run left unlisted, then create the staging folder; raises TargetError."""
+        self._recover()
+        self._folder.prepare("parquet target")
         self._rolling = RollingParquetWriter(schema, self._open_file, self._settings)
 
     def _open_file(self, index: int) -> tuple[str, Any]:
-        path = f"{self._staging}/part-{self._run_id[:12]}-{index:05d}.parquet"
-        return path, self._fs.open_output_stream(path)
+        path = self._folder.staged_path(f"part-{self._folder.run_id[:12]}-{index:05d}.parquet")
+        return path, self._folder.fs.open_output_stream(path)
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Stage ``batch`` in the temporary folder."""
@@ -70,17 +102,32 @@ class ParquetDatasetWriter(DataWriter):
         self._rolling.write(batch)
 
     def finalize(self) -> dict[str, Any]:
-        """Move every staged file into the folder; returns ``{path, files, rows, bytes}``."""
+        """Publish the staged files and then the manifest that makes them part of the dataset.
+
+        Returns ``{path, mode, files, rows, bytes, manifest}``. Raises TargetError when
+        another writer published a manifest meanwhile (nothing of this run is then listed).
+        """
         assert self._rolling is not None, "prepare() was not called"
         written = self._rolling.close()
-        for file in written:
-            final = f"{self._root}/{file.path.rsplit('/', 1)[1]}"
-            self._fs.move(file.path, final)
-            self._published.append(final)
-        self._remove_staging()
+        manifest = read_manifest(self._folder.fs, self._folder.root) or self._baseline()
+        published = self._folder.publish([file.path for file in written])
+        crash_point("files_published")
+        names = [path.rsplit("/", 1)[1] for path in published]
+        files = names if self._mode == "overwrite" else [*manifest["files"], *names]
+        states = dict(manifest.get("states", {}))
+        if self._state is not None:
+            states[self._job] = self._state
+        sequence = self._write_manifest(manifest, files, states)
+        crash_point("after_commit")
+        if self._mode == "overwrite":
+            for name in set(manifest["files"]) - set(files):
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    self._folder.fs.delete_file(f"{self._folder.root}/{name}")
         return {
-            "path": self._display,
-            "files": [self._display_path(path) for path in self._published],
+            "path": self._folder.display,
+            "mode": self._mode,
+            "manifest": sequence,
+            "files": [self._folder.display_path(path) for path in published],
             "rows": sum(file.rows for file in written),
             "bytes": sum(file.size for file in written),
         }
@@ -89,22 +136,93 @@ class ParquetDatasetWriter(DataWriter):
         """Delete the staging folder and any file this run already moved into place."""
         if self._rolling is not None:
             self._rolling.abandon()
-        for path in self._published:
+        self._folder.rollback()
+
+    def _baseline(self) -> dict[str, Any]:
+        """The dataset before its first manifest: every Parquet file already in the folder."""
+        return {"sequence": 0, "files": sorted(self._data_files()), "states": {}}
+
+    def _data_files(self) -> set[str]:
+        selector = pafs.FileSelector(self._folder.root, allow_not_found=True)
+        return {
+            info.base_name
+            for info in self._folder.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") and info.base_name[0] not in "._"
+        }
+
+    def _recover(self) -> None:
+        """Delete data files that are not in the latest manifest: a crashed run published them, never committed."""
+        manifest = read_manifest(self._folder.fs, self._folder.root)
+        if manifest is None:
+            return
+        for name in self._data_files() - set(manifest["files"]):
             with contextlib.suppress(OSError, pa.ArrowException):
-                self._fs.delete_file(path)
-        self._remove_staging()
+                self._folder.fs.delete_file(f"{self._folder.root}/{name}")
 
-    def _make_dir(self, path: str) -> None:
-        # Object stores have no folders; creating one would leave an empty marker object behind.
-        if isinstance(self._fs, pafs.LocalFileSystem):
-            self._fs.create_dir(path, recursive=True)
+    def _write_manifest(self, previous: dict[str, Any], files: list[str], states: dict[str, Any]) -> int:
+        sequence = int(previous.get("sequence", 0)) + 1
+        body = {
+            "version": 1,
+            "sequence": sequence,
+            "committed_at": datetime.now(UTC).isoformat(),
+            "job": self._job,
+            "run_id": self._folder.run_id,
+            "mode": self._mode,
+            "dativo_version": __version__,
+            "files": files,
+            "states": states,
+        }
+        fs, directory = self._folder.fs, f"{self._folder.root}/{MANIFEST_DIR}"
+        final = f"{directory}/manifest-{sequence:010d}.json"
+        data = json.dumps(body, indent=1, sort_keys=True, default=str).encode()
+        if isinstance(fs, pafs.LocalFileSystem):
+            # Write, then link into place: the link fails if another writer took this sequence number.
+            os.makedirs(directory, exist_ok=True)
+            temp = f"{directory}/.manifest-{self._folder.run_id}.tmp"
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temp, final)
+            except FileExistsError:
+                raise TargetError(
+                    f"parquet dataset {self._folder.display}: another run committed manifest {sequence} meanwhile; "
+                    "this run committed nothing (run it again)",
+                    transient=True,
+                ) from None
+            finally:
+                os.unlink(temp)
+        else:
+            # One PUT: an object appears whole or not at all.
+            with fs.open_output_stream(final) as stream:
+                stream.write(data)
+        self._prune_manifests(sequence)
+        return sequence
 
-    def _remove_staging(self) -> None:
-        try:
-            if self._fs.get_file_info(self._staging).type != pafs.FileType.NotFound:
-                self._fs.delete_dir(self._staging)
-        except (OSError, pa.ArrowException):
-            pass
+    def _prune_manifests(self, sequence: int) -> None:
+        fs, directory = self._folder.fs, f"{self._folder.root}/{MANIFEST_DIR}"
+        for old in range(max(1, sequence - 2 * _KEEP_MANIFESTS), sequence - _KEEP_MANIFESTS + 1):
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(f"{directory}/manifest-{old:010d}.json")
 
-    def _display_path(self, path: str) -> str:
-        return f"s3://{path}" if self._display.startswith("s3://") else path
+
+def read_manifest(fs: pafs.FileSystem, root: str) -> dict[str, Any] | None:
+    """The newest manifest of the dataset at ``root``, or None before the first commit.
+
+    Raises TargetError when the manifest cannot be parsed.
+    """
+    selector = pafs.FileSelector(f"{root}/{MANIFEST_DIR}", allow_not_found=True)
+    names = sorted(
+        info.path
+        for info in fs.get_file_info(selector)
+        if info.base_name.startswith("manifest-") and info.base_name.endswith(".json")
+    )
+    if not names:
+        return None
+    try:
+        with fs.open_input_stream(names[-1]) as stream:
+            manifest: dict[str, Any] = json.loads(stream.read())
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"dataset manifest {names[-1]} cannot be read: {exc}") from None
+    return manifest
