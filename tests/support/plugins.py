@@ -191,3 +191,15 @@ class AllTypesReader(DataReader):
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         yield all_types_batch()
+
+
+class FlakyReader(GeneratedReader):
+    """Fails its first run with a dropped connection (a transient error), then reads 100 rows."""
+
+    def read_batch(self, batch_size: int) -> Iterator[Any]:
+        marker = self.config["options"]["marker"]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            yield make_batch(0, 10)
+            raise ConnectionResetError("server closed the connection unexpectedly")
+        yield make_batch(0, 100)

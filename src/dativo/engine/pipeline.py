@@ -376,6 +376,7 @@ class _ReaderPump:
                     if not self._put(conform(raw, self._schema, self._name, index)):
                         return
                     index += 1
+                    crash_point("read")
                 if self._cancelled.is_set():
                     return
             self._put(_END)
