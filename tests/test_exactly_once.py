@@ -45,7 +45,8 @@ def iceberg_rows(job_dir: Path, table: str = "raw.items") -> list[tuple]:
     if not catalog.table_exists(table):
         return []
     data = catalog.load_table(table).scan().to_arrow().sort_by("id")
-    return [(str(i), n, f"{a:.2f}") for i, n, a in zip(*(data.column(c).to_pylist() for c in ("id", "name", "amount")))]
+    columns = (data.column(c).to_pylist() for c in ("id", "name", "amount"))
+    return [(str(i), n, f"{a:.2f}") for i, n, a in zip(*columns, strict=True)]
 
 
 def referenced_files_exist(job_dir: Path, table: str = "raw.items") -> bool:
@@ -126,7 +127,8 @@ PARQUET_POINTS = ["batch:2", "files_published", "after_commit", "before_finalize
 @pytest.mark.parametrize("point", PARQUET_POINTS)
 def test_kill_9_then_rerun_parquet_dataset(tmp_path, pg_db, point):
     create_items(pg_db)
-    target = "target:\n  connector: parquet\n  path: out/items\n  options: {target_file_size_mb: 0.02, row_group_size_mb: 0.01}\n"
+    options = "{target_file_size_mb: 0.02, row_group_size_mb: 0.01}"
+    target = f"target:\n  connector: parquet\n  path: out/items\n  options: {options}\n"
     job = write_job(tmp_path, pg_db, target=target)
     assert run(job).returncode == 0
     pg_db.psql("INSERT INTO items SELECT g, 'late ' || g, g, now() FROM generate_series(3001, 5000) g;")
