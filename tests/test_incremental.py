@@ -91,7 +91,8 @@ def test_incremental_merge_with_updates_and_lookback(tmp_path, items):
             f"UPDATE items SET name = 'v{step}', amount = amount + 1, updated_at = '2024-06-0{step + 1}' "
             f"WHERE id % {7 + step} = 0;"
             f"INSERT INTO items (id, name, amount, updated_at) "
-            f"SELECT g, 'added', 0, '2024-06-0{step + 1}' FROM generate_series({1000 + step * 10}, {1005 + step * 10}) g;"
+            f"SELECT g, 'added', 0, '2024-06-0{step + 1}' "
+            f"FROM generate_series({1000 + step * 10}, {1005 + step * 10}) g;"
         )
         summary = run(path)
         assert summary.rows > 0
@@ -130,7 +131,8 @@ def test_overwrite_replaces_the_whole_table_in_one_snapshot(tmp_path, items):
 
 def test_duplicate_keys_fail_naming_the_key_or_keep_the_last(tmp_path, items):
     items.psql(
-        "CREATE VIEW dup AS SELECT * FROM items UNION ALL SELECT id, 'second', amount, updated_at, deleted FROM items WHERE id = 42"
+        "CREATE VIEW dup AS SELECT * FROM items "
+        "UNION ALL SELECT id, 'second', amount, updated_at, deleted FROM items WHERE id = 42"
     )
     path = job_file(tmp_path, items, target_extra="  mode: merge\n  merge: {keys: [id]}\n")
     path.write_text(path.read_text().replace("public.items", "public.dup"))
