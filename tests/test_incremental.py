@@ -352,3 +352,11 @@ def test_config_error_type_is_raised_in_process(tmp_path, items):
     path = job_file(tmp_path, items, source_extra="  incremental: {cursor: nope}\n")
     with pytest.raises(ConfigError):
         run(path)
+
+
+def test_validate_reports_mode_and_cursor_problems_without_running(tmp_path, items):
+    bad_cursor = job_file(tmp_path, items, name="bad", source_extra="  incremental: {cursor: name}\n")
+    assert_one_line_error(dativo("validate", bad_cursor), "column 'name' is string", code=2)
+    good = job_file(tmp_path, items, name="good", source_extra="  incremental: {cursor: updated_at}\n")
+    assert dativo("validate", good).returncode == 0
+    assert not catalog(tmp_path).table_exists("raw.items")

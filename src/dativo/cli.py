@@ -139,11 +139,11 @@ def validate(
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check a job file, its plugins and (unless --offline) that every source column maps to the target."""
+    """Check a job file, its plugins and (unless --offline) the source's columns, the mode and the cursor."""
     _state["debug"] |= debug
     plan = _guard(lambda: build_plan(load_job(job)))
     if not offline:
-        _guard(lambda: pipeline.discover(plan))
+        _guard(lambda: pipeline.validate(plan))
     out.print(f"[green]ok[/green] {job}: reader {plan.reader.ref.name}, writer {plan.writer.ref.name}")
 
 

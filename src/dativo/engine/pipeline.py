@@ -29,7 +29,17 @@ from dativo.errors import ConfigError, DativoError, PluginError, SourceError, Ta
 from dativo.runtimes import host_reader, host_writer
 from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes, IncrementalReader, StatefulWriter
 
-__all__ = ["ProgressSink", "RunSummary", "check", "discover", "load_state", "new_summary", "reset_state", "run"]
+__all__ = [
+    "ProgressSink",
+    "RunSummary",
+    "check",
+    "discover",
+    "load_state",
+    "new_summary",
+    "reset_state",
+    "run",
+    "validate",
+]
 
 log = logging.getLogger("dativo.engine")
 
@@ -160,14 +170,31 @@ def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | 
         )
 
 
-def _prior_state(plan: Plan, writer: DataWriter) -> dict[str, Any] | None:
-    """Check the write mode against the writer and load the job's committed state, if the writer keeps one."""
+def _check_mode(plan: Plan, writer: DataWriter) -> None:
     mode = plan.job.config.target.mode
     if mode not in writer.supported_modes:
         raise ConfigError(
             f"target.mode: writer '{plan.writer.ref.name}' does not support mode '{mode}' "
             f"(it supports: {', '.join(sorted(writer.supported_modes))})"
         )
+
+
+def _check_incremental(plan: Plan, reader: DataReader, writer: DataWriter) -> None:
+    if not isinstance(reader, IncrementalReader):
+        raise ConfigError(
+            f"source.incremental: reader '{plan.reader.ref.name}' cannot read incrementally "
+            "(it does not implement dativo.IncrementalReader)"
+        )
+    if not isinstance(writer, StatefulWriter):
+        raise ConfigError(
+            f"source.incremental: writer '{plan.writer.ref.name}' cannot keep the cursor with its data "
+            "(it does not implement dativo.StatefulWriter)"
+        )
+
+
+def _prior_state(plan: Plan, writer: DataWriter) -> dict[str, Any] | None:
+    """Check the write mode against the writer and load the job's committed state, if the writer keeps one."""
+    _check_mode(plan, writer)
     if isinstance(writer, StatefulWriter):
         loaded = _call(writer.load_state, plan.writer.ref.name, "load_state")
         return dict(loaded) if loaded else None
@@ -181,16 +208,8 @@ def _start_incremental(
     spec = plan.job.config.source.incremental
     if spec is None:
         return None
-    if not isinstance(reader, IncrementalReader):
-        raise ConfigError(
-            f"source.incremental: reader '{plan.reader.ref.name}' cannot read incrementally "
-            "(it does not implement dativo.IncrementalReader)"
-        )
-    if not isinstance(writer, StatefulWriter):
-        raise ConfigError(
-            f"source.incremental: writer '{plan.writer.ref.name}' cannot keep the cursor with its data "
-            "(it does not implement dativo.StatefulWriter)"
-        )
+    _check_incremental(plan, reader, writer)
+    assert isinstance(reader, IncrementalReader)
     incremental = plan_incremental(spec, schema, state)
     name = plan.reader.ref.name
     _call(reader.set_incremental, name, "set_incremental", incremental.column, incremental.after, role="reader")
@@ -287,6 +306,29 @@ def discover(plan: Plan) -> tuple[pa.Schema, list[tuple[str, str]] | None]:
         return schema, None
     finally:
         _close(writer, plan.writer.ref.name)
+
+
+def validate(plan: Plan) -> None:
+    """Connect to the source and check what a run would check before moving data.
+
+    Every column must map to the target, the writer must support the write mode,
+    and an incremental job needs an incremental reader, a stateful writer and a
+    cursor column of a supported type. Raises the first problem found.
+    """
+    schema, _ = discover(plan)
+    reader = host_reader(plan.reader)
+    writer: DataWriter | None = None
+    try:
+        writer = host_writer(plan.writer)
+        _check_mode(plan, writer)
+        spec = plan.job.config.source.incremental
+        if spec is not None:
+            _check_incremental(plan, reader, writer)
+            plan_incremental(spec, schema, None)
+    finally:
+        _close(reader, plan.reader.ref.name)
+        if writer is not None:
+            _close(writer, plan.writer.ref.name)
 
 
 def _declared_schema(reader: DataReader, name: str) -> pa.Schema:
