@@ -360,3 +360,22 @@ def test_validate_reports_mode_and_cursor_problems_without_running(tmp_path, ite
     good = job_file(tmp_path, items, name="good", source_extra="  incremental: {cursor: updated_at}\n")
     assert dativo("validate", good).returncode == 0
     assert not catalog(tmp_path).table_exists("raw.items")
+
+
+def test_last_wins_holds_across_many_files(tmp_path, items):
+    items.psql(
+        "CREATE VIEW twice AS SELECT * FROM items "
+        "UNION ALL SELECT id, 'second', amount, updated_at, deleted FROM items"
+    )
+    path = job_file(
+        tmp_path,
+        items,
+        target_extra="  mode: merge\n  merge: {keys: [id], duplicates: last_wins}\n"
+        "  options: {row_group_size_mb: 0.002, target_file_size_mb: 0.004}\n",
+    )
+    path.write_text(path.read_text().replace("public.items", "public.twice") + "engine: {batch_size: 64}\n")
+    summary = run(path)
+    assert summary.rows == 1000
+    rows = table_rows(tmp_path)
+    assert len(rows) == 500 and {r["name"] for r in rows} == {"second"}
+    assert len(catalog(tmp_path).load_table("raw.items").inspect.files()) > 1

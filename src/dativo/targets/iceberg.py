@@ -200,7 +200,9 @@ class IcebergWriter(DataWriter):
             self._file_schema = _small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
             self._io = load_file_io({**self._catalog.properties, **metadata.properties}, metadata.location)
             self._locations = load_location_provider(metadata.location, metadata.properties)
-            self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings)
+            # Merge resolves duplicates by row order across this run's files: one lane keeps that order.
+            lanes = 1 if self._merge is not None else None
+            self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings, lanes=lanes)
 
     def _open_file(self, index: int) -> tuple[str, Any]:
         path = self._locations.new_data_location(f"00000-{index}-{self._run_id}.parquet")
