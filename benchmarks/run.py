@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -503,6 +504,26 @@ def _sqlalchemy_build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> 
     return Invocation(argv=argv, env={DSN_ENV: ctx.dsn}, cwd=run_dir, outcome=outcome)
 
 
+def _engine_overhead_build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
+    argv = [
+        ctx.python,
+        str(HERE / "engine_overhead.py"),
+        "--table",
+        source.name,
+        "--rows",
+        str(source.rows),
+        "--batch-size",
+        str(ctx.batch_size),
+    ]
+
+    def outcome(directory: Path) -> Outcome:
+        lines = (directory / "stdout.txt").read_text().strip().splitlines()
+        result = json.loads(lines[-1]) if lines else {}
+        return Outcome(rows=result.get("rows"), engine_s=result.get("engine_s"))
+
+    return Invocation(argv=argv, env={DSN_ENV: ctx.dsn}, cwd=run_dir, outcome=outcome)
+
+
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` updated recursively with ``extra``; a ``None`` value in ``extra`` removes the key."""
     out = copy.deepcopy(base)
@@ -613,6 +634,60 @@ def dativo_variant(
     )
 
 
+def parquet_fingerprint(folder: Path, key_file: Path | None = None) -> dict[str, int]:
+    """The source fingerprint of a folder of Parquet files (decrypted with the local KMS when ``key_file``)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fp: dict[str, int] = {"rows": 0, "sum_id": 0}
+    for path in sorted(folder.glob("*.parquet")):
+        if key_file is not None:
+            from dativo.kms.local import LocalKeyFileKms
+            from dativo.targets.encrypted_parquet import read_encrypted
+
+            table = read_encrypted(str(path), LocalKeyFileKms({"type": "local", "key_file": str(key_file)}, folder))
+        else:
+            table = pq.read_table(path)
+        fp["rows"] += table.num_rows
+        fp["sum_id"] += int(pc.sum(table.column("id")).as_py() or 0)
+        fp["columns"] = table.num_columns
+        for name in table.column_names:
+            col = table.column(name)
+            fp[f"non_null.{name}"] = fp.get(f"non_null.{name}", 0) + len(col) - col.null_count
+    return fp
+
+
+def parquet_target_variant(key: str, label: str, *, encrypted: bool, description: str) -> Variant:
+    """``dativo run`` into a local folder with the ``parquet`` or ``encrypted-parquet`` writer (same file size).
+
+    The encrypted variant uses the ``local`` KMS (a fresh 0600 key file in the run directory), a footer
+    key for most columns and a second master key for the five md5 text columns, footer encrypted.
+    """
+    options: dict[str, Any] = {"target_file_size_mb": 128}
+    if encrypted:
+        options |= {
+            "footer_key": "footer_key",
+            "column_keys": {"phi_key": ["h01", "h02", "h03", "h04", "h05"]},
+            "kms": {"type": "local", "key_file": "keys.json"},
+            "audit": {"log": "audit.jsonl"},
+        }
+    target = {"connector": "encrypted-parquet" if encrypted else "parquet", "path": "out", "options": options}
+    base = dativo_variant(
+        key, label, description=description, job={"target": {"table": None, **target}}, verify_iceberg=False
+    )
+
+    def build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
+        if encrypted:
+            from dativo.kms.local import new_key_file
+
+            new_key_file(run_dir / "keys.json", ["footer_key", "phi_key"])
+        invocation = base.build(ctx, source, run_dir)
+        key_file = run_dir / "keys.json" if encrypted else None
+        return dataclasses.replace(invocation, verify=lambda src: parquet_fingerprint(run_dir / "out", key_file))
+
+    return dataclasses.replace(base, build=build, default=False)
+
+
 #: Everything the benchmark can measure, in the order each pass runs them. The floor comes first
 #: and is always run. To add a variant (a Rust reader, parallel connections, a process runtime, an
 #: encrypted writer, an engine-overhead run ...) append one entry, for example::
@@ -645,6 +720,76 @@ VARIANTS: list[Variant] = [
         reader="postgres-psycopg",
         description="dativo run --quiet, psycopg reader, into a fresh embedded Iceberg table",
     ),
+    dativo_variant(
+        "adbc-1",
+        "dativo postgres-adbc, 1 connection",
+        job={"source": {"parallelism": 1}},
+        description="default ADBC reader, source.parallelism: 1 (one stream), into Iceberg",
+    ),
+    dativo_variant(
+        "adbc-2",
+        "dativo postgres-adbc, 2 connections",
+        job={"source": {"parallelism": 2}},
+        description="default ADBC reader, source.parallelism: 2 (ctid ranges in one exported snapshot), into Iceberg",
+    ),
+    dativo_variant(
+        "rust-1",
+        "dativo postgres-rs, 1 connection",
+        reader="postgres-rs",
+        job={"source": {"parallelism": 1}},
+        description="native Rust reader (plugins/postgres-rs), one stream, into Iceberg",
+    ),
+    dativo_variant(
+        "rust-2",
+        "dativo postgres-rs, 2 connections",
+        reader="postgres-rs",
+        job={"source": {"parallelism": 2}},
+        description="native Rust reader, source.parallelism: 2 (ctid ranges in one exported snapshot), into Iceberg",
+    ),
+    # Issue #5: the same ADBC reader out of process (compare with adbc-1), and the Go reader.
+    dativo_variant(
+        "process-adbc",
+        "dativo postgres-adbc, process runtime",
+        job={
+            "source": {
+                "parallelism": 1,
+                "reader": {
+                    "type": "process",
+                    "command": [sys.executable, "-m", "dativo.runtimes.serve", "process", "postgres-adbc"],
+                    "sandbox": {"network": True},
+                },
+            }
+        },
+        description="the ADBC reader served by 'dativo serve process' in a sandboxed child (bwrap), Arrow IPC "
+        "over a pipe, one stream, into Iceberg (compare with adbc-1)",
+        sample_tree_rss=True,
+    ),
+    dativo_variant(
+        "go",
+        "dativo go-postgres-reader, process runtime",
+        job={
+            "source": {
+                "parallelism": 1,
+                "reader": {
+                    "type": "process",
+                    "command": [str(REPO / "plugins" / "go-postgres-reader" / "bin" / "go-postgres-reader")],
+                    "sandbox": {"network": True},
+                },
+            }
+        },
+        description="the Go reader (pgx binary rows -> Arrow, plugins/go-postgres-reader) in a sandboxed child, "
+        "one stream, into Iceberg",
+        sample_tree_rss=True,
+    ),
+    Variant(
+        key="engine",
+        label="engine overhead: memory -> null writer",
+        role="baseline",
+        description="benchmarks/engine_overhead.py: the table's rows (a sample batch repeated) from an in-memory "
+        "reader through the whole engine into a writer that discards them; 'engine s' excludes start-up",
+        build=_engine_overhead_build,
+        default=False,
+    ),
     Variant(
         key="sqlalchemy",
         label="sqlalchemy row-by-row",
@@ -652,6 +797,18 @@ VARIANTS: list[Variant] = [
         description="SQLAlchemy stream_results=True, iterating rows one by one into Python lists "
         "(no Arrow, no writing: strictly less work than dativo)",
         build=_sqlalchemy_build,
+    ),
+    parquet_target_variant(
+        "parquet",
+        "dativo -> parquet folder",
+        encrypted=False,
+        description="default ADBC reader into a local folder with the plain parquet writer (128 MB files)",
+    ),
+    parquet_target_variant(
+        "encrypted",
+        "dativo -> encrypted-parquet folder",
+        encrypted=True,
+        description="the same into encrypted-parquet: local KMS, AES-GCM, footer + column keys, audit log",
     ),
 ]
 

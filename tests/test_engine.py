@@ -18,6 +18,7 @@ from pyiceberg.catalog import load_catalog
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, LongType, NestedField, StringType
 
+from dativo import SDK_API_VERSION
 from dativo.config.loader import load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
@@ -356,7 +357,7 @@ def test_cli_validate_discover_check(tmp_path):
 def test_cli_version():
     result = dativo("--version")
     assert result.returncode == 0
-    assert result.stdout.startswith("dativo ") and "plugin SDK API 1.0" in result.stdout
+    assert result.stdout.startswith("dativo ") and f"plugin SDK API {SDK_API_VERSION}" in result.stdout
 
 
 def test_secrets_never_reach_output(tmp_path):

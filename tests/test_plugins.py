@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dativo import SDK_API_VERSION, DataReader, DataWriter, PluginError
-from dativo.engine.registry import list_plugins, resolve_plugin
+from dativo.engine.registry import check_api_version, list_plugins, resolve_plugin
 
 from support.cli import assert_one_line_error, dativo
 
@@ -62,8 +62,38 @@ def test_every_loading_failure_names_plugin_and_cause(kind, spec, message):
 def test_wrong_api_version_states_both_versions():
     with pytest.raises(PluginError) as info:
         resolve_plugin("reader", "support.plugins.FutureReader", Path.cwd())
-    assert "written for SDK API 2.0" in str(info.value)
-    assert f"supports 1.0 to {SDK_API_VERSION}" in str(info.value)
+    assert "supports plugin SDK >=2.0,<3 (api_version '2.0')" in str(info.value)
+    assert f"this dativo provides SDK {SDK_API_VERSION}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("declared", "accepted"),
+    [
+        ("1.0", True),  # a plain version means up to the next major: plugins written for SDK 1.0 keep working
+        ("1.1", True),
+        ("^1.1.0", True),
+        (">=1.0,<2", True),
+        (">=1.1,<1.2", True),
+        ("1.2", False),  # needs an SDK newer than this one
+        (">=2,<3", False),
+        ("0.9", False),
+    ],
+)
+def test_api_version_ranges(declared, accepted):
+    cls = type("Ranged", (DataReader,), {"api_version": declared, "get_schema": None, "read_batch": None})
+    if accepted:
+        check_api_version("reader", "ranged", cls)
+    else:
+        with pytest.raises(PluginError) as info:
+            check_api_version("reader", "ranged", cls)
+        assert f"api_version '{declared}'" in str(info.value)
+        assert f"provides SDK {SDK_API_VERSION}" in str(info.value)
+
+
+def test_api_version_that_is_no_version_is_refused():
+    cls = type("Garbled", (DataReader,), {"api_version": "latest", "get_schema": None, "read_batch": None})
+    with pytest.raises(PluginError, match="neither a version"):
+        check_api_version("reader", "garbled", cls)
 
 
 def test_list_plugins_includes_builtins_with_origin_and_version():
@@ -109,7 +139,7 @@ def _job(tmp_path: Path, reader: str) -> Path:
     ("reader", "fragment"),
     [
         (f"{SUPPORT}/broken_import.py:Reader", "No module named 'a_dependency_that_is_not_installed'"),
-        (f"{SUPPORT}/plugins.py:FutureReader", "written for SDK API 2.0"),
+        (f"{SUPPORT}/plugins.py:FutureReader", "supports plugin SDK >=2.0,<3"),
         (
             f"{SUPPORT}/plugins.py:InitializeFailsReader",
             "initialize() failed: ValueError: bad option 'speed'",

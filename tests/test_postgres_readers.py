@@ -22,14 +22,25 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from dativo_postgres_rs import RustPostgresReader  # plugins/postgres-rs, built by scripts/test.sh
 
 from dativo.connectors.postgres.adbc import AdbcPostgresReader
 from dativo.connectors.postgres.psycopg import PsycopgPostgresReader
 from dativo.connectors.postgres.types import SourceSpec, split_qualified_name
 from dativo.errors import ConfigError, PluginError, SchemaError, SourceError, TypeMappingError
 
-READERS = [AdbcPostgresReader, PsycopgPostgresReader]
-READER_IDS = ["adbc", "psycopg"]
+from support.process_plugins import FlightAdbcReader, GoPostgresReader, ServedAdbcReader
+
+# The Go reader and the ADBC reader served out of process pass the same tests (issue #5).
+READERS = [
+    AdbcPostgresReader,
+    PsycopgPostgresReader,
+    RustPostgresReader,
+    GoPostgresReader,
+    ServedAdbcReader,
+    FlightAdbcReader,
+]
+READER_IDS = ["adbc", "psycopg", "rust", "go-process", "adbc-process", "adbc-flight"]
 
 
 @pytest.fixture(params=READERS, ids=READER_IDS)
@@ -343,12 +354,13 @@ def test_fidelity_schema_and_values(reader_cls, fidelity_db):
 def test_both_readers_return_identical_data(fidelity_db):
     _, _, a = read_fidelity(AdbcPostgresReader, fidelity_db, batch_size=3)
     _, _, b = read_fidelity(PsycopgPostgresReader, fidelity_db, batch_size=1)
-    assert a.schema == b.schema == EXPECTED_SCHEMA
+    _, _, c = read_fidelity(RustPostgresReader, fidelity_db, batch_size=2)
+    assert a.schema == b.schema == c.schema == EXPECTED_SCHEMA
     for col in FIDELITY:
-        x, y = a.column(col.name).combine_chunks(), b.column(col.name).combine_chunks()
-        assert norm(x.to_pylist()) == norm(y.to_pylist()), col.name
+        x, y, z = (t.column(col.name).combine_chunks() for t in (a, b, c))
+        assert norm(x.to_pylist()) == norm(y.to_pylist()) == norm(z.to_pylist()), col.name
         if col.name not in ("f4", "f8", "a_f4", "a_f8"):  # NaN != NaN in Array.equals
-            assert x.equals(y), col.name
+            assert x.equals(y) and x.equals(z), col.name
 
 
 def test_table_source_matches_query_source(reader_cls, fidelity_db):

@@ -49,6 +49,8 @@ state_app = typer.Typer(help="Inspect or reset the state a job commits with its 
 app.add_typer(state_app, name="state")
 app.add_typer(audit_app, name="audit")  # encrypted-parquet: dativo audit verify LOG
 app.add_typer(kms_app, name="kms")
+init_app = typer.Typer(help="Generate a new project from dativo's templates.", no_args_is_help=True)
+app.add_typer(init_app, name="init")
 app.command("decrypt")(decrypt)
 
 out = Console()
@@ -156,6 +158,14 @@ def check(job: JobArg, debug: DebugOpt = False) -> None:
         out.print(f"[green]ok[/green] {side}: {result}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    """Serve a reader or writer as a process or Flight plugin: dativo serve {process,flight} IMPLEMENTATION ..."""
+    from dativo.runtimes.serve import main as serve_main  # serve flight imports gRPC only when asked for
+
+    raise typer.Exit(serve_main(list(ctx.args)))
+
+
 @app.command()
 def discover(
     job: JobArg,
@@ -192,6 +202,60 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         table.add_row(kind, name, origin, api, f"[red]{problem}[/red]" if problem else "[green]ok[/green]")
     out.print(table)
     if any(row[4] for row in rows):
+        raise typer.Exit(1)
+
+
+@init_app.command("plugin")
+def init_plugin(
+    name: Annotated[str, typer.Argument(help="The plugin's name: lower-case words joined by '-' (my-orders).")],
+    kind: Annotated[str, typer.Option(help="reader or writer.")] = "reader",
+    lang: Annotated[str, typer.Option(help="python, rust or go.")] = "python",
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to write it (default: ./NAME).")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+) -> None:
+    """Generate a buildable plugin project (code, packaging, example job, conformance tests, README)."""
+    from dativo.scaffold import generate
+
+    dest = directory or Path(name)
+    written = _guard(lambda: generate(name, kind, lang, dest, force))  # type: ignore[arg-type]
+    out.print(f"created {kind} plugin '{name}' ({lang}) in {dest}: {len(written)} files; next: see {dest / 'README.md'}")
+
+
+@plugins_app.command("certify")
+def plugins_certify(
+    implementation: Annotated[
+        str, typer.Argument(help="Installed name, pkg.mod:Class, file.py:Class, an executable, or grpc://host:port.")
+    ],
+    kind: Annotated[str | None, typer.Option(help="reader or writer (found out for Python plugins).")] = None,
+    runtime: Annotated[str, typer.Option(help="custom (in process), process or flight.")] = "custom",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Scenario file (conformance.yaml of a generated plugin).")
+    ] = None,
+    rule: Annotated[list[str] | None, typer.Option("--rule", help="Run only this rule (repeatable).")] = None,
+    sandbox: Annotated[bool, typer.Option(help="Sandbox process plugins (as jobs do by default).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the conformance suite against a plugin; exit 0 only when every required rule passes."""
+    from dativo.testing.cli import run_certification  # the suite imports pytest helpers only when asked for
+
+    _state["debug"] |= debug
+    if kind not in (None, "reader", "writer") or runtime not in ("custom", "process", "flight"):
+        _fail(ConfigError(f"--kind must be reader or writer and --runtime custom, process or flight (got {kind}, {runtime})"))
+    report = _guard(
+        lambda: run_certification(implementation, kind, runtime, config, rule, sandbox=sandbox)  # type: ignore[arg-type]
+    )
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        table = Table("rule", "result", "details", title=f"{report.plugin}: plugin SDK {report.sdk_version}")
+        colours = {"pass": "green", "fail": "red", "skip": "yellow"}
+        for result in report.results:
+            table.add_row(result.rule, f"[{colours[result.status]}]{result.status}[/]", redact(result.message))
+        out.print(table)
+        verdict = "[green]certified[/green]" if report.passed else "[red]not certified[/red]"
+        out.print(f"{verdict}: {', '.join(report.failed_rules) or 'no rule failed'}")
+    if not report.passed:
         raise typer.Exit(1)
 
 

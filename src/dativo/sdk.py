@@ -35,10 +35,12 @@ __all__ = [
     "WriteMode",
 ]
 
-#: The version of this SDK (``MAJOR.MINOR``). A plugin declares the version it
-#: was written for in its ``api_version`` class attribute; the engine loads
-#: plugins with the same MAJOR and a MINOR no newer than its own.
-SDK_API_VERSION = "1.0"
+#: The version of this SDK (semver ``MAJOR.MINOR.PATCH``, distinct from dativo's own
+#: version; see docs/sdk-changelog.md). A plugin declares the SDK versions it supports
+#: in its ``api_version`` class attribute: a range such as ``">=1.0,<2"`` or a plain
+#: version such as ``"1.0"``, meaning ``">=1.0,<2"`` (same MAJOR, that MINOR or newer).
+#: The engine refuses a plugin whose range does not contain this version.
+SDK_API_VERSION = "1.1.0"
 
 #: What ``initialize`` receives: the job's ``source`` (for a reader) or
 #: ``target`` (for a writer) section with environment variables and secrets
@@ -68,7 +70,8 @@ BatchLike: TypeAlias = pa.RecordBatch | pa.Table | ArrowStreamExportable | Arrow
 
 
 class _Plugin(ABC):  # noqa: B024 - shared hooks only; the abstract methods live in the subclasses
-    #: SDK version this plugin was written against (see :data:`SDK_API_VERSION`).
+    #: SDK versions this plugin supports: a range (``">=1.0,<2"``) or the version it was written
+    #: against (``"1.1"`` meaning ``">=1.1,<2"``); see :data:`SDK_API_VERSION`.
     api_version: ClassVar[str] = SDK_API_VERSION
 
     def initialize(self, config: PluginConfig) -> None:

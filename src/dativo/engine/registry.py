@@ -15,10 +15,13 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Literal
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
 from dativo.errors import PluginError
 from dativo.sdk import SDK_API_VERSION, DataReader, DataWriter
 
-__all__ = ["PluginKind", "PluginRef", "check_api_version", "list_plugins", "resolve_plugin"]
+__all__ = ["PluginKind", "PluginRef", "check_api_version", "list_plugins", "resolve_plugin", "supported_sdk_range"]
 
 PluginKind = Literal["reader", "writer"]
 _GROUPS: dict[PluginKind, str] = {"reader": "dativo.readers", "writer": "dativo.writers"}
@@ -69,22 +72,50 @@ def resolve_plugin(kind: PluginKind, implementation: str, base_dir: Path) -> Plu
     return PluginRef(kind=kind, name=spec, cls=cls, origin=origin)
 
 
+def supported_sdk_range(declared: str) -> SpecifierSet:
+    """The SDK versions ``declared`` (a plugin's ``api_version``) accepts.
+
+    A range (``">=1.0,<2"``, PEP 440 specifiers) is taken as written; a plain
+    version (``"1.0"``, ``"1.1.0"``, also ``"^1.1"``) means that version up to
+    the next MAJOR (``">=1.0,<2"``), the semver caret rule. Raises
+    InvalidSpecifier/InvalidVersion when ``declared`` is neither.
+    """
+    text = declared.strip()
+    if text.startswith("^"):
+        text = text[1:]
+    if text and text[0].isdigit():
+        version = Version(text)
+        upper = f"{version.major + 1}" if version.major > 0 else f"0.{version.minor + 1}"
+        return SpecifierSet(f">={version},<{upper}")
+    return SpecifierSet(text)
+
+
 def check_api_version(kind: PluginKind, name: str, cls: type) -> None:
-    """Raise PluginError unless ``cls.api_version`` has this SDK's major and a minor no newer than it."""
+    """Raise PluginError unless ``cls.api_version`` accepts this SDK's version (:data:`SDK_API_VERSION`).
+
+    The message states both: the range the plugin declares and the SDK version this dativo provides.
+    """
     declared = str(getattr(cls, "api_version", ""))
-    engine_major, engine_minor = (int(part) for part in SDK_API_VERSION.split("."))
     try:
-        major, minor = (int(part) for part in declared.split(".")[:2])
-    except ValueError:
+        accepted = supported_sdk_range(declared)
+        if not str(accepted):
+            raise InvalidSpecifier(declared)
+    except (InvalidSpecifier, InvalidVersion):
         raise PluginError(
-            f"{kind} '{name}' declares api_version '{declared}', which is not MAJOR.MINOR; "
-            f"this engine supports SDK {SDK_API_VERSION}"
+            f"{kind} '{name}' declares api_version '{declared}', which is neither a version ('1.1') nor a range "
+            f"('>=1.0,<2'); this dativo provides plugin SDK {SDK_API_VERSION}"
         ) from None
-    if major != engine_major or minor > engine_minor:
+    if not accepted.contains(SDK_API_VERSION, prereleases=True):
         raise PluginError(
-            f"{kind} '{name}' was written for SDK API {declared}, but this dativo supports "
-            f"{engine_major}.0 to {SDK_API_VERSION}; upgrade dativo or use a plugin release for SDK {SDK_API_VERSION}"
+            f"{kind} '{name}' supports plugin SDK {_show(accepted)} (api_version '{declared}'), but this dativo provides "
+            f"SDK {SDK_API_VERSION}; install a dativo whose SDK is in that range or a release of the plugin "
+            f"that supports SDK {SDK_API_VERSION}"
         )
+
+
+def _show(accepted: SpecifierSet) -> str:
+    """``>=1.0,<2`` rather than packaging's sorted ``<2,>=1.0``."""
+    return ",".join(sorted((str(spec) for spec in accepted), key=lambda spec: (not spec.startswith(">"), spec)))
 
 
 def list_plugins() -> list[tuple[PluginKind, str, str, str, str | None]]:

@@ -47,7 +47,8 @@ def run_job(
             if attempt >= policy.max_attempts or not is_transient(exc):
                 raise
             delay = min(policy.max_delay_s, policy.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            log.warning(
+            # INFO, not WARNING: a run that recovers prints nothing, one that fails prints one line.
+            log.info(
                 "attempt %d of %d failed with a transient error; retrying in %.1f s: %s",
                 attempt,
                 policy.max_attempts,

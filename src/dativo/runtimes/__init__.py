@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dativo.engine.plan import PluginPlan
 from dativo.errors import PluginError
-from dativo.runtimes import inprocess
+from dativo.runtimes import inprocess, process
 from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["host_reader", "host_writer"]
@@ -18,6 +18,12 @@ def host_reader(plan: PluginPlan) -> DataReader:
     """Start the planned reader in its runtime and initialize it. Raises PluginError or the reader's own error."""
     if plan.runtime == "custom":
         return inprocess.host(plan, DataReader)  # type: ignore[type-abstract]  # used for isinstance only
+    if plan.runtime == "process":
+        return process.host_reader(plan)
+    if plan.runtime == "flight":
+        from dativo.runtimes import flight  # imports pyarrow.flight (gRPC) only when asked for
+
+        return flight.host_reader(plan)
     raise PluginError(f"reader '{plan.ref.name}': unknown runtime type '{plan.runtime}'")
 
 
@@ -25,4 +31,10 @@ def host_writer(plan: PluginPlan) -> DataWriter:
     """Start the planned writer in its runtime and initialize it. Raises PluginError or the writer's own error."""
     if plan.runtime == "custom":
         return inprocess.host(plan, DataWriter)  # type: ignore[type-abstract]  # used for isinstance only
+    if plan.runtime == "process":
+        return process.host_writer(plan)
+    if plan.runtime == "flight":
+        from dativo.runtimes import flight  # imports pyarrow.flight (gRPC) only when asked for
+
+        return flight.host_writer(plan)
     raise PluginError(f"writer '{plan.ref.name}': unknown runtime type '{plan.runtime}'")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +76,7 @@ class ParquetSettings:
         if self.dictionary == "none":
             return False
         return [
-            field.name
-            for field in schema
-            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+            field.name for field in schema if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
         ]
 
 
@@ -107,6 +108,7 @@ class RollingParquetWriter:
         open_file: Callable[[int], tuple[str, Any]],
         settings: ParquetSettings,
         file_options: Callable[[int, str], Mapping[str, Any]] | None = None,
+        lanes: int | None = None,
     ) -> None:
         self._schema = schema
         self._open_file = open_file
@@ -114,37 +116,66 @@ class RollingParquetWriter:
         self._file_options = file_options
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_bytes = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._stream: Any = None
-        self._path = ""
-        self._rows_in_file = 0
+        # Encoding lanes: each has its own open file; row groups go round-robin to
+        # the lanes and are encoded on a small thread pool (pyarrow releases the
+        # GIL), at most one row group in flight per lane, so memory stays bounded
+        # by (lanes + 1) row groups.
+        count = max(1, lanes if lanes is not None else default_lanes())
+        self._lanes = [_Lane() for _ in range(count)]
+        self._next_lane = 0
+        self._pool = ThreadPoolExecutor(count, thread_name_prefix="dativo-parquet") if count > 1 else None
+        self._lock = threading.Lock()
         self.paths: list[str] = []
         self.files: list[WrittenFile] = []
 
+    @property
+    def lanes(self) -> int:
+        """How many files are written (and encoded) in parallel."""
+        return len(self._lanes)
+
     def write(self, batch: pa.RecordBatch) -> None:
-        """Buffer ``batch``; write a row group once enough data has gathered."""
+        """Buffer ``batch``; hand a row group to the next lane once enough data has gathered.
+
+        Raises the error of an earlier row group's encoding or upload, if one failed.
+        """
         self._buffer.append(batch)
         self._buffered_bytes += batch.nbytes
         if self._buffered_bytes >= self._settings.row_group_bytes:
             self._flush()
 
     def close(self) -> list[WrittenFile]:
-        """Write what is buffered, finish the current file and return every file written."""
+        """Write what is buffered, finish every lane's file and return every file written (in path order).
+
+        Raises the first encoding or I/O error of any lane.
+        """
         self._flush()
-        self._finish_file()
+        for lane in self._lanes:
+            self._wait(lane)
+        for lane in self._lanes:
+            self._finish_file(lane)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        order = {path: i for i, path in enumerate(self.paths)}
+        self.files.sort(key=lambda f: order.get(f.path, len(order)))
         return self.files
 
     def abandon(self) -> None:
-        """Drop buffered data and close the open stream without finishing the file (its path stays in ``paths``)."""
+        """Drop buffered data and close the open streams without finishing the files (paths stay in ``paths``)."""
         self._buffer.clear()
         self._buffered_bytes = 0
-        writer, stream = self._writer, self._stream
-        self._writer = self._stream = None
-        for closable in (writer, stream):
-            if closable is not None:
-                # The file is deleted next; a half-written footer does not matter.
-                with contextlib.suppress(Exception):
-                    closable.close()
+        for lane in self._lanes:
+            with contextlib.suppress(Exception):
+                self._wait(lane)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for lane in self._lanes:
+            writer, stream = lane.writer, lane.stream
+            lane.writer = lane.stream = None
+            for closable in (writer, stream):
+                if closable is not None:
+                    # The file is deleted next; a half-written footer does not matter.
+                    with contextlib.suppress(Exception):
+                        closable.close()
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -152,22 +183,38 @@ class RollingParquetWriter:
         table = pa.Table.from_batches(self._buffer, schema=self._schema)
         self._buffer = []
         self._buffered_bytes = 0
-        if self._writer is None:
-            self._start_file()
-        assert self._writer is not None
-        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
-        self._rows_in_file += table.num_rows
-        if self._stream.tell() >= self._settings.target_file_bytes:
-            self._finish_file()
+        lane = self._lanes[self._next_lane]
+        self._next_lane = (self._next_lane + 1) % len(self._lanes)
+        self._wait(lane)
+        if self._pool is None:
+            self._write_row_group(lane, table)
+        else:
+            lane.pending = self._pool.submit(self._write_row_group, lane, table)
 
-    def _start_file(self) -> None:
-        index = len(self.paths)
-        self._path, self._stream = self._open_file(index)
-        self.paths.append(self._path)
+    @staticmethod
+    def _wait(lane: _Lane) -> None:
+        pending, lane.pending = lane.pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write_row_group(self, lane: _Lane, table: pa.Table) -> None:
+        if lane.writer is None:
+            self._start_file(lane)
+        assert lane.writer is not None
+        lane.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        lane.rows += table.num_rows
+        if lane.stream.tell() >= self._settings.target_file_bytes:
+            self._finish_file(lane)
+
+    def _start_file(self, lane: _Lane) -> None:
+        with self._lock:
+            index = len(self.paths)
+            lane.path, lane.stream = self._open_file(index)
+            self.paths.append(lane.path)
         compression = None if self._settings.compression == "none" else self._settings.compression
-        extra = dict(self._file_options(index, self._path)) if self._file_options is not None else {}
-        self._writer = pq.ParquetWriter(
-            self._stream,
+        extra = dict(self._file_options(index, lane.path)) if self._file_options is not None else {}
+        lane.writer = pq.ParquetWriter(
+            lane.stream,
             self._schema,
             compression=compression,
             compression_level=self._settings.compression_level,
@@ -175,16 +222,37 @@ class RollingParquetWriter:
             store_decimal_as_integer=True,
             **extra,
         )
-        self._rows_in_file = 0
+        lane.rows = 0
 
-    def _finish_file(self) -> None:
-        if self._writer is None:
+    def _finish_file(self, lane: _Lane) -> None:
+        if lane.writer is None:
             return
-        self._writer.close()
-        size = self._stream.tell()
-        self._stream.close()
-        self.files.append(WrittenFile(self._path, size, self._rows_in_file, self._writer.writer.metadata))
-        self._writer = self._stream = None
+        lane.writer.close()
+        size = lane.stream.tell()
+        lane.stream.close()
+        written = WrittenFile(lane.path, size, lane.rows, lane.writer.writer.metadata)
+        with self._lock:
+            self.files.append(written)
+        lane.writer = lane.stream = None
+
+
+def default_lanes() -> int:
+    """Parallel Parquet encoders by default: one per core, at most 4 (``DATIVO_PARQUET_LANES`` overrides)."""
+    override = os.environ.get("DATIVO_PARQUET_LANES")
+    if override and override.strip().isdigit() and int(override) > 0:
+        return int(override)
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class _Lane:
+    """One encoding lane of :class:`RollingParquetWriter`: its open file and its row group in flight."""
+
+    writer: pq.ParquetWriter | None = None
+    stream: Any = None
+    path: str = ""
+    rows: int = 0
+    pending: Future[None] | None = None
 
 
 class StagedFolder:

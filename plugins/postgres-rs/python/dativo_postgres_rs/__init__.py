@@ -1,0 +1,269 @@
+"""``postgres-rs``: dativo's native PostgreSQL reader (Rust, in process through PyO3).
+
+The schema and the SQL come from dativo's shared PostgreSQL type mapping
+(:func:`dativo.connectors.postgres.types.describe_source`), exactly as for the
+built-in readers; the Rust extension runs ``COPY (sql) TO STDOUT (FORMAT
+binary)`` on a thread of its own (without the GIL), decodes the tuples straight
+into Arrow buffers and hands each batch over through the Arrow C data
+interface, so no value becomes a Python object and no batch is copied.
+
+Value rules are the shared ones: a numeric that does not fit its decimal
+exactly, an infinite date/timestamp or a multi-dimensional array fails the run
+with the same :class:`dativo.SchemaError` the built-in readers raise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import pyarrow as pa
+
+from dativo.connectors.postgres.connection import (
+    PgConnectionInfo,
+    build_connection,
+    connect_psycopg,
+    import_psycopg,
+    translate_error,
+)
+from dativo.connectors.postgres.partitions import SnapshotPartitioner, snapshot_setup_sql
+from dativo.connectors.postgres.types import (
+    ColumnPlan,
+    SourcePlan,
+    SourceSpec,
+    check_array_dims,
+    check_temporal_range,
+    decimal_from_strings,
+    describe_source,
+)
+from dativo.errors import ConfigError, DativoError, SchemaError, SourceError
+from dativo.sdk import DataReader, PluginConfig, ReadPartition
+
+from ._native import BatchStream, Connection, DecodeError, ServerError
+
+__all__ = ["RustPostgresReader"]
+
+# libpq keywords rust-postgres understands (client_encoding is always UTF8 there).
+_SUPPORTED_KEYS = (
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "target_session_attrs",
+    "channel_binding",
+)
+_IGNORED_KEYS = frozenset({"client_encoding", "sslmode"})
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def native_conninfo(info: PgConnectionInfo) -> str:
+    """The ``key=value`` string for the Rust client; ConfigError for settings it cannot honour (TLS)."""
+    import_psycopg()
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v) for k, v in conninfo_to_dict(info.conninfo).items() if v is not None}
+    sslmode = params.get("sslmode", "prefer")
+    if sslmode in ("require", "verify-ca", "verify-full"):
+        raise ConfigError(
+            f"the postgres-rs reader does not support TLS yet (sslmode={sslmode})",
+            hint="use the default postgres-adbc reader for TLS connections",
+        )
+    unsupported = sorted(k for k in params if k not in _SUPPORTED_KEYS and k not in _IGNORED_KEYS)
+    if unsupported:
+        raise ConfigError(
+            f"the postgres-rs reader does not support the connection setting(s) {', '.join(unsupported)}",
+            hint="remove them or use the default postgres-adbc reader",
+        )
+    params.setdefault("host", info.host)
+    params.setdefault("port", info.port)
+    params.setdefault("user", info.user)
+    params.setdefault("dbname", info.dbname)
+    return " ".join(f"{k}={_quote(params[k])}" for k in _SUPPORTED_KEYS if k in params)
+
+
+def _column_specs(plan: SourcePlan) -> list[tuple[str, str, bool, int, int]]:
+    specs: list[tuple[str, str, bool, int, int]] = []
+    for c in plan.columns:
+        t = c.value_type
+        precision, scale = (t.precision, t.scale) if pa.types.is_decimal(t) else (0, 0)
+        specs.append((c.name, c.kind, c.is_array, precision, scale))
+    return specs
+
+
+def _decode_error(exc: BaseException, plan: SourcePlan) -> DativoError:
+    """Turn the extension's DecodeError into the SchemaError the shared checks raise for the same value."""
+    kind, index, detail = exc.args
+    column: ColumnPlan | None = plan.columns[index] if 0 <= index < len(plan.columns) else None
+    try:
+        if column is not None and kind == "numeric":
+            decimal_from_strings(pa.array([detail], pa.string()), column)
+        elif column is not None and kind == "temporal":
+            low = pa.array([-(2**31)], pa.int32()) if column.kind == "date" else pa.array([-(2**63)], pa.int64())
+            check_temporal_range(low.view(column.value_type), column)
+        elif column is not None and kind == "ndims":
+            check_array_dims(pa.array([int(detail)], pa.int32()), column)
+    except SchemaError as error:
+        return error
+    where = f" in column {column.name!r}" if column is not None else ""
+    return SourceError(f"the postgres-rs reader could not decode the COPY stream{where}: {detail}")
+
+
+class RustPostgresReader(DataReader):
+    """Read a PostgreSQL table or query with the native (Rust) binary-COPY decoder.
+
+    ``initialize`` describes the source with psycopg and opens the native
+    connection: a wrong password, an unreachable server, a missing table or
+    an unmappable type fail there (:class:`dativo.SourceError`,
+    :class:`dativo.TypeMappingError`, :class:`dativo.ConfigError`).
+    ``read_batch`` raises :class:`dativo.SchemaError` for a value that cannot
+    be represented exactly and :class:`dativo.SourceError` carrying
+    PostgreSQL's message for a failure mid-stream; it never ends early.
+    Partitioned reads (``source.parallelism``) are supported for ``table``
+    sources: every partition runs on its own connection inside the snapshot
+    exported by a coordinating transaction.
+    """
+
+    def __init__(self) -> None:
+        self._info: PgConnectionInfo | None = None
+        self._spec: SourceSpec | None = None
+        self._plan: SourcePlan | None = None
+        self._conninfo = ""
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+        self._partitioner: SnapshotPartitioner | None = None
+        self._closed = False
+
+    def initialize(self, config: PluginConfig) -> None:
+        """Describe the source and connect; see the class docstring for the errors raised."""
+        self.config = config
+        self._spec = SourceSpec.from_config(config)
+        self._info = info = build_connection(config.get("connection"))
+        self._conninfo = native_conninfo(info)
+        psycopg = import_psycopg()
+        with contextlib.closing(connect_psycopg(info)) as pg:
+            try:
+                self._plan = describe_source(pg, self._spec)
+            except psycopg.Error as exc:
+                raise translate_error(exc, info, table=self._spec.table) from exc
+        self._conn = self._connect()
+
+    def _connect(self) -> Any:
+        info = self._require_info()
+        try:
+            conn = Connection.connect(self._conninfo)
+        except ServerError as exc:
+            raise translate_error(_server_exc(exc), info, connecting=True) from exc
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise SourceError("the postgres-rs reader was closed")
+            self._open.add(conn)
+        return conn
+
+    def _require_info(self) -> PgConnectionInfo:
+        if self._info is None:
+            raise SourceError("the PostgreSQL reader was not initialized")
+        return self._info
+
+    def _require_plan(self) -> SourcePlan:
+        if self._plan is None:
+            raise SourceError("the PostgreSQL reader was not initialized")
+        return self._plan
+
+    def get_schema(self) -> pa.Schema:
+        """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
+        return self._require_plan().schema
+
+    def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Yield record batches of at most ``batch_size`` rows; raises on any failure (never ends early)."""
+        plan = self._require_plan()
+        if self._conn is None:
+            raise SourceError("the PostgreSQL reader is closed")
+        yield from self._stream(self._conn, plan.sql, batch_size, None, None)
+
+    def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
+        """Export a snapshot and split a ``table`` source into ctid page ranges (empty for a query source)."""
+        plan, spec = self._require_plan(), self._spec
+        assert spec is not None
+        self._partitioner = SnapshotPartitioner(self._require_info(), spec, plan)
+        return self._partitioner.plan(parallelism)
+
+    def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Read one partition on a connection of its own, inside the exported snapshot."""
+        sql, snapshot = str(partition.spec["sql"]), str(partition.spec["snapshot"])
+        conn = self._connect()
+        try:
+            setup = snapshot_setup_sql(snapshot)
+            yield from self._stream(conn, sql, batch_size, setup, "COMMIT")
+        finally:
+            with self._lock:
+                self._open.discard(conn)
+            conn.close()
+
+    def _stream(
+        self, conn: Any, sql: str, batch_size: int, setup: str | None, teardown: str | None
+    ) -> Iterator[pa.RecordBatch]:
+        plan = self._require_plan()
+        info, spec = self._require_info(), self._spec
+        stream: BatchStream = conn.copy(
+            sql, _column_specs(plan), len(plan.array_columns), max(1, int(batch_size)), setup, teardown
+        )
+        try:
+            for native in stream:
+                batch = pa.record_batch(native)  # zero-copy import through the C data interface
+                yield batch
+        except DecodeError as exc:
+            raise _decode_error(exc, plan) from None
+        except ServerError as exc:
+            if self._closed:
+                raise SourceError("the postgres-rs reader was closed while reading") from None
+            raise translate_error(_server_exc(exc), info, table=spec.table if spec else None) from None
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        """Cancel running copies, close every connection and the snapshot transaction; idempotent."""
+        with self._lock:
+            self._closed = True
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._conn = None
+        partitioner, self._partitioner = self._partitioner, None
+        if partitioner is not None:
+            partitioner.close()
+
+
+class _ServerException(Exception):
+    """A ServerError shaped like a psycopg error for :func:`translate_error`."""
+
+    def __init__(self, sqlstate: str | None, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.diag = SimpleNamespace(message_primary=message if sqlstate else None)
+
+
+class _ConnectionLost(_ServerException, ConnectionError):
+    """A connection failure without a server error (socket closed, I/O error): transient."""
+
+
+def _server_exc(exc: BaseException) -> _ServerException:
+    sqlstate, message = exc.args
+    if sqlstate is None:
+        return _ConnectionLost(None, str(message))
+    return _ServerException(sqlstate, str(message))

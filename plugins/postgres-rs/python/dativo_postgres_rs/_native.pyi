@@ -1,0 +1,36 @@
+"""Type stubs of the Rust extension module (src/lib.rs)."""
+
+from collections.abc import Iterator
+
+class ServerError(Exception):
+    """args: (sqlstate or None, message)."""
+
+class DecodeError(Exception):
+    """args: (kind, column index, detail)."""
+
+class ArrowBatch:
+    @property
+    def num_rows(self) -> int: ...
+    def __arrow_c_array__(self, requested_schema: object | None = None) -> tuple[object, object]: ...
+
+class BatchStream:
+    def __iter__(self) -> Iterator[ArrowBatch]: ...
+    def __next__(self) -> ArrowBatch: ...
+    def close(self) -> None: ...
+
+class Connection:
+    @staticmethod
+    def connect(conninfo: str) -> Connection: ...
+    def execute(self, sql: str) -> None: ...
+    def query_scalar(self, sql: str) -> str | None: ...
+    def copy(
+        self,
+        sql: str,
+        columns: list[tuple[str, str, bool, int, int]],
+        skip: int,
+        batch_size: int,
+        setup: str | None = None,
+        teardown: str | None = None,
+    ) -> BatchStream: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,336 @@
+//! Native PostgreSQL reader for dativo.
+//!
+//! Runs `COPY (query) TO STDOUT (FORMAT binary)` on a dedicated Rust thread
+//! (no GIL held), decodes the binary tuples straight into Arrow buffers and
+//! hands each finished batch to Python through the Arrow C data interface
+//! (`__arrow_c_array__` PyCapsules): the batch is never copied on the way.
+//!
+//! The Python package (`dativo_postgres_rs`) decides the query and the Arrow
+//! schema with dativo's shared type mapping and passes one column spec per
+//! output column; this module only decodes and enforces the value rules
+//! (exact numeric fit, no infinite dates, one-dimensional arrays).
+
+mod decode;
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_data::ffi::FFI_ArrowArray;
+use arrow_schema::ffi::FFI_ArrowSchema;
+use arrow_schema::DataType;
+use postgres::{CancelToken, Client, Config, NoTls};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyTuple};
+
+use decode::{ColumnSpec, Decoder, NativeError};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+create_exception!(_native, ServerError, PyException, "An error reported by PostgreSQL or the connection: args (sqlstate or None, message).");
+create_exception!(_native, DecodeError, PyException, "A value the Arrow type cannot hold: args (kind, column index, detail).");
+
+fn to_py(err: NativeError) -> PyErr {
+    match err {
+        NativeError::Server { sqlstate, message } => ServerError::new_err((sqlstate, message)),
+        NativeError::Decode { kind, column, detail } => DecodeError::new_err((kind, column, detail)),
+    }
+}
+
+fn server_error(err: postgres::Error) -> NativeError {
+    NativeError::from(err)
+}
+
+/// One PostgreSQL connection. `copy` streams a query's result as Arrow batches.
+#[pyclass(module = "dativo_postgres_rs._native")]
+struct Connection {
+    client: Arc<Mutex<Option<Client>>>,
+    cancel: CancelToken,
+    closed: Arc<AtomicBool>,
+}
+
+#[pymethods]
+impl Connection {
+    /// Connect with a libpq-style `key=value` string (keys rust-postgres knows). Releases the GIL.
+    #[staticmethod]
+    fn connect(py: Python<'_>, conninfo: String) -> PyResult<Connection> {
+        let config: Config = conninfo
+            .parse()
+            .map_err(|e: postgres::Error| PyValueError::new_err(format!("invalid connection settings: {e}")))?;
+        let client = py.detach(|| config.connect(NoTls)).map_err(|e| to_py(server_error(e)))?;
+        let cancel = client.cancel_token();
+        Ok(Connection {
+            client: Arc::new(Mutex::new(Some(client))),
+            cancel,
+            closed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Run a statement that returns no rows (e.g. BEGIN, SET TRANSACTION SNAPSHOT). Releases the GIL.
+    fn execute(&self, py: Python<'_>, sql: String) -> PyResult<()> {
+        let client = self.client.clone();
+        py.detach(move || -> Result<(), NativeError> {
+            let mut guard = client.lock().unwrap_or_else(|p| p.into_inner());
+            let c = guard.as_mut().ok_or_else(NativeError::closed)?;
+            c.batch_execute(&sql).map_err(server_error)
+        })
+        .map_err(to_py)
+    }
+
+    /// Run a query returning one text value in its first row and column (e.g. pg_export_snapshot()).
+    fn query_scalar(&self, py: Python<'_>, sql: String) -> PyResult<Option<String>> {
+        let client = self.client.clone();
+        py.detach(move || -> Result<Option<String>, NativeError> {
+            let mut guard = client.lock().unwrap_or_else(|p| p.into_inner());
+            let c = guard.as_mut().ok_or_else(NativeError::closed)?;
+            let rows = c.simple_query(&sql).map_err(server_error)?;
+            for msg in rows {
+                if let postgres::SimpleQueryMessage::Row(row) = msg {
+                    return Ok(row.get(0).map(str::to_owned));
+                }
+            }
+            Ok(None)
+        })
+        .map_err(to_py)
+    }
+
+    /// Start `COPY (sql) TO STDOUT (FORMAT binary)` on a Rust thread and return the batch stream.
+    ///
+    /// `columns` holds one `(name, kind, is_array, precision, scale)` tuple per
+    /// output column; `skip` trailing result columns are read and dropped.
+    /// `setup` (e.g. BEGIN + SET TRANSACTION SNAPSHOT) runs first and
+    /// `teardown` (e.g. COMMIT) after the copy, both on this connection.
+    #[pyo3(signature = (sql, columns, skip, batch_size, setup=None, teardown=None))]
+    fn copy(
+        &self,
+        sql: String,
+        columns: Vec<(String, String, bool, u8, i8)>,
+        skip: usize,
+        batch_size: usize,
+        setup: Option<String>,
+        teardown: Option<String>,
+    ) -> PyResult<BatchStream> {
+        let specs = columns
+            .into_iter()
+            .map(|(name, kind, is_array, precision, scale)| ColumnSpec::new(name, &kind, is_array, precision, scale))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(PyValueError::new_err)?;
+        // Rendezvous: a finished batch waits for the engine to take it; the engine's queue does the buffering.
+        let (tx, rx) = sync_channel::<Result<RecordBatch, NativeError>>(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = self.client.clone();
+        let closed = self.closed.clone();
+        let thread_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("dativo-postgres-rs".into())
+            .spawn(move || {
+                let mut guard = client.lock().unwrap_or_else(|p| p.into_inner());
+                let result = match guard.as_mut() {
+                    None => Err(NativeError::closed()),
+                    Some(c) => run_copy(c, &sql, specs, skip, batch_size.max(1), setup, teardown, &tx, &thread_stop),
+                };
+                if let Err(e) = result {
+                    if !thread_stop.load(Ordering::SeqCst) {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+                if closed.load(Ordering::SeqCst) {
+                    guard.take();
+                }
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the reader thread: {e}")))?;
+        Ok(BatchStream {
+            rx: Mutex::new(Some(rx)),
+            handle: Mutex::new(Some(handle)),
+            stop,
+            cancel: self.cancel.clone(),
+        })
+    }
+
+    /// Ask the server to cancel the statement running on this connection. Releases the GIL.
+    fn cancel(&self, py: Python<'_>) {
+        let token = self.cancel.clone();
+        let _ = py.detach(move || token.cancel_query(NoTls));
+    }
+
+    /// Close the connection. If a copy is still running, it is cancelled and
+    /// the connection closes when that thread ends. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        self.closed.store(true, Ordering::SeqCst);
+        let taken = match self.client.try_lock() {
+            Ok(mut guard) => guard.take(),
+            Err(_) => {
+                let token = self.cancel.clone();
+                let _ = py.detach(move || token.cancel_query(NoTls));
+                None
+            }
+        };
+        if let Some(client) = taken {
+            py.detach(move || drop(client));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_copy(
+    client: &mut Client,
+    sql: &str,
+    specs: Vec<ColumnSpec>,
+    skip: usize,
+    batch_size: usize,
+    setup: Option<String>,
+    teardown: Option<String>,
+    tx: &std::sync::mpsc::SyncSender<Result<RecordBatch, NativeError>>,
+    stop: &AtomicBool,
+) -> Result<(), NativeError> {
+    if let Some(setup) = &setup {
+        client.batch_execute(setup).map_err(server_error)?;
+    }
+    let outcome = (|| -> Result<(), NativeError> {
+        let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
+        let reader = client.copy_out(copy.as_str()).map_err(server_error)?;
+        let mut decoder = Decoder::new(reader, specs, skip, batch_size);
+        while let Some(batch) = decoder.next_batch()? {
+            if stop.load(Ordering::SeqCst) || tx.send(Ok(batch)).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })();
+    match (&outcome, teardown) {
+        (Ok(()), Some(t)) if !stop.load(Ordering::SeqCst) => client.batch_execute(&t).map_err(server_error)?,
+        (_, Some(_)) => {
+            let _ = client.batch_execute("ROLLBACK");
+        }
+        _ => {}
+    }
+    outcome
+}
+
+/// The batches of one running copy. Iterate it; `close` stops it early.
+#[pyclass(module = "dativo_postgres_rs._native")]
+struct BatchStream {
+    rx: Mutex<Option<Receiver<Result<RecordBatch, NativeError>>>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+    cancel: CancelToken,
+}
+
+#[pymethods]
+impl BatchStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// The next batch (an object with `__arrow_c_array__`), or StopIteration at the end. Releases the GIL while waiting.
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<ArrowBatch>> {
+        let taken = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(rx) = taken else { return Ok(None) };
+        let (rx, received) = py.detach(move || loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(item) => return (rx, Some(item)),
+                Err(RecvTimeoutError::Disconnected) => return (rx, None),
+                Err(RecvTimeoutError::Timeout) => continue,
+            }
+        });
+        if !self.stop.load(Ordering::SeqCst) {
+            *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        }
+        match received {
+            None => {
+                self.join(py);
+                Ok(None)
+            }
+            Some(Ok(batch)) => Ok(Some(ArrowBatch { batch: Some(batch) })),
+            Some(Err(e)) => {
+                self.join(py);
+                Err(to_py(e))
+            }
+        }
+    }
+
+    /// Stop reading: cancel the statement, drop what is buffered and wait for the thread. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        if !self.stop.swap(true, Ordering::SeqCst) {
+            let running = self.handle.lock().map(|h| h.as_ref().is_some_and(|h| !h.is_finished())).unwrap_or(false);
+            if running {
+                let token = self.cancel.clone();
+                let _ = py.detach(move || token.cancel_query(NoTls));
+            }
+        }
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.join(py);
+    }
+}
+
+impl BatchStream {
+    fn join(&self, py: Python<'_>) {
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            py.detach(move || {
+                let _ = h.join();
+            });
+        }
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.rx.get_mut().map(|r| r.take()).ok();
+    }
+}
+
+/// One record batch, exported through the Arrow PyCapsule interface (once).
+#[pyclass(module = "dativo_postgres_rs._native")]
+struct ArrowBatch {
+    batch: Option<RecordBatch>,
+}
+
+#[pymethods]
+impl ArrowBatch {
+    /// Number of rows.
+    #[getter]
+    fn num_rows(&self) -> usize {
+        self.batch.as_ref().map_or(0, RecordBatch::num_rows)
+    }
+
+    /// Export as (schema capsule, array capsule) of a struct array; the buffers move, nothing is copied.
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_array__<'py>(
+        &mut self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let _ = requested_schema; // the canonical schema is the only one offered
+        let batch = self
+            .batch
+            .take()
+            .ok_or_else(|| PyValueError::new_err("this Arrow batch was already exported"))?;
+        let fields = batch.schema().fields().clone();
+        let array = StructArray::from(batch);
+        let schema = FFI_ArrowSchema::try_from(&DataType::Struct(fields))
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot export the Arrow schema: {e}")))?;
+        let data = FFI_ArrowArray::new(&array.to_data());
+        let schema_capsule = PyCapsule::new(py, schema, Some(CString::new("arrow_schema").unwrap()))?;
+        let array_capsule = PyCapsule::new(py, data, Some(CString::new("arrow_array").unwrap()))?;
+        PyTuple::new(py, [schema_capsule.into_any(), array_capsule.into_any()])
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Connection>()?;
+    m.add_class::<BatchStream>()?;
+    m.add_class::<ArrowBatch>()?;
+    m.add("ServerError", m.py().get_type::<ServerError>())?;
+    m.add("DecodeError", m.py().get_type::<DecodeError>())?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+"""``dativo audit verify``, ``dativo decrypt`` and ``dativo kms new-key-file``: the encrypted writer's tools.
+
+Registered on the main ``dativo`` app by :mod:`dativo.cli`. Errors print as one
+line (``error: ...``), exit code 1 for a failed check or read, 2 for a bad
+command line or job file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+
+from dativo._secrets import redact
+from dativo.audit import verify
+from dativo.config.loader import load_job
+from dativo.errors import ConfigError, DativoError, PluginError
+from dativo.kms import load_kms, scrub
+from dativo.kms.local import new_key_file
+from dativo.storage import S3_CONNECTION_KEYS
+
+__all__ = ["audit_app", "decrypt", "kms_app"]
+
+T = TypeVar("T")
+out = Console()
+err = Console(stderr=True)
+
+audit_app = typer.Typer(help="Check audit logs written by the encrypted-parquet writer.", no_args_is_help=True)
+kms_app = typer.Typer(help="Key management helpers for the encrypted-parquet writer.", no_args_is_help=True)
+
+JobOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--job", help="A job file whose target's 'connection' (and 'options.kms') to use.", show_default=False
+    ),
+]
+EndpointOpt = Annotated[str | None, typer.Option(help="S3 endpoint URL (else the job's or AWS's default).")]
+RegionOpt = Annotated[str | None, typer.Option(help="S3 region (else the job's or AWS's default).")]
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    message = str(exc) if isinstance(exc, DativoError) else f"unexpected {type(exc).__name__}: {exc}"
+    err.print("error: " + scrub(message).replace("\n", " "), highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except Exception as exc:
+        _fail(exc)
+
+
+def _target(job: Path | None) -> tuple[Mapping[str, Any], Mapping[str, Any], Path]:
+    """``(connection, options, job dir)`` of a job file's target, or empty ones."""
+    if job is None:
+        return {}, {}, Path.cwd()
+    loaded = load_job(job)
+    return loaded.config.target.connection, loaded.config.target.options, loaded.dir
+
+
+def _connection(base: Mapping[str, Any], endpoint_url: str | None, region: str | None) -> dict[str, Any]:
+    connection = {k: v for k, v in base.items() if k in S3_CONNECTION_KEYS}
+    if endpoint_url:
+        connection["endpoint_url"] = endpoint_url
+    if region:
+        connection["region"] = region
+    return connection
+
+
+@audit_app.command("verify")
+def audit_verify(
+    log: Annotated[str, typer.Argument(help="The audit log: a local file or s3://bucket/key.", show_default=False)],
+    files: Annotated[bool, typer.Option(help="Also check every published file's size and SHA-256.")] = True,
+    job: JobOpt = None,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Verify an audit log's hash chain and (by default) the files it records; name the first broken record."""
+    base, _, job_dir = _guard(lambda: _target(job))
+    connection = _connection(base, endpoint_url, region)
+    result = _guard(lambda: verify(log, check_files=files, connection=connection, base_dir=job_dir))
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "records": result.records,
+                    "runs": result.runs,
+                    "files_checked": result.files_checked,
+                    "head": result.head,
+                    "problem": result.problem,
+                    "line": result.line,
+                    "seq": result.seq,
+                }
+            )
+        )
+        if not result.ok:
+            raise typer.Exit(1)
+        return
+    if not result.ok:
+        err.print(
+            f"error: audit log {redact(log)} is broken: {result.problem}", highlight=False, markup=False, soft_wrap=True
+        )
+        raise typer.Exit(1)
+    checked = f"{result.files_checked} files match their SHA-256" if files else "files not checked"
+    out.print(
+        f"ok {redact(log)}: {result.records} records, {result.runs} runs, {checked}; head {result.head}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def decrypt(
+    location: Annotated[str, typer.Argument(help="An encrypted Parquet file or folder (local or s3://).")],
+    job: JobOpt = None,
+    kms_config: Annotated[
+        Path | None, typer.Option(help="A YAML/JSON file holding the 'kms:' mapping (instead of --job).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the plaintext here (.parquet, .csv or .jsonl); else JSON lines."),
+    ] = None,
+    columns: Annotated[str | None, typer.Option(help="Comma-separated columns to read (default: all).")] = None,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Decrypt files written by the encrypted-parquet writer, using the job's KMS configuration."""
+    from dativo.targets.encrypted_parquet import read_encrypted
+
+    def run() -> None:
+        base, options, job_dir = _target(job)
+        kms_mapping: Any = options.get("kms")
+        if kms_config is not None:
+            import yaml
+
+            try:
+                kms_mapping = yaml.safe_load(kms_config.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f"--kms-config {kms_config} cannot be read: {exc}") from None
+            kms_mapping = kms_mapping.get("kms", kms_mapping) if isinstance(kms_mapping, dict) else kms_mapping
+            job_dir = kms_config.resolve().parent
+        if not kms_mapping:
+            raise ConfigError("decrypt: give --job JOB (with target.options.kms) or --kms-config FILE")
+        kms = load_kms(kms_mapping, job_dir)
+        try:
+            wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+            table = read_encrypted(
+                location,
+                kms,
+                connection=_connection(base, endpoint_url, region),
+                base_dir=job_dir,
+                columns=wanted,
+            )
+        finally:
+            kms.close()
+        _emit(table, output)
+
+    _guard(run)
+
+
+def _emit(table: pa.Table, output: Path | None) -> None:
+    if output is None:
+        for row in table.to_pylist():
+            sys.stdout.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        return
+    suffix = output.suffix.lower()
+    if suffix == ".parquet":
+        pq.write_table(table, output, compression="zstd")
+    elif suffix == ".csv":
+        pacsv.write_csv(table, output)
+    elif suffix in (".jsonl", ".json"):
+        with output.open("w", encoding="utf-8") as handle:
+            for row in table.to_pylist():
+                handle.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+    else:
+        raise ConfigError(f"--output {output}: use a .parquet, .csv or .jsonl file name")
+    err.print(f"wrote {table.num_rows:,} rows to {output} (plaintext)", highlight=False, soft_wrap=True)
+
+
+@kms_app.command("new-key-file")
+def kms_new_key_file(
+    path: Annotated[Path, typer.Argument(help="The key file to create (mode 0600).", show_default=False)],
+    key: Annotated[list[str], typer.Option("--key", "-k", help="A master key id; repeat for several.")],
+    bits: Annotated[int, typer.Option(help="Key length: 128, 192 or 256.")] = 256,
+) -> None:
+    """Create a key file for the 'local' KMS with a fresh random master key per --key (development only)."""
+    _guard(lambda: new_key_file(path, key, bits // 8))
+    out.print(f"created {path} with keys {', '.join(key)} (mode 0600)", highlight=False, soft_wrap=True)

@@ -1,0 +1,111 @@
+"""Consistent partitioned reads of one PostgreSQL table, shared by the PostgreSQL readers.
+
+A coordinating connection opens a ``REPEATABLE READ`` transaction, exports
+its snapshot with ``pg_export_snapshot()`` and measures the table in pages;
+the table is split into ``ctid`` page ranges (TID range scans, PostgreSQL
+14+, as DuckDB's postgres scanner does). Each partition's reader joins the
+snapshot with ``SET TRANSACTION SNAPSHOT`` before it runs its range, so the
+union of the partitions is exactly what one ``SELECT`` would have returned at
+planning time. The coordinating transaction stays open (keeping the snapshot
+importable) until :meth:`SnapshotPartitioner.close`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from typing import Any
+
+from dativo.connectors.postgres.connection import PgConnectionInfo, connect_psycopg, import_psycopg, translate_error
+from dativo.connectors.postgres.types import SourcePlan, SourceSpec, _resolve_table
+from dativo.sdk import ReadPartition
+
+__all__ = ["MIN_PARTITION_BYTES", "SnapshotPartitioner", "snapshot_setup_sql"]
+
+log = logging.getLogger(__name__)
+
+#: With ``parallelism`` unset, one partition per this much table data, up to the machine's cores.
+MIN_PARTITION_BYTES = 64 * 1024 * 1024
+_MIN_SERVER_VERSION = 140000  # TID range scans
+
+
+def snapshot_setup_sql(snapshot: str) -> str:
+    """The statements a partition's connection runs before its query to join ``snapshot``."""
+    if not snapshot.replace("-", "").isalnum():
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    return f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+
+
+class SnapshotPartitioner:
+    """Plans ctid-range partitions of a ``table`` source inside one exported snapshot.
+
+    :meth:`plan` returns an empty list (meaning: read it in one piece) for a
+    query source, a server older than 14, or a table too small to split.
+    Connection and server failures raise :class:`dativo.SourceError`.
+    """
+
+    def __init__(self, info: PgConnectionInfo, spec: SourceSpec, plan: SourcePlan) -> None:
+        self._info = info
+        self._spec = spec
+        self._plan = plan
+        self._conn: Any = None
+
+    def plan(self, parallelism: int | None) -> list[ReadPartition]:
+        """Export the snapshot and return the partitions (see the class docstring)."""
+        if self._spec.table is None:
+            log.info("source.parallelism applies to table sources only; reading the query on one connection")
+            return []
+        psycopg = import_psycopg()
+        self._conn = conn = connect_psycopg(self._info, autocommit=True)
+        try:
+            if conn.info.server_version < _MIN_SERVER_VERSION:
+                log.info("PostgreSQL %s has no TID range scans; reading on one connection", conn.info.server_version)
+                return []
+            relation = _resolve_table(conn, self._spec.table)
+            if not self._plan.sql.endswith(f" FROM {relation}"):
+                return []
+            with conn.cursor() as cur:
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cur.execute("SELECT pg_export_snapshot()")
+                row = cur.fetchone()
+                assert row is not None
+                snapshot = str(row[0])
+                cur.execute("SELECT pg_relation_size(%s::regclass), current_setting('block_size')::int8", (relation,))
+                size_row = cur.fetchone()
+                assert size_row is not None
+                size, block = int(size_row[0]), int(size_row[1])
+        except psycopg.Error as exc:
+            raise translate_error(exc, self._info, table=self._spec.table) from exc
+        pages = max(1, math.ceil(size / block))
+        if parallelism is None:
+            parallelism = min(os.cpu_count() or 1, max(1, size // MIN_PARTITION_BYTES))
+        count = max(1, min(parallelism, pages))
+        if count < 2:
+            return []
+        step = math.ceil(pages / count)
+        partitions: list[ReadPartition] = []
+        for index, start in enumerate(range(0, pages, step)):
+            end = start + step
+            last = end >= pages
+            # The last range is open-ended: pages added after the size was taken hold no row of the snapshot,
+            # but reading them is cheap and keeps the plan correct whatever the size estimate.
+            where = f"ctid >= '({start},0)'::tid" + ("" if last else f" AND ctid < '({end},0)'::tid")
+            partitions.append(
+                ReadPartition(
+                    index=index,
+                    label=f"ctid pages {start}-{'end' if last else end - 1}",
+                    spec={"sql": f"{self._plan.sql} WHERE {where}", "snapshot": snapshot},
+                )
+            )
+        return partitions
+
+    def close(self) -> None:
+        """End the coordinating transaction and close its connection; idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            with contextlib.suppress(Exception):
+                conn.close()

@@ -1,0 +1,280 @@
+"""The Flight runtime: a reader or writer served by an Arrow Flight (gRPC) endpoint, here or on another machine.
+
+Requests carry the process protocol's handshake as JSON (``{"protocol": 1,
+"kind": ..., "config": {...}}``): in the ``GetSchema`` descriptor and the
+``DoGet`` ticket (plus ``batch_size``) for a reader, in the ``DoPut``
+descriptor and the ``check`` action for a writer. A writer's batches end with
+an app-metadata message ``{"command": "finalize"}`` (or ``abort``); the server
+answers ``finalize`` with ``{"dativo": "result", "metadata": {...}}``. The
+endpoint is ``grpc://host:port`` or ``grpc+tls://host:port`` (``tls.ca_file``,
+``tls.server_name``); ``token`` is sent as ``authorization: Bearer <token>``.
+:mod:`dativo.runtimes.serve` serves any Python plugin this way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from dativo.engine.plan import PluginPlan
+from dativo.errors import ConfigError, DativoError, PluginError, SourceError, TargetError
+from dativo.runtimes import protocol
+from dativo.runtimes.protocol import PROTOCOL_VERSION, ProtocolError, decode_line, encode_line
+from dativo.sdk import DataReader, DataWriter, PluginConfig
+
+__all__ = ["FlightReader", "FlightWriter", "host_reader", "host_writer"]
+
+log = logging.getLogger("dativo.runtimes.flight")
+
+
+def host_reader(plan: PluginPlan) -> DataReader:
+    """Connect to the planned Flight reader and read its schema; raises its failure as a dativo error."""
+    reader = FlightReader(plan)
+    reader.initialize(plan.config)
+    return reader
+
+
+def host_writer(plan: PluginPlan) -> DataWriter:
+    """Connect to the planned Flight writer; raises ConfigError/PluginError when it cannot be reached."""
+    writer = FlightWriter(plan)
+    writer.initialize(plan.config)
+    return writer
+
+
+class _Connection:
+    """A Flight client for one plugin plus the call options (token, timeout) and error translation."""
+
+    def __init__(self, plan: PluginPlan, kind: str) -> None:
+        spec = plan.spec
+        if spec is None or spec.endpoint is None:
+            raise PluginError(f"{kind} '{plan.ref.name}': type flight needs 'endpoint'")
+        self.kind = kind
+        self.label = f"{kind} plugin '{plan.ref.name}'" + (
+            f" ({spec.endpoint})" if plan.ref.name != spec.endpoint else ""
+        )
+        self.error_cls: type[DativoError] = SourceError if kind == "reader" else TargetError
+        kwargs: dict[str, Any] = {}
+        if spec.tls.ca_file is not None:
+            path = Path(spec.tls.ca_file).expanduser()
+            if not path.is_absolute():
+                path = Path(str(plan.config.get("job", {}).get("dir", "."))) / path
+            try:
+                kwargs["tls_root_certs"] = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{self.label}: cannot read tls.ca_file {path}: {exc.strerror}") from None
+        if spec.tls.server_name is not None:
+            kwargs["override_hostname"] = spec.tls.server_name
+        headers = [(b"authorization", f"Bearer {spec.token}".encode())] if spec.token else []
+        self.options = flight.FlightCallOptions(headers=headers, timeout=spec.timeouts.total_s)
+        try:
+            self.client = flight.FlightClient(spec.endpoint, **kwargs)
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"{self.label}: cannot create a Flight client: {exc}") from None
+
+    def request(self, config: PluginConfig, **extra: Any) -> bytes:
+        message = {"protocol": PROTOCOL_VERSION, "kind": self.kind, "config": dict(config), **extra}
+        return encode_line(message)
+
+    def error(self, exc: BaseException, doing: str) -> DativoError:
+        """Translate a Flight/Arrow exception into one dativo error naming the plugin."""
+        text = str(exc)
+        start = text.find('{"dativo"')
+        if start >= 0:
+            try:
+                record, _ = json.JSONDecoder().raw_decode(text[start:])
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and record.get("dativo") == "error":
+                return protocol.error_from_record(record, f"{self.label}: ", self.error_cls)
+        first = text.splitlines()[0] if text else type(exc).__name__
+        # pyarrow does not always raise the specific class; the gRPC status is in the message's "Detail:".
+        status = text.rsplit("Detail: ", 1)[-1].strip() if "Detail: " in text else ""
+        if status in ("Unauthenticated", "Unauthorized"):
+            first = first.split(". Detail:")[0]
+        if isinstance(exc, flight.FlightUnauthenticatedError | flight.FlightUnauthorizedError) or status in (
+            "Unauthenticated",
+            "Unauthorized",
+        ):
+            return PluginError(
+                f"{self.label} refused the call ({doing}): {first}",
+                hint="check the plugin's 'token' (a bearer token)",
+            )
+        if isinstance(exc, flight.FlightUnavailableError) or status == "Unavailable":
+            return self.error_cls(
+                f"{self.label} is unreachable ({doing}): {first}",
+                hint="check 'endpoint', that the server runs, and its TLS settings",
+                transient=True,
+            )
+        if isinstance(exc, flight.FlightTimedOutError) or status == "DeadlineExceeded":
+            return PluginError(f"{self.label} ran longer than timeouts.total_s ({doing})")
+        return self.error_cls(f"{self.label} failed ({doing}): {type(exc).__name__}: {first}")
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            log.debug("closing the Flight client of %s failed", self.label, exc_info=True)
+
+
+class FlightReader(DataReader):
+    """A reader behind a Flight endpoint: ``GetSchema`` in ``initialize``, ``DoGet`` in ``read_batch``."""
+
+    def __init__(self, plan: PluginPlan) -> None:
+        self._plan = plan
+        self._conn: _Connection | None = None
+        self._schema: pa.Schema | None = None
+        self._stream: Any = None
+
+    def initialize(self, config: PluginConfig) -> None:
+        """Ask the endpoint for the schema (the server initializes the reader); raises its failure."""
+        self.config = config
+        self._conn = conn = _Connection(self._plan, "reader")
+        descriptor = flight.FlightDescriptor.for_command(conn.request(config))
+        try:
+            self._schema = conn.client.get_schema(descriptor, conn.options).schema
+        except (pa.ArrowException, OSError) as exc:
+            raise conn.error(exc, "getting the schema") from None
+
+    def get_schema(self) -> pa.Schema:
+        """The schema the endpoint declared; raises PluginError before ``initialize``."""
+        if self._schema is None:
+            raise SourceError(f"reader '{self._plan.ref.name}' was not initialized")
+        return self._schema
+
+    def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Stream the batches of one ``DoGet``; raises the server's failure (never ends early)."""
+        conn = self._conn
+        if conn is None:
+            raise PluginError(f"reader '{self._plan.ref.name}' is closed")
+        ticket = flight.Ticket(conn.request(self.config, batch_size=int(batch_size)))
+        try:
+            stream = self._stream = conn.client.do_get(ticket, conn.options)
+            while True:
+                try:
+                    chunk = stream.read_chunk()
+                except StopIteration:
+                    return
+                if chunk.data is not None:
+                    yield chunk.data
+        except (pa.ArrowException, OSError) as exc:
+            if self._conn is None:
+                raise SourceError(f"{conn.label} was closed while reading") from None
+            raise conn.error(exc, "streaming batches") from None
+        finally:
+            self._stream = None
+
+    def close(self) -> None:
+        """Cancel a running ``DoGet`` (the server then closes its reader) and close the client; idempotent."""
+        conn, self._conn = self._conn, None
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.cancel()
+            except Exception:
+                log.debug("cancelling the DoGet of %s failed", self._plan.ref.name, exc_info=True)
+        if conn is not None:
+            conn.close()
+
+
+class FlightWriter(DataWriter):
+    """A writer behind a Flight endpoint: one ``DoPut`` from ``prepare`` to ``finalize``/``abort``."""
+
+    def __init__(self, plan: PluginPlan) -> None:
+        self._plan = plan
+        self._conn: _Connection | None = None
+        self._put: Any = None
+        self._answers: Any = None
+
+    def initialize(self, config: PluginConfig) -> None:
+        """Create the client (the server initializes the writer at ``prepare``)."""
+        self.config = config
+        self._conn = _Connection(self._plan, "writer")
+
+    def _require(self) -> _Connection:
+        if self._conn is None:
+            raise PluginError(f"writer '{self._plan.ref.name}' is closed")
+        return self._conn
+
+    def check(self) -> None:
+        """``DoAction('check')``: the server initializes the writer and runs its check; raises its failure."""
+        conn = self._require()
+        try:
+            results = list(conn.client.do_action(flight.Action("check", conn.request(self.config)), conn.options))
+        except (pa.ArrowException, OSError) as exc:
+            raise conn.error(exc, "checking") from None
+        if not results or decode_line(results[0].body.to_pybytes(), "the check answer").get("dativo") != "checked":
+            raise ProtocolError(f"{conn.label} answered 'check' without {{'dativo': 'checked'}}")
+
+    def prepare(self, schema: pa.Schema) -> None:
+        """Open the ``DoPut`` stream with ``schema``; raises the server's failure."""
+        conn = self._require()
+        descriptor = flight.FlightDescriptor.for_command(conn.request(self.config))
+        try:
+            self._put, self._answers = conn.client.do_put(descriptor, schema, conn.options)
+        except (pa.ArrowException, OSError) as exc:
+            raise conn.error(exc, "preparing") from None
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Send one batch; raises the server's failure."""
+        conn = self._require()
+        if self._put is None:
+            raise PluginError(f"{conn.label}: write_batch() before prepare()")
+        try:
+            self._put.write_batch(batch)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._failure(conn, exc, "writing batches") from None
+
+    def _failure(self, conn: _Connection, exc: BaseException, doing: str) -> DativoError:
+        # A write fails as soon as the server gave up; its own error arrives when the call is closed.
+        put, self._put = self._put, None
+        if put is not None:
+            try:
+                put.close()
+            except (pa.ArrowException, OSError) as closing:
+                return conn.error(closing, doing)
+        return conn.error(exc, doing)
+
+    def finalize(self) -> dict[str, Any]:
+        """Send ``finalize``, return the server's metadata; raises its failure."""
+        conn = self._require()
+        if self._put is None:
+            raise PluginError(f"{conn.label}: finalize() before prepare()")
+        try:
+            self._put.write_metadata(pa.py_buffer(encode_line({"command": "finalize"})))
+            self._put.done_writing()
+            answer = self._answers.read()
+            put, self._put = self._put, None
+            put.close()
+        except (pa.ArrowException, OSError) as exc:
+            raise self._failure(conn, exc, "finalizing") from None
+        if answer is None:
+            raise ProtocolError(f"{conn.label} ended the call without answering 'finalize'")
+        result = decode_line(answer.to_pybytes(), f"{conn.label}'s answer to finalize")
+        if result.get("dativo") != "result" or not isinstance(result.get("metadata"), dict):
+            raise ProtocolError(f"{conn.label} answered 'finalize' with {str(result)[:200]}")
+        return dict(result["metadata"])
+
+    def abort(self) -> None:
+        """Tell the server to discard what it staged (it also does when the call breaks); never raises."""
+        put, self._put = self._put, None
+        if put is None:
+            return
+        try:
+            put.write_metadata(pa.py_buffer(encode_line({"command": "abort"})))
+            put.done_writing()
+            put.close()
+        except Exception:
+            log.debug("abort of the Flight writer ended with an error", exc_info=True)
+
+    def close(self) -> None:
+        """Close the call and the client; idempotent."""
+        self.abort()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

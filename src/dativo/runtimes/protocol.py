@@ -1,0 +1,104 @@
+"""The process-plugin protocol (version 1), shared by the process runtime and :mod:`dativo.runtimes.serve`.
+
+The wire format is specified in ``docs/process-protocol.md``; this module holds
+its constants and the encoding of its JSON messages and error records.
+In short: dativo writes one JSON *handshake* line on the plugin's stdin; the
+plugin answers with one JSON *hello* line on stdout; then commands (JSON lines)
+and Arrow IPC streams follow; errors travel as JSON records on stderr; the exit
+code says how the plugin ended.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from dativo.errors import ConfigError, DativoError, PluginError, SchemaError, SourceError, TargetError, TypeMappingError
+
+__all__ = [
+    "EXIT_BAD_HANDSHAKE",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNSUPPORTED_PROTOCOL",
+    "MAX_LINE_BYTES",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "ProtocolError",
+    "decode_line",
+    "encode_line",
+    "error_from_record",
+    "error_record",
+]
+
+#: The protocol version this dativo speaks (the handshake's ``protocol``).
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+
+EXIT_OK: Final = 0
+#: The plugin failed; it wrote an error record on stderr first.
+EXIT_FAILED: Final = 1
+#: The handshake was not valid JSON or lacked required fields.
+EXIT_BAD_HANDSHAKE: Final = 2
+#: The plugin does not speak the protocol version dativo asked for.
+EXIT_UNSUPPORTED_PROTOCOL: Final = 3
+
+#: The longest JSON line either side accepts (handshake, hello, commands, results).
+MAX_LINE_BYTES: Final = 16 * 1024 * 1024
+
+_ERROR_TYPES: dict[str, type[DativoError]] = {
+    "ConfigError": ConfigError,
+    "PluginError": PluginError,
+    "SourceError": SourceError,
+    "TargetError": TargetError,
+    "SchemaError": SchemaError,
+    "TypeMappingError": TypeMappingError,
+}
+
+
+class ProtocolError(PluginError):
+    """The plugin broke the protocol: bad JSON, a missing hello, garbage instead of Arrow IPC."""
+
+
+def encode_line(message: Mapping[str, Any]) -> bytes:
+    """One JSON message as a UTF-8 line ending in ``\\n`` (no other newline inside)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n"
+
+
+def decode_line(line: bytes, what: str) -> dict[str, Any]:
+    """Parse one JSON line; raises ProtocolError (naming ``what``) unless it is a JSON object."""
+    try:
+        value = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        shown = line[:80].decode("utf-8", "replace")
+        raise ProtocolError(f"{what} is not a JSON line ({exc}): {shown!r}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} is JSON but not an object: {line[:80]!r}")
+    return value
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """The stderr error record for ``exc``: its dativo class (or PluginError), message, hint and transient flag."""
+    if isinstance(exc, DativoError):
+        name = next((c.__name__ for c in type(exc).__mro__ if _ERROR_TYPES.get(c.__name__) is c), "PluginError")
+        return {"dativo": "error", "error": name, "message": exc.message, "hint": exc.hint, "transient": exc.transient}
+    return {
+        "dativo": "error",
+        "error": "PluginError",
+        "message": f"{type(exc).__name__}: {exc}",
+        "hint": None,
+        "transient": isinstance(exc, ConnectionError | TimeoutError),
+    }
+
+
+def error_from_record(record: Mapping[str, Any], prefix: str, default: type[DativoError]) -> DativoError:
+    """Rebuild the dativo error a plugin reported; its message is prefixed with ``prefix``.
+
+    An unknown ``error`` name becomes ``default`` (SourceError for readers, TargetError for writers).
+    """
+    cls = _ERROR_TYPES.get(str(record.get("error")), default)
+    if cls is PluginError and default is not PluginError:
+        cls = default
+    message = str(record.get("message") or "failed without a message")
+    hint = record.get("hint")
+    return cls(f"{prefix}{message}", hint=str(hint) if hint else None, transient=bool(record.get("transient", False)))

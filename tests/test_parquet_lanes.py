@@ -1,0 +1,72 @@
+"""Parallel Parquet encoding lanes of the shared RollingParquetWriter."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dativo.targets._parquet import ParquetSettings, RollingParquetWriter
+
+SCHEMA = pa.schema([("id", pa.int64()), ("s", pa.string())])
+
+
+def batch(start: int, n: int) -> pa.RecordBatch:
+    ids = pa.array(range(start, start + n), pa.int64())
+    return pa.record_batch([ids, pa.array([f"v{i}" for i in range(start, start + n)])], schema=SCHEMA)
+
+
+def opener(tmp_path, threads: set[str] | None = None):
+    def open_file(index: int):
+        if threads is not None:
+            threads.add(threading.current_thread().name)
+        path = tmp_path / f"part-{index}.parquet"
+        return str(path), pa.OSFile(str(path), "wb")
+
+    return open_file
+
+
+def test_row_groups_spread_over_lanes_encoded_off_the_caller_thread(tmp_path):
+    threads: set[str] = set()
+    settings = ParquetSettings(row_group_bytes=4096)
+    writer = RollingParquetWriter(SCHEMA, opener(tmp_path, threads), settings, lanes=3)
+    assert writer.lanes == 3
+    for start in range(0, 20_000, 1000):
+        writer.write(batch(start, 1000))
+    files = writer.close()
+    assert [f.path for f in files] == writer.paths == [str(tmp_path / f"part-{i}.parquet") for i in range(3)]
+    assert all(name.startswith("dativo-parquet") for name in threads)
+    table = pa.concat_tables(pq.read_table(f.path) for f in files)
+    assert sorted(table.column("id").to_pylist()) == list(range(20_000))
+    assert sum(f.rows for f in files) == 20_000
+    assert all(pq.ParquetFile(f.path).metadata.num_row_groups >= 2 for f in files)
+
+
+def test_single_lane_writes_one_file_in_order(tmp_path):
+    writer = RollingParquetWriter(SCHEMA, opener(tmp_path), ParquetSettings(row_group_bytes=4096), lanes=1)
+    for start in range(0, 5000, 500):
+        writer.write(batch(start, 500))
+    (only,) = writer.close()
+    assert pq.read_table(only.path).column("id").to_pylist() == list(range(5000))
+
+
+def test_lane_failure_surfaces_and_abandon_closes_everything(tmp_path):
+    calls = []
+
+    def open_file(index: int):
+        calls.append(index)
+        if index == 1:
+            raise OSError("disk full on lane 1")
+        path = tmp_path / f"part-{index}.parquet"
+        return str(path), pa.OSFile(str(path), "wb")
+
+    writer = RollingParquetWriter(SCHEMA, open_file, ParquetSettings(row_group_bytes=4096), lanes=2)
+    with pytest.raises(OSError, match="disk full on lane 1"):
+        for start in range(0, 20_000, 1000):
+            writer.write(batch(start, 1000))
+        writer.close()
+    writer.abandon()
+    writer.abandon()
+    assert sorted(calls)[:2] == [0, 1]
