@@ -52,6 +52,8 @@ from typing import Any, Literal
 
 import yaml
 
+from dativo.config.models import EngineConfig
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DSN_ENV = "DATIVO_BENCH_DSN"
@@ -1273,7 +1275,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling-readers", default="adbc", help="variants measured at each --rows-scaling size")
     p.add_argument("--dsn", default=None, help="use this server instead of starting one (needs CREATE on it)")
     p.add_argument("--table", default="public.wide", help="source table (scaling sizes get a _<rows> suffix)")
-    p.add_argument("--batch-size", type=int, default=65_536, help="engine.batch_size of the dativo jobs")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=EngineConfig().batch_size,
+        help="engine.batch_size of the dativo jobs (default: dativo's own default)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="where run directories go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep every run directory (job, logs, Iceberg table)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a single run is killed")
