@@ -364,8 +364,7 @@ def test_validate_reports_mode_and_cursor_problems_without_running(tmp_path, ite
 
 def test_last_wins_holds_across_many_files(tmp_path, items):
     items.psql(
-        "CREATE VIEW twice AS SELECT * FROM items "
-        "UNION ALL SELECT id, 'second', amount, updated_at, deleted FROM items"
+        "CREATE VIEW twice AS SELECT * FROM items UNION ALL SELECT id, 'second', amount, updated_at, deleted FROM items"
     )
     path = job_file(
         tmp_path,

@@ -218,7 +218,7 @@ def init_plugin(
 
     dest = directory or Path(name)
     written = _guard(lambda: generate(name, kind, lang, dest, force))  # type: ignore[arg-type]
-    out.print(f"created {kind} plugin '{name}' ({lang}) in {dest}: {len(written)} files; next: see {dest / 'README.md'}")
+    out.print(f"created {kind} plugin '{name}' ({lang}) in {dest}: {len(written)} files; next: {dest / 'README.md'}")
 
 
 @plugins_app.command("certify")
@@ -241,7 +241,7 @@ def plugins_certify(
 
     _state["debug"] |= debug
     if kind not in (None, "reader", "writer") or runtime not in ("custom", "process", "flight"):
-        _fail(ConfigError(f"--kind must be reader or writer and --runtime custom, process or flight (got {kind}, {runtime})"))
+        _fail(ConfigError(f"--kind takes reader or writer, --runtime custom, process or flight ({kind}, {runtime})"))
     report = _guard(
         lambda: run_certification(implementation, kind, runtime, config, rule, sandbox=sandbox)  # type: ignore[arg-type]
     )

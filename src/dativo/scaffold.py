@@ -25,7 +25,7 @@ from dativo import __version__
 from dativo.errors import ConfigError
 from dativo.sdk import SDK_API_VERSION
 
-__all__ = ["LANGS", "KINDS", "PluginNames", "generate", "names_for", "template_digest"]
+__all__ = ["KINDS", "LANGS", "PluginNames", "generate", "names_for", "template_digest"]
 
 Lang = Literal["python", "rust", "go"]
 Kind = Literal["reader", "writer"]
@@ -125,7 +125,7 @@ def generate(name: str, kind: Kind, lang: Lang, dest: Path, force: bool = False)
         target = dest / target_rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        if target_rel.startswith("bin/") or target_rel.endswith(".sh"):
+        if target_rel.endswith(".sh"):
             target.chmod(0o755)
         written.append(target)
     return written

@@ -107,9 +107,9 @@ def check_api_version(kind: PluginKind, name: str, cls: type) -> None:
         ) from None
     if not accepted.contains(SDK_API_VERSION, prereleases=True):
         raise PluginError(
-            f"{kind} '{name}' supports plugin SDK {_show(accepted)} (api_version '{declared}'), but this dativo provides "
-            f"SDK {SDK_API_VERSION}; install a dativo whose SDK is in that range or a release of the plugin "
-            f"that supports SDK {SDK_API_VERSION}"
+            f"{kind} '{name}' supports plugin SDK {_show(accepted)} (api_version '{declared}'), "
+            f"but this dativo provides SDK {SDK_API_VERSION}; install a dativo whose SDK is in that range "
+            f"or a release of the plugin that supports SDK {SDK_API_VERSION}"
         )
 
 

@@ -27,7 +27,7 @@ from dativo.engine.registry import PluginKind, PluginRef, resolve_plugin
 from dativo.errors import ConfigError, PluginError
 from dativo.sdk import DataReader, DataWriter
 
-__all__ = ["Runtime", "PluginUnderTest", "served_by_flight", "serve_command"]
+__all__ = ["PluginUnderTest", "Runtime", "serve_command", "served_by_flight"]
 
 Runtime = Literal["custom", "process", "flight"]
 
@@ -88,11 +88,13 @@ class PluginUnderTest:
             sandbox = dict(extra.pop("sandbox", {}))
             paths = [*sandbox.get("writable_paths", []), *(str(path) for path in writable)]
             sandbox["writable_paths"] = paths
-            spec = PluginSpec(type="process", command=command, name=name, sandbox=sandbox, **extra)
+            spec = PluginSpec.model_validate(
+                {"type": "process", "command": command, "name": name, "sandbox": sandbox, **extra}
+            )
             cls: type = DataReader if self.kind == "reader" else DataWriter
             ref = PluginRef(kind=self.kind, name=name, cls=cls, origin="process " + " ".join(command))
         else:
-            spec = PluginSpec(type="flight", endpoint=self.endpoint, name=name, **extra)
+            spec = PluginSpec.model_validate({"type": "flight", "endpoint": self.endpoint, "name": name, **extra})
             cls = DataReader if self.kind == "reader" else DataWriter
             ref = PluginRef(kind=self.kind, name=name, cls=cls, origin=f"flight {self.endpoint}")
         return PluginPlan(ref=ref, runtime=self.runtime, config=dict(config), spec=spec)

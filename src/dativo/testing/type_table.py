@@ -56,10 +56,10 @@ def is_foundation_type(data_type: pa.DataType) -> bool:
     if pa.types.is_list(data_type):
         return not pa.types.is_list(data_type.value_type) and is_foundation_type(data_type.value_type)
     if pa.types.is_decimal128(data_type):
-        return data_type.precision <= 38
+        return bool(data_type.precision <= 38)
     if data_type == pa.uuid() or data_type == pa.binary(16):
         return True
-    return any(data_type == known for known in FOUNDATION_TYPES)
+    return any(bool(data_type == known) for known in FOUNDATION_TYPES)
 
 
 def sample_table() -> pa.Table:
@@ -85,8 +85,14 @@ def sample_table() -> pa.Table:
         ),
         "label": (pa.string(), ["plain", "ünïcödé ✓", "", "with\nnewline", None]),
         "flag": (pa.bool_(), [True, False, True, False, None]),
-        "day": (pa.date32(), [dt.date(1, 1, 1), dt.date(1970, 1, 1), dt.date(9999, 12, 31), dt.date(2024, 2, 29), None]),
-        "clock": (pa.time64("us"), [dt.time(0, 0), dt.time(12, 34, 56, 789012), dt.time(23, 59, 59, 999999), None, None]),
+        "day": (
+            pa.date32(),
+            [dt.date(1, 1, 1), dt.date(1970, 1, 1), dt.date(9999, 12, 31), dt.date(2024, 2, 29), None],
+        ),
+        "clock": (
+            pa.time64("us"),
+            [dt.time(0, 0), dt.time(12, 34, 56, 789012), dt.time(23, 59, 59, 999999), None, None],
+        ),
         "seen": (
             pa.timestamp("us"),
             [dt.datetime(1900, 1, 1), dt.datetime(2024, 6, 1, 12, 0, 0, 1), dt.datetime(2262, 4, 11), None, None],
