@@ -578,3 +578,27 @@ def test_without_sandbox_the_plugin_inherits_the_environment(tmp_path, monkeypat
     run(write_job(tmp_path, reader))
     seen = dict(zip(*output(tmp_path).to_pydict().values(), strict=True))
     assert seen["DATIVO_TEST_VISIBLE"] == "inherited-value" and seen["EXTRA"] == "1"
+
+
+def test_batches_from_pipes_are_realigned_for_native_plugins():
+    import pyarrow as pa
+
+    from dativo.runtimes.protocol import aligned, open_ipc_stream
+
+    batch = pa.record_batch(
+        [pa.array(range(100), pa.int64()), pa.array([f"v{i}" for i in range(100)])], names=["a", "b"]
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    raw = sink.getvalue()
+    shifted = pa.py_buffer(b"\0" + raw.to_pybytes())[1:]  # an IPC payload starting at an odd address
+    assert shifted.address % 8 != 0
+    plain = pa.ipc.open_stream(shifted).read_next_batch()
+    assert plain.column(0).buffers()[1].address % 8 != 0  # what a native plugin would have crashed on
+    read = open_ipc_stream(shifted).read_next_batch()
+    assert read.column(0).buffers()[1].address % 8 == 0 and read.column(1).buffers()[1].address % 4 == 0
+    assert read.equals(batch)
+    fixed = aligned(plain)
+    assert fixed.column(0).buffers()[1].address % 8 == 0 and fixed.equals(batch)
+    assert aligned(batch) is batch  # already aligned: no copy

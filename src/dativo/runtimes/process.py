@@ -34,7 +34,7 @@ from dativo.config.models import PluginSpec
 from dativo.engine.plan import PluginPlan
 from dativo.errors import DativoError, PluginError, SchemaError, SourceError, TargetError
 from dativo.runtimes import protocol
-from dativo.runtimes.protocol import PROTOCOL_VERSION, ProtocolError, decode_line, encode_line
+from dativo.runtimes.protocol import PROTOCOL_VERSION, ProtocolError, decode_line, encode_line, open_ipc_stream
 from dativo.runtimes.sandbox import Launch, prepare_launch
 from dativo.sdk import DataReader, DataWriter, PluginConfig
 
@@ -463,7 +463,7 @@ class ProcessReader(DataReader):
             raise PluginError(f"reader '{self._plan.ref.name}' is closed")
         try:
             proc.send({"command": "read", "batch_size": int(batch_size)}, "asking for batches")
-            stream = pa.ipc.open_stream(_StdoutFile(proc))
+            stream = open_ipc_stream(_StdoutFile(proc))
         except (BrokenPipeError, _Stopped):
             raise proc.failure("starting to read") from None
         except (pa.ArrowException, OSError) as exc:

@@ -14,6 +14,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import pyarrow as pa
+
 from dativo.errors import ConfigError, DativoError, PluginError, SchemaError, SourceError, TargetError, TypeMappingError
 
 __all__ = [
@@ -25,10 +27,12 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "ProtocolError",
+    "aligned",
     "decode_line",
     "encode_line",
     "error_from_record",
     "error_record",
+    "open_ipc_stream",
 ]
 
 #: The protocol version this dativo speaks (the handshake's ``protocol``).
@@ -102,3 +106,40 @@ def error_from_record(record: Mapping[str, Any], prefix: str, default: type[Dati
     message = str(record.get("message") or "failed without a message")
     hint = record.get("hint")
     return cls(f"{prefix}{message}", hint=str(hint) if hint else None, transient=bool(record.get("transient", False)))
+
+
+# Buffers read from a pipe or a gRPC message need not be aligned; native plugins (arrow-rs
+# panics on a misaligned pointer) must get aligned ones, so realign on the way in.
+_ALIGNED = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
+
+
+def open_ipc_stream(source: Any) -> pa.RecordBatchStreamReader:
+    """Open an Arrow IPC stream whose batches have buffers aligned for their data types."""
+    return pa.ipc.open_stream(source, options=_ALIGNED)
+
+
+def _needs_alignment(array: pa.Array) -> bool:
+    kind = array.type
+    if isinstance(kind, pa.ExtensionType):
+        kind = kind.storage_type
+    if pa.types.is_large_string(kind) or pa.types.is_large_binary(kind) or pa.types.is_large_list(kind):
+        width = 8
+    elif pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_list(kind):
+        width = 4
+    else:
+        try:
+            width = max(1, kind.bit_width // 8)
+        except ValueError:  # nested or variable-width without offsets: leave it to Arrow
+            return False
+    buffers = array.buffers()
+    return len(buffers) > 1 and buffers[1] is not None and buffers[1].address % width != 0
+
+
+def aligned(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` itself when every column's values/offsets are aligned for its type, else an aligned copy."""
+    if not any(_needs_alignment(column) for column in batch.columns):
+        return batch
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return open_ipc_stream(sink.getvalue()).read_next_batch()

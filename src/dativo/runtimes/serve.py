@@ -35,7 +35,15 @@ from dativo.engine.batches import as_record_batches, conform
 from dativo.engine.registry import PluginKind, resolve_plugin
 from dativo.errors import DativoError, PluginError
 from dativo.runtimes import protocol
-from dativo.runtimes.protocol import PROTOCOL_VERSION, ProtocolError, decode_line, encode_line, error_record
+from dativo.runtimes.protocol import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    aligned,
+    decode_line,
+    encode_line,
+    error_record,
+    open_ipc_stream,
+)
 from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["PluginFlightServer", "main", "schema_stream", "serve_process"]
@@ -223,7 +231,7 @@ def _serve_writer(writer: DataWriter, config: dict[str, Any], stdin: BinaryIO, o
                 out.write(encode_line({"dativo": "checked"}))
                 out.flush()
             elif verb == "write":
-                stream = pa.ipc.open_stream(stdin)
+                stream = open_ipc_stream(stdin)
                 prepared = True
                 writer.prepare(stream.schema)
                 for batch in stream:
@@ -366,7 +374,7 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
                 except StopIteration:
                     break
                 if chunk.data is not None and chunk.data.num_rows:
-                    plugin.write_batch(chunk.data)
+                    plugin.write_batch(aligned(chunk.data))
                 if chunk.app_metadata is not None:
                     command = decode_line(chunk.app_metadata.to_pybytes(), "the command").get("command")
                     if command == "finalize":
