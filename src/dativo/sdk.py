@@ -4,9 +4,11 @@ A *reader* pulls data out of a source and yields Arrow record batches; a
 *writer* lands those batches in a target and publishes them in one step at
 :meth:`DataWriter.finalize`. Both are plain Python classes; dativo finds them by
 import path, by file path or through the ``dativo.readers`` / ``dativo.writers``
-entry-point groups, and hosts them in a runtime (in process today).
+entry-point groups, and hosts them in a runtime: in process, as a subprocess
+over Arrow IPC, or behind Arrow Flight.
 
-Optional abilities are small opt-in interfaces (:class:`DescribesTargetTypes`),
+Optional abilities are small opt-in interfaces (:class:`IncrementalReader`,
+:class:`PartitionedReader`, :class:`StatefulWriter`, :class:`DescribesTargetTypes`),
 never methods every plugin must carry.
 """
 
