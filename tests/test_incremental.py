@@ -378,3 +378,16 @@ def test_last_wins_holds_across_many_files(tmp_path, items):
     rows = table_rows(tmp_path)
     assert len(rows) == 500 and {r["name"] for r in rows} == {"second"}
     assert len(catalog(tmp_path).load_table("raw.items").inspect.files()) > 1
+
+
+@pytest.mark.parametrize("reader", ["postgres-adbc", "postgres-psycopg", "postgres-rs"])
+def test_every_postgres_reader_reads_incrementally(tmp_path, items, reader):
+    path = job_file(
+        tmp_path,
+        items,
+        source_extra=f"  incremental: {{cursor: updated_at}}\n  reader: {{implementation: {reader}}}\n",
+    )
+    assert run(path).rows == 500
+    items.psql("INSERT INTO items (id, name, updated_at) VALUES (501, 'new', '2030-01-01')")
+    assert run(path).rows == 1
+    assert [r["id"] for r in table_rows(tmp_path)][-2:] == [500, 501]

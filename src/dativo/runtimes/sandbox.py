@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -130,7 +131,25 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _bwrap_args(bwrap: str, sandbox: SandboxSpec, base_dir: Path, executable: Path, label: str) -> list[str]:
+def _hidden_by_private_tmp(base_dir: Path, executable: Path, arguments: list[str]) -> list[Path]:
+    """Folders under /tmp the plugin needs to see: the job's, the executable's, those of path arguments
+    (a script), and Python's own import locations (dativo may be installed from a checkout under /tmp)."""
+    wanted = {base_dir, executable.parent}
+    for argument in arguments:
+        candidate = Path(argument)
+        candidate = candidate if candidate.is_absolute() else base_dir / candidate
+        if candidate.exists():
+            wanted.add(candidate.resolve().parent)
+    wanted.update(Path(entry).resolve() for entry in sys.path if entry and Path(entry).is_dir())
+    spec = importlib.util.find_spec("dativo")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        wanted.add(Path(location).resolve().parent)
+    return sorted(path for path in wanted if path.is_relative_to("/tmp") and path != Path("/tmp"))
+
+
+def _bwrap_args(
+    bwrap: str, sandbox: SandboxSpec, base_dir: Path, executable: Path, arguments: list[str], label: str
+) -> list[str]:
     args = [
         bwrap,
         "--die-with-parent",
@@ -149,10 +168,9 @@ def _bwrap_args(bwrap: str, sandbox: SandboxSpec, base_dir: Path, executable: Pa
     ]
     if not sandbox.network:
         args.append("--unshare-net")
-    # The private /tmp hides what lives there: show the job's folder and the executable's, read-only.
-    for shown in sorted({base_dir, executable.parent}):
-        if shown.is_relative_to("/tmp"):
-            args += ["--ro-bind", str(shown), str(shown)]
+    # The private /tmp hides what lives there: show what the plugin needs from it, read-only.
+    for shown in _hidden_by_private_tmp(base_dir, executable, arguments):
+        args += ["--ro-bind", str(shown), str(shown)]
     for raw in sandbox.writable_paths:
         path = Path(raw).expanduser()
         path = (path if path.is_absolute() else base_dir / path).resolve()
@@ -208,7 +226,7 @@ def prepare_launch(label: str, spec: PluginSpec, base_dir: Path, parent_pid: int
                 + " (bubblewrap 'bwrap' is not installed or cannot create namespaces here)"
             )
         else:
-            argv = [*_bwrap_args(bwrap, sandbox, base_dir, executable, label), *argv]
+            argv = [*_bwrap_args(bwrap, sandbox, base_dir, executable, argv[1:], label), *argv]
             isolated = True
         if missing:
             what = "; ".join(missing)

@@ -501,10 +501,15 @@ def _open_catalog(properties: dict[str, Any], job_dir: Path) -> Catalog:
         local = local if local.is_absolute() else (job_dir / local).resolve()
         local.mkdir(parents=True, exist_ok=True)
         properties["warehouse"] = local.as_uri()
-    try:
-        return load_catalog(name, **properties)
-    except Exception as exc:
-        raise TargetError(f"iceberg catalog '{name}' cannot be opened: {redact(str(exc))}") from None
+    for attempt in range(3):
+        try:
+            return load_catalog(name, **properties)
+        except Exception as exc:
+            # Two processes creating a new embedded catalog's tables at once: the loser sees them appear.
+            if "already exists" in str(exc) and attempt < 2:
+                continue
+            raise TargetError(f"iceberg catalog '{name}' cannot be opened: {redact(str(exc))}") from None
+    raise AssertionError("unreachable")
 
 
 # Promotions Iceberg allows: a value of the first type can be stored in a column of the second.

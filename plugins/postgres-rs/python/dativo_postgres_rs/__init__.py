@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from dativo.connectors.postgres.base import PlannedPostgresReader
 from dativo.connectors.postgres.connection import (
     PgConnectionInfo,
     build_connection,
@@ -40,7 +41,7 @@ from dativo.connectors.postgres.types import (
     describe_source,
 )
 from dativo.errors import ConfigError, DativoError, SchemaError, SourceError
-from dativo.sdk import DataReader, PluginConfig, ReadPartition
+from dativo.sdk import PluginConfig, ReadPartition
 
 from ._native import BatchStream, Connection, DecodeError, ServerError
 
@@ -121,7 +122,7 @@ def _decode_error(exc: BaseException, plan: SourcePlan) -> DativoError:
     return SourceError(f"the postgres-rs reader could not decode the COPY stream{where}: {detail}")
 
 
-class RustPostgresReader(DataReader):
+class RustPostgresReader(PlannedPostgresReader):
     """Read a PostgreSQL table or query with the native (Rust) binary-COPY decoder.
 
     ``initialize`` describes the source with psycopg and opens the native
@@ -178,15 +179,6 @@ class RustPostgresReader(DataReader):
         if self._info is None:
             raise SourceError("the PostgreSQL reader was not initialized")
         return self._info
-
-    def _require_plan(self) -> SourcePlan:
-        if self._plan is None:
-            raise SourceError("the PostgreSQL reader was not initialized")
-        return self._plan
-
-    def get_schema(self) -> pa.Schema:
-        """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
-        return self._require_plan().schema
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield record batches of at most ``batch_size`` rows; raises on any failure (never ends early)."""

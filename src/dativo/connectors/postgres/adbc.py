@@ -27,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from dativo.connectors.postgres.base import PlannedPostgresReader
 from dativo.connectors.postgres.connection import (
     PG_EXTRA_HINT,
     PgConnectionInfo,
@@ -44,10 +45,9 @@ from dativo.connectors.postgres.types import (
     check_temporal_range,
     decimal_from_strings,
     describe_source,
-    with_lower_bound,
 )
 from dativo.errors import DativoError, PluginError, SourceError
-from dativo.sdk import DataReader, PluginConfig, ReadPartition
+from dativo.sdk import PluginConfig, ReadPartition
 
 __all__ = ["AdbcPostgresReader"]
 
@@ -153,7 +153,7 @@ def _row_width(schema: pa.Schema) -> int:
     return max(width, 8)
 
 
-class AdbcPostgresReader(DataReader):
+class AdbcPostgresReader(PlannedPostgresReader):
     """Read a PostgreSQL table or query through the ADBC driver's binary COPY.
 
     ``initialize`` connects (psycopg, for schema discovery, then ADBC) and
@@ -197,19 +197,6 @@ class AdbcPostgresReader(DataReader):
             self._conn = dbapi.connect(info.conninfo, autocommit=True)
         except Exception as exc:
             raise translate_error(exc, info, connecting=True) from exc
-
-    def get_schema(self) -> pa.Schema:
-        """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
-        return self._require_plan().schema
-
-    def set_incremental(self, cursor: str, after: Any | None) -> None:
-        """Read only rows whose ``cursor`` column is greater than ``after`` (see dativo.IncrementalReader)."""
-        self._plan = with_lower_bound(self._require_plan(), cursor, after)
-
-    def _require_plan(self) -> SourcePlan:
-        if self._plan is None:
-            raise SourceError("the PostgreSQL reader was not initialized")
-        return self._plan
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield record batches of roughly ``batch_size`` rows; raises on any failure (never ends early)."""

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dativo.connectors.postgres.base import PlannedPostgresReader
 from dativo.connectors.postgres.connection import (
     PgConnectionInfo,
     build_connection,
@@ -54,10 +55,9 @@ from dativo.connectors.postgres.types import (
     check_temporal_range,
     decimal_from_strings,
     describe_source,
-    with_lower_bound,
 )
 from dativo.errors import DativoError, SourceError
-from dativo.sdk import DataReader, PluginConfig
+from dativo.sdk import PluginConfig
 
 if TYPE_CHECKING:
     import psycopg
@@ -263,7 +263,7 @@ def _combine(chunks: list[list[pa.Array]], schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-class PsycopgPostgresReader(DataReader):
+class PsycopgPostgresReader(PlannedPostgresReader):
     """Read a PostgreSQL table or query with psycopg 3 through a server-side cursor.
 
     ``initialize`` connects and decides the schema (see
@@ -311,19 +311,6 @@ class PsycopgPostgresReader(DataReader):
         # Raw big-endian bytes, decoded vectorised by _finisher (psycopg uses its C version of this loader).
         for oid in (OID_DATE, OID_TIME, OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_UUID):
             adapters.register_loader(oid, ByteaBinaryLoader)
-
-    def get_schema(self) -> pa.Schema:
-        """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
-        return self._require_plan().schema
-
-    def set_incremental(self, cursor: str, after: Any | None) -> None:
-        """Read only rows whose ``cursor`` column is greater than ``after`` (see dativo.IncrementalReader)."""
-        self._plan = with_lower_bound(self._require_plan(), cursor, after)
-
-    def _require_plan(self) -> SourcePlan:
-        if self._plan is None:
-            raise SourceError("the PostgreSQL reader was not initialized")
-        return self._plan
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield record batches of ``batch_size`` rows (the last may be shorter); raises on any failure.

@@ -1,0 +1,36 @@
+"""What every PostgreSQL reader shares: the plan ``describe_source`` decided, its schema, incremental bounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from dativo.connectors.postgres.types import SourcePlan, with_lower_bound
+from dativo.errors import SourceError
+from dativo.sdk import DataReader
+
+__all__ = ["PlannedPostgresReader"]
+
+
+class PlannedPostgresReader(DataReader):
+    """Base of the PostgreSQL readers; subclasses set ``self._plan`` in ``initialize`` and read ``plan.sql``.
+
+    Because the schema and the SQL come from one shared plan, every reader built
+    on this class maps types identically and takes part in incremental reads.
+    """
+
+    _plan: SourcePlan | None = None
+
+    def get_schema(self) -> pa.Schema:
+        """The canonical schema decided in ``initialize``; raises SourceError if not initialized."""
+        return self._require_plan().schema
+
+    def set_incremental(self, cursor: str, after: Any | None) -> None:
+        """Read only rows whose ``cursor`` column is greater than ``after`` (see dativo.IncrementalReader)."""
+        self._plan = with_lower_bound(self._require_plan(), cursor, after)
+
+    def _require_plan(self) -> SourcePlan:
+        if self._plan is None:
+            raise SourceError("the PostgreSQL reader was not initialized")
+        return self._plan
