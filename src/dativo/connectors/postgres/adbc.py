@@ -45,6 +45,7 @@ from dativo.connectors.postgres.types import (
     check_temporal_range,
     decimal_from_strings,
     describe_source,
+    rebuild_list,
 )
 from dativo.errors import DativoError, PluginError, SourceError
 from dativo.sdk import PluginConfig, ReadPartition
@@ -121,15 +122,7 @@ def _column_converter(column: ColumnPlan) -> ArrayConverter:
     list_type = column.arrow_type
 
     def convert_list(a: pa.Array) -> pa.Array:
-        # Rebuild the list around the converted child, reusing validity and offsets.
-        return pa.Array.from_buffers(
-            list_type,
-            len(a),
-            a.buffers()[:2],
-            null_count=a.null_count,
-            offset=a.offset,
-            children=[convert(a.values)],
-        )
+        return rebuild_list(list_type, a, convert(a.values))
 
     return convert_list
 

@@ -55,6 +55,7 @@ from dativo.connectors.postgres.types import (
     check_temporal_range,
     decimal_from_strings,
     describe_source,
+    rebuild_list,
 )
 from dativo.errors import DativoError, SourceError
 from dativo.sdk import PluginConfig
@@ -162,14 +163,7 @@ def _converter(column: ColumnPlan) -> Converter:
 
     def convert_list(values: Sequence[Any]) -> pa.Array:
         lists = pa.array(values, type=pa.list_(inter))
-        return pa.Array.from_buffers(
-            list_type,
-            len(lists),
-            lists.buffers()[:2],
-            null_count=lists.null_count,
-            offset=lists.offset,
-            children=[finish(lists.values)],
-        )
+        return rebuild_list(list_type, lists, finish(lists.values))
 
     return convert_list
 

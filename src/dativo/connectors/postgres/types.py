@@ -543,6 +543,18 @@ def check_array_dims(ndims: pa.Array, column: ColumnPlan) -> None:
         )
 
 
+def rebuild_list(list_type: pa.DataType, lists: pa.Array, values: pa.Array) -> pa.Array:
+    """``lists`` with its child replaced by ``values`` (same length), reusing validity and offsets without a copy."""
+    return pa.Array.from_buffers(
+        list_type,
+        len(lists),
+        lists.buffers()[:2],
+        null_count=lists.null_count,
+        offset=lists.offset,
+        children=[values],
+    )
+
+
 def with_lower_bound(plan: SourcePlan, column: str, after: Any | None) -> SourcePlan:
     """``plan`` reading only rows whose ``column`` is greater than ``after`` (incremental reads).
 
