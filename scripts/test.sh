@@ -1,44 +1,59 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs, then run the whole suite.
-#   ./scripts/test.sh            # all tests
+# Install everything the test suite needs, then run the whole suite in parallel.
+#   ./scripts/test.sh            # all tests (about 15 minutes on 2 cores; the first run also builds ~5 min)
 #   ./scripts/test.sh -k iceberg # extra arguments go to pytest
+#   DATIVO_TEST_WORKERS=1 ./scripts/test.sh   # one pytest process instead of one per core
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+started=$SECONDS
+step() { printf '[test.sh %3ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+apt_install() {
+  step "installing $* from Debian's packages (apt-get)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+python=python3
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/dativo-build"
+mkdir -p "$cache"
+
+step "installing dativo with its test extras into $($python -c 'import sys; print(sys.prefix)') (pip)"
+$python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 # The native PostgreSQL reader plugin (Rust + PyO3, built by maturin; needs cargo/rustc >= 1.74).
-# Rebuilt and reinstalled only when its sources change.
+# Its wheel is cached by the hash of its sources: built once, reinstalled in seconds.
 rs=plugins/postgres-rs
 rs_hash=$(cat "$rs/Cargo.toml" "$rs/Cargo.lock" "$rs/pyproject.toml" $(find "$rs/src" "$rs/python" -type f \( -name '*.rs' -o -name '*.py' \) | sort) | sha256sum | cut -c1-16)
-if [ ! -f "$rs/target/.installed-$rs_hash" ] || ! python3 -c 'import dativo_postgres_rs' >/dev/null 2>&1; then
-  echo "building the postgres-rs reader plugin (cargo, release)" >&2
-  CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" python3 -m pip install --quiet --disable-pip-version-check "./$rs"
-  mkdir -p "$rs/target" && touch "$rs/target/.installed-$rs_hash"
+rs_wheels="$cache/postgres-rs-$rs_hash"
+if ! ls "$rs_wheels"/*.whl >/dev/null 2>&1; then
+  step "building the postgres-rs reader plugin (cargo --release via maturin; 3-6 minutes the first time)"
+  CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" $python -m pip wheel --quiet --disable-pip-version-check --no-deps \
+    -w "$rs_wheels.tmp" "./$rs"
+  rm -rf "$rs_wheels" && mv "$rs_wheels.tmp" "$rs_wheels"
 fi
+step "installing the postgres-rs reader plugin ($rs_hash)"
+$python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$rs_wheels"/*.whl
 
-# The suite starts its own PostgreSQL server (initdb + pg_ctl as an unprivileged user);
-# install the server from Debian's packages when no initdb is on this machine.
+# The suite starts its own PostgreSQL server (initdb + pg_ctl as an unprivileged user).
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "installing the PostgreSQL server (Debian package 'postgresql')" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql postgresql-client >/dev/null
+  apt_install postgresql postgresql-client
 fi
 
 # The Go reader plugin (process protocol; go >= 1.25, modules from the Go module proxy).
-# `go build` is incremental: a no-op when nothing changed.
-echo "building plugins/go-postgres-reader (go build)" >&2
+# `go build` is incremental and cached by Go itself: a no-op when nothing changed.
+step "building plugins/go-postgres-reader (go build)"
 (cd plugins/go-postgres-reader && go build -o bin/go-postgres-reader .)
 
-# The process-plugin sandbox tests need bubblewrap (Debian package 'bubblewrap').
-if ! command -v bwrap >/dev/null 2>&1; then
-  echo "installing bubblewrap (Debian package 'bubblewrap')" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bubblewrap >/dev/null
-fi
+# The process-plugin sandbox tests need bubblewrap.
+command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 
-exec python3 -m pytest "$@"
+workers="${DATIVO_TEST_WORKERS:-auto}"
+step "running the test suite (pytest, $workers workers; each worker starts its own PostgreSQL and S3 servers)"
+set +e
+$python -m pytest -n "$workers" "$@"
+status=$?
+set -e
+step "done (pytest exit code $status)"
+exit $status

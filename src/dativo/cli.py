@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -53,6 +54,22 @@ init_app = typer.Typer(help="Generate a new project from dativo's templates.", n
 app.add_typer(init_app, name="init")
 app.command("decrypt")(decrypt)
 
+
+def _flags_take_no_value() -> None:
+    """Typer >= 0.2x prints ``<bool>`` after flags in --help, as if they took a value; show nothing."""
+    option = getattr(typer.core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if option is None or original is None or getattr(original, "_dativo", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._dativo = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
 out = Console()
 err = Console(stderr=True)
 _state = {"debug": False}
@@ -101,7 +118,7 @@ def run(
     attempts: list[pipeline.RunSummary] = []
     try:
         with _progress(quiet) as progress, _sigterm_as_interrupt():
-            _guard(lambda: run_job(loaded, run_id=run_id, progress=progress, attempts=attempts))
+            _guard(lambda: run_job(loaded, run_id=run_id, progress=progress, attempts=attempts, on_retry=_print_retry))
     finally:
         if summary_json is not None and attempts:
             summary_json.write_text(redact(json.dumps(attempts[-1].to_dict(), indent=2, default=str)) + "\n")
@@ -146,7 +163,8 @@ def validate(
     plan = _guard(lambda: build_plan(load_job(job)))
     if not offline:
         _guard(lambda: pipeline.validate(plan))
-    out.print(f"[green]ok[/green] {job}: reader {plan.reader.ref.name}, writer {plan.writer.ref.name}")
+    sides = f"{job}: reader {plan.reader.ref.name}, writer {plan.writer.ref.name}"
+    out.print(f"[green]ok[/green] {escape(sides)}")
 
 
 @app.command()
@@ -155,7 +173,7 @@ def check(job: JobArg, debug: DebugOpt = False) -> None:
     _state["debug"] |= debug
     plan = _guard(lambda: build_plan(load_job(job)))
     for side, result in _guard(lambda: pipeline.check(plan)):
-        out.print(f"[green]ok[/green] {side}: {result}")
+        out.print(f"[green]ok[/green] {side}: {escape(str(result))}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
@@ -185,7 +203,7 @@ def discover(
         return
     table = Table("column", "arrow type", "target type")
     for row in rows:
-        table.add_row(row["column"], row["arrow"], row["target"] or "-")
+        table.add_row(escape(row["column"]), escape(row["arrow"]), escape(row["target"] or "-"))
     out.print(table)
 
 
@@ -199,7 +217,13 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         return
     table = Table("kind", "name", "origin", "api", "status")
     for kind, name, origin, api, problem in rows:
-        table.add_row(kind, name, origin, api, f"[red]{problem}[/red]" if problem else "[green]ok[/green]")
+        table.add_row(
+            kind,
+            escape(name),
+            escape(origin),
+            escape(api),
+            f"[red]{escape(problem)}[/red]" if problem else "[green]ok[/green]",
+        )
     out.print(table)
     if any(row[4] for row in rows):
         raise typer.Exit(1)
@@ -218,7 +242,10 @@ def init_plugin(
 
     dest = directory or Path(name)
     written = _guard(lambda: generate(name, kind, lang, dest, force))  # type: ignore[arg-type]
-    out.print(f"created {kind} plugin '{name}' ({lang}) in {dest}: {len(written)} files; next: {dest / 'README.md'}")
+    out.print(
+        f"created {kind} plugin '{name}' ({lang}) in {dest}: {len(written)} files; next: {dest / 'README.md'}",
+        markup=False,
+    )
 
 
 @plugins_app.command("certify")
@@ -251,10 +278,10 @@ def plugins_certify(
         table = Table("rule", "result", "details", title=f"{report.plugin}: plugin SDK {report.sdk_version}")
         colours = {"pass": "green", "fail": "red", "skip": "yellow"}
         for result in report.results:
-            table.add_row(result.rule, f"[{colours[result.status]}]{result.status}[/]", redact(result.message))
+            table.add_row(result.rule, f"[{colours[result.status]}]{result.status}[/]", escape(redact(result.message)))
         out.print(table)
         verdict = "[green]certified[/green]" if report.passed else "[red]not certified[/red]"
-        out.print(f"{verdict}: {', '.join(report.failed_rules) or 'no rule failed'}")
+        out.print(f"{verdict}: {escape(', '.join(report.failed_rules) or 'no rule failed')}")
     if not report.passed:
         raise typer.Exit(1)
 
@@ -276,7 +303,9 @@ def _fail(exc: BaseException) -> NoReturn:
         message = str(exc)
     else:
         message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
-    err.print("error: " + redact(message).replace("\n", " "), highlight=False, markup=False, soft_wrap=True)
+    # One line per problem (a job file with three mistakes shows all three).
+    for line in redact(message).splitlines() or [""]:
+        err.print("error: " + line, highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1)
 
 
@@ -324,6 +353,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _print_retry(attempt: int, max_attempts: int, delay_s: float, exc: BaseException) -> None:
+    """One line per failed attempt for a person at a terminal (logs get it at INFO)."""
+    if err.is_terminal:
+        message = redact(str(exc)).replace("\n", " ")
+        err.print(
+            f"attempt {attempt} of {max_attempts} failed (transient), retrying in {delay_s:.1f} s: {message}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(show_header=False)
     target = summary.get("target", {})
@@ -341,7 +382,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("rows/s", f"{summary['rows_per_s'] or 0:,}"),
         ("target", str(where) + (f" (snapshot {snapshot})" if snapshot else "")),
     ):
-        table.add_row(key, redact(value))
+        table.add_row(key, escape(redact(value)))
     out.print(table)
 
 

@@ -42,7 +42,7 @@ __all__ = [
 #: in its ``api_version`` class attribute: a range such as ``">=1.0,<2"`` or a plain
 #: version such as ``"1.0"``, meaning ``">=1.0,<2"`` (same MAJOR, that MINOR or newer).
 #: The engine refuses a plugin whose range does not contain this version.
-SDK_API_VERSION = "1.1.0"
+SDK_API_VERSION = "1.2.0"
 
 #: What ``initialize`` receives: the job's ``source`` (for a reader) or
 #: ``target`` (for a writer) section with environment variables and secrets
@@ -75,6 +75,11 @@ class _Plugin(ABC):  # noqa: B024 - shared hooks only; the abstract methods live
     #: SDK versions this plugin supports: a range (``">=1.0,<2"``) or the version it was written
     #: against (``"1.1"`` meaning ``">=1.1,<2"``); see :data:`SDK_API_VERSION`.
     api_version: ClassVar[str] = SDK_API_VERSION
+    #: Python modules the plugin imports lazily, each with the command that installs it, e.g.
+    #: ``{"psycopg": "pip install 'dativo[postgres]'"}`` (SDK 1.2). dativo checks them when it
+    #: loads the plugin, so ``dativo validate`` and ``dativo plugins list`` report a missing one
+    #: as one line naming the command, before any run starts.
+    requires: ClassVar[Mapping[str, str]] = {}
 
     def initialize(self, config: PluginConfig) -> None:
         """Receive the job's configuration for this plugin; open connections here.

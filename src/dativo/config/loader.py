@@ -6,14 +6,16 @@ starts with ``FILE:LINE: key.path:`` so the user can go straight to it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dativo._secrets import SECRET_KEY_PATTERN, register_secret
 from dativo.config.models import JobConfig
@@ -103,12 +105,49 @@ def _compose(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
         return (build(root, ()) if root is not None else None), lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        raise ConfigError(f"{source}:{line}: invalid YAML: {exc.problem or exc.context}") from None
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        raise ConfigError(f"{source}:{where}: invalid YAML: {_plain_yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from None
     finally:
         loader.dispose()
+
+
+# PyYAML's parser wording -> what the user did wrong, and how to fix it.
+_YAML_PROBLEMS: tuple[tuple[str, str], ...] = (
+    (
+        "mapping values are not allowed",
+        "a ':' where a value was expected; indent the nested keys under their "
+        "parent, or quote a value that contains ': '",
+    ),
+    (
+        "expected <block end>",
+        "this line is indented differently from the keys around it; align it with its siblings (spaces, not tabs)",
+    ),
+    ("could not find expected ':'", "a key without ':' (or an unclosed quote above); write 'key: value'"),
+    (
+        "cannot start any token",
+        "a tab or a reserved character; YAML indents with spaces, and values starting with @ or ` must be quoted",
+    ),
+    (
+        "did not find expected key",
+        "this line is indented differently from the keys around it, or a list item "
+        "('- ') is mixed with keys at the same level",
+    ),
+    ("did not find expected ',' or ']'", "an unclosed '[' list; close it with ']' or quote the value"),
+    ("did not find expected ',' or '}'", "an unclosed '{' mapping; close it with '}' or quote the value"),
+    ("found unexpected end of stream", "the file ends inside a quoted string; close the quote"),
+    ("found undefined alias", "an '*alias' with no matching '&anchor'; quote the value if '*' is meant literally"),
+    ("found duplicate anchor", "two '&anchor's with the same name"),
+)
+
+
+def _plain_yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    problem = str(exc.problem or exc.context or "malformed YAML")
+    for pattern, plain in _YAML_PROBLEMS:
+        if pattern in problem:
+            return plain
+    return problem
 
 
 class _Interpolator:
@@ -189,15 +228,67 @@ def _dotted(path: KeyPath) -> str:
 
 
 def _describe_validation_error(exc: ValidationError, source: str, lines: dict[KeyPath, int]) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    # pydantic puts union-member and validator names such as "function-after[...]" into loc.
-    path: KeyPath = tuple(part for part in first["loc"] if isinstance(part, int) or "[" not in part)
-    if first["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling and the job reference in docs/configuration.md)"
-    elif first["type"] == "missing":
-        message = "required key is missing"
-    else:
-        message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{source}:{_line_for(path, lines)}: {_dotted(path)}: {message}{more}"
+    """Every problem pydantic found, one ``FILE:LINE: key.path: message`` line each, in file order."""
+    problems: list[tuple[KeyPath, str]] = []
+    for error in exc.errors(include_url=False):
+        # pydantic puts union-member and validator names such as "function-after[...]" into loc.
+        path: KeyPath = tuple(part for part in error["loc"] if isinstance(part, int) or "[" not in part)
+        if error["type"] == "extra_forbidden":
+            problems.append((path, "unknown key"))
+        elif error["type"] == "missing":
+            problems.append((path, "required key is missing"))
+        else:
+            problems.append((path, error["msg"].removeprefix("Value error, ")))
+    problems = _pair_typos(problems)
+    problems.sort(key=lambda item: (_line_for(item[0], lines), _dotted(item[0])))
+    return "\n".join(f"{source}:{_line_for(path, lines)}: {_dotted(path)}: {message}" for path, message in problems)
+
+
+def _pair_typos(problems: list[tuple[KeyPath, str]]) -> list[tuple[KeyPath, str]]:
+    """Turn "unknown key" into "did you mean ..." and drop the "missing" it explains.
+
+    ``conector:`` is one mistake, not two: the unknown key names the missing one it
+    was meant to be. Other unknown keys get the closest allowed key, if any.
+    """
+    missing = {path for path, message in problems if message == "required key is missing"}
+    explained: set[KeyPath] = set()
+    out: list[tuple[KeyPath, str]] = []
+    for path, message in problems:
+        if message != "unknown key" or not path or not isinstance(path[-1], str):
+            out.append((path, message))
+            continue
+        parent = path[:-1]
+        missing_here = [str(p[-1]) for p in missing if p[:-1] == parent and p not in explained]
+        close = difflib.get_close_matches(path[-1], missing_here, n=1, cutoff=0.6)
+        if close:
+            explained.add((*parent, close[0]))
+            out.append((path, f"unknown key; did you mean '{close[0]}' (a required key)?"))
+            continue
+        allowed = _allowed_keys(parent)
+        close = difflib.get_close_matches(path[-1], allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else "check its spelling"
+        out.append((path, f"unknown key; {hint} (the job reference is docs/configuration.md)"))
+    return [(path, message) for path, message in out if path not in explained]
+
+
+def _allowed_keys(path: KeyPath) -> list[str]:
+    """The keys the job schema allows at ``path`` (empty when it is not a fixed model)."""
+    model: Any = JobConfig
+    for part in path:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside ``Model | None`` (or the annotation itself)."""
+    for arg in typing.get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +39,13 @@ TARGET_CONNECTORS: dict[str, str | None] = {
     "encrypted-parquet": "encrypted-parquet",
     "custom": None,
 }
+
+
+def _did_you_mean(value: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'? known: a, b)`` — the closest known name first, then all of them."""
+    names = list(known)
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
+    return f" ({f'did you mean {close[0]!r}? ' if close else ''}known: {', '.join(names)})"
 
 
 class _Strict(BaseModel):
@@ -173,7 +182,7 @@ class SourceConfig(_Strict):
     @classmethod
     def _known_connector(cls, value: str) -> str:
         if value not in SOURCE_CONNECTORS:
-            raise ValueError(f"unknown source connector '{value}' (known: {', '.join(SOURCE_CONNECTORS)})")
+            raise ValueError(f"unknown source connector '{value}'{_did_you_mean(value, SOURCE_CONNECTORS)}")
         return value
 
     @model_validator(mode="after")
@@ -225,7 +234,7 @@ class TargetConfig(_Strict):
     @classmethod
     def _known_connector(cls, value: str) -> str:
         if value not in TARGET_CONNECTORS:
-            raise ValueError(f"unknown target connector '{value}' (known: {', '.join(TARGET_CONNECTORS)})")
+            raise ValueError(f"unknown target connector '{value}'{_did_you_mean(value, TARGET_CONNECTORS)}")
         return value
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ Built-in plugins are registered through the same ``dativo.readers`` /
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -62,9 +63,13 @@ def resolve_plugin(kind: PluginKind, implementation: str, base_dir: Path) -> Plu
     elif ":" in spec or "." in spec:
         cls, origin = _load_from_module(kind, spec)
     else:
-        known = ", ".join(sorted(_entry_points(kind))) or "none installed"
+        names = sorted(_entry_points(kind))
+        close = difflib.get_close_matches(spec, names, n=1, cutoff=0.5)
+        known = ", ".join(names) or "none installed"
         raise PluginError(
-            f"{kind} '{spec}': no installed {kind} has that name (installed: {known}); "
+            f"{kind} '{spec}': no installed {kind} has that name ("
+            + (f"did you mean '{close[0]}'? " if close else "")
+            + f"installed: {known}); "
             f"use an import path like 'my_pkg.module.Class' or a file like 'plugins/my_{kind}.py:Class'"
         )
     _check_class(kind, spec, cls)
@@ -227,3 +232,16 @@ def _check_class(kind: PluginKind, spec: str, cls: type) -> None:
     abstract = sorted(getattr(cls, "__abstractmethods__", ()))
     if abstract:
         raise PluginError(f"{kind} '{spec}': class {cls.__qualname__} does not implement {', '.join(abstract)}")
+    missing = [(module, how) for module, how in getattr(cls, "requires", {}).items() if not _importable(module)]
+    if missing:
+        modules = ", ".join(f"'{module}'" for module, _ in missing)
+        installs = "; ".join(dict.fromkeys(how for _, how in missing))
+        raise PluginError(f"{kind} '{spec}' needs the Python module {modules}, which is not installed: {installs}")
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` (top-level name) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module.partition(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from dativo.config.loader import LoadedJob
 from dativo.engine import pipeline
@@ -27,11 +28,14 @@ def run_job(
     run_id: str | None = None,
     progress: pipeline.ProgressSink | None = None,
     attempts: list[pipeline.RunSummary] | None = None,
+    on_retry: Callable[[int, int, float, BaseException], None] | None = None,
 ) -> pipeline.RunSummary:
     """Run ``job`` until it succeeds, fails terminally, or ``engine.retry.max_attempts`` is used up.
 
     Every attempt's summary is appended to ``attempts`` (if given), so a caller can
-    report the last one even when this raises. Raises the last attempt's error.
+    report the last one even when this raises. ``on_retry(attempt, max_attempts, delay_s, error)``
+    is called before each wait (the CLI prints it as one line on a terminal). Raises the last
+    attempt's error.
     """
     policy = job.config.engine.retry
     attempt = 1
@@ -47,7 +51,7 @@ def run_job(
             if attempt >= policy.max_attempts or not is_transient(exc):
                 raise
             delay = min(policy.max_delay_s, policy.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            # INFO, not WARNING: a run that recovers prints nothing, one that fails prints one line.
+            # INFO for logs; the caller decides whether a person watching should see it (on_retry).
             log.info(
                 "attempt %d of %d failed with a transient error; retrying in %.1f s: %s",
                 attempt,
@@ -56,5 +60,7 @@ def run_job(
                 exc,
                 extra={"job": job.name, "run_id": plan.run_id},
             )
+            if on_retry is not None:
+                on_retry(attempt, policy.max_attempts, delay, exc)
             time.sleep(delay)
             attempt += 1

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -221,6 +221,8 @@ class EncryptedParquetWriter(DataWriter):
     docs/encryption.md. Every failure before ``finalize`` returns leaves the
     target untouched and is recorded in the audit log.
     """
+
+    requires: ClassVar[Mapping[str, str]] = {"cryptography": "pip install 'dativo[encryption]'"}
 
     def initialize(self, config: PluginConfig) -> None:
         """Validate the options, open the KMS client and the audit log; raises ConfigError naming the bad key."""

@@ -22,8 +22,8 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -158,6 +158,11 @@ class AdbcPostgresReader(PlannedPostgresReader):
     raises :class:`dativo.SchemaError` naming the column, and a failure
     mid-stream raises :class:`dativo.SourceError`.
     """
+
+    requires: ClassVar[Mapping[str, str]] = {
+        "psycopg": "pip install 'dativo[postgres]'",
+        "adbc_driver_postgresql": "pip install 'dativo[postgres]'",
+    }
 
     def __init__(self) -> None:
         self._conn: Any = None

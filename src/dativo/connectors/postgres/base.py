@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -19,6 +20,8 @@ class PlannedPostgresReader(DataReader):
     Because the schema and the SQL come from one shared plan, every reader built
     on this class maps types identically and takes part in incremental reads.
     """
+
+    requires: ClassVar[Mapping[str, str]] = {"psycopg": "pip install 'dativo[postgres]'"}
 
     _plan: SourcePlan | None = None
 
