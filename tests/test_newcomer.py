@@ -189,3 +189,21 @@ def test_help_shows_no_value_after_flags():
     assert result.returncode == 0
     assert "--quiet" in result.stdout and "<bool>" not in result.stdout
     assert "<path>" in result.stdout  # options that take a value still say what
+
+
+def test_a_wrong_table_name_points_at_its_line_and_suggests_the_closest(tmp_path, pg_db):
+    pg_db.psql("CREATE TABLE public.orders (id int)")
+    job = write(
+        tmp_path,
+        f"""\
+        source:
+          connector: postgres
+          connection: {{dsn: "{pg_db.dsn}"}}
+          table: public.order
+        target: {{connector: iceberg, table: raw.orders}}
+        """,
+    )
+    for command in ("validate", "run"):
+        line = assert_one_line_error(dativo(command, job), code=1)
+        assert f"{job}:4: source.table: table 'public.order' does not exist" in line, line
+        assert "did you mean 'public.orders'?" in line, line

@@ -27,7 +27,7 @@ from dativo import __version__
 from dativo._logging import configure_logging
 from dativo._secrets import redact
 from dativo.cli_audit import audit_app, decrypt, kms_app
-from dativo.config.loader import load_job
+from dativo.config.loader import LoadedJob, load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import Plan, build_plan
 from dativo.engine.registry import list_plugins
@@ -72,7 +72,7 @@ def _flags_take_no_value() -> None:
 _flags_take_no_value()
 out = Console()
 err = Console(stderr=True)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "job": None}
 
 T = TypeVar("T")
 JobArg = Annotated[Path, typer.Argument(help="The job file (YAML).", show_default=False)]
@@ -114,7 +114,7 @@ def run(
 ) -> None:
     """Run a job: read the source, write the target, commit once at the end (transient failures are retried)."""
     _state["debug"] |= debug
-    loaded = _guard(lambda: load_job(job))
+    loaded = _guard(lambda: _load(job))
     attempts: list[pipeline.RunSummary] = []
     try:
         with _progress(quiet) as progress, _sigterm_as_interrupt():
@@ -130,7 +130,7 @@ def run(
 def state_show(job: JobArg, debug: DebugOpt = False) -> None:
     """Print the state the job's last successful run committed with its data (JSON)."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(load_job(job)))
+    plan = _guard(lambda: build_plan(_load(job)))
     state = _guard(lambda: pipeline.load_state(plan))
     out.print_json(json.dumps(state, default=str) if state is not None else "null")
 
@@ -144,7 +144,7 @@ def state_reset(
 ) -> None:
     """Forget the job's state: its next run reads from source.incremental.initial again."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(load_job(job)))
+    plan = _guard(lambda: build_plan(_load(job)))
     if not yes and not typer.confirm(f"Reset the state of job '{plan.job.name}'? Its next run re-reads the source"):
         _fail(ConfigError("state reset cancelled; nothing changed"))
     out.print(_guard(lambda: pipeline.reset_state(plan, force)))
@@ -160,7 +160,7 @@ def validate(
 ) -> None:
     """Check a job file, its plugins and (unless --offline) the source's columns, the mode and the cursor."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(load_job(job)))
+    plan = _guard(lambda: build_plan(_load(job)))
     if not offline:
         _guard(lambda: pipeline.validate(plan))
     sides = f"{job}: reader {plan.reader.ref.name}, writer {plan.writer.ref.name}"
@@ -171,7 +171,7 @@ def validate(
 def check(job: JobArg, debug: DebugOpt = False) -> None:
     """Connect to the source and the target with the job's credentials."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(load_job(job)))
+    plan = _guard(lambda: build_plan(_load(job)))
     for side, result in _guard(lambda: pipeline.check(plan)):
         out.print(f"[green]ok[/green] {side}: {escape(str(result))}")
 
@@ -192,7 +192,7 @@ def discover(
 ) -> None:
     """Print the source schema as Arrow types and as the target types it will become."""
     _state["debug"] |= debug
-    plan: Plan = _guard(lambda: build_plan(load_job(job)))
+    plan: Plan = _guard(lambda: build_plan(_load(job)))
     schema, target_types = _guard(lambda: pipeline.discover(plan))
     targets = dict(target_types or [])
     rows = [
@@ -286,6 +286,13 @@ def plugins_certify(
         raise typer.Exit(1)
 
 
+def _load(path: Path) -> LoadedJob:
+    """Load the job file and remember it, so errors about a key can point at its line."""
+    job = load_job(path)
+    _state["job"] = job
+    return job
+
+
 def _guard(action: Callable[[], T]) -> T:
     try:
         return action()
@@ -301,6 +308,9 @@ def _fail(exc: BaseException) -> NoReturn:
         err.print(redact("".join(traceback.format_exception(exc))), highlight=False, markup=False)
     if isinstance(exc, DativoError):
         message = str(exc)
+        job = _state.get("job")
+        if exc.config_key and isinstance(job, LoadedJob):
+            message = f"{job.locate(exc.config_key)}: {exc.config_key}: {message}"
     else:
         message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
     # One line per problem (a job file with three mistakes shows all three).

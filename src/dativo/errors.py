@@ -27,14 +27,24 @@ class DativoError(Exception):
 
     ``transient`` says whether retrying the same operation may succeed.
     ``hint`` is an optional sentence telling the user what to do.
+    ``config_key`` names the job-file key the problem is about (``"source.table"``), so the
+    CLI can point at its ``FILE:LINE``.
     """
 
     transient: bool = False
 
-    def __init__(self, message: str, *, hint: str | None = None, transient: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        transient: bool | None = None,
+        config_key: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.config_key = config_key
         if transient is not None:
             self.transient = transient
 

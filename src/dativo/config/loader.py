@@ -10,7 +10,8 @@ import difflib
 import os
 import re
 import typing
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ class LoadedJob:
     config: JobConfig
     path: Path
     dir: Path
+    #: The line of every key path in the file (``("source", "table")`` -> 5).
+    lines: Mapping[KeyPath, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def locate(self, key: str) -> str:
+        """``FILE:LINE`` of a dotted job key (``"source.table"``), or of its closest parent present."""
+        path = tuple(key.split("."))
+        return f"{self.path}:{_line_for(path, self.lines)}"
 
     @property
     def name(self) -> str:
@@ -59,21 +67,27 @@ def load_job(path: str | os.PathLike[str], env: dict[str, str] | None = None) ->
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"job file {file} cannot be read: {exc}") from None
     job_dir = file.resolve().parent
-    config = parse_job(text, source=str(file), base_dir=job_dir, env=env)
-    return LoadedJob(config=config, path=file, dir=job_dir)
+    config, lines = _parse(text, source=str(file), base_dir=job_dir, env=env)
+    return LoadedJob(config=config, path=file, dir=job_dir, lines=lines)
 
 
 def parse_job(
     text: str, *, source: str = "<job>", base_dir: Path | None = None, env: dict[str, str] | None = None
 ) -> JobConfig:
     """Parse job YAML ``text``; see :func:`load_job`. ``source`` names the text in messages."""
+    return _parse(text, source=source, base_dir=base_dir, env=env)[0]
+
+
+def _parse(
+    text: str, *, source: str, base_dir: Path | None, env: dict[str, str] | None
+) -> tuple[JobConfig, dict[KeyPath, int]]:
     data, lines = _compose(text, source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: a job must be a mapping with 'source' and 'target' keys")
     resolver = _Interpolator(env if env is not None else dict(os.environ), base_dir or Path.cwd(), source, lines)
     data = resolver.resolve(data, ())
     try:
-        return JobConfig.model_validate(data)
+        return JobConfig.model_validate(data), lines
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, source, lines)) from None
 
@@ -213,7 +227,7 @@ class _Interpolator:
         raise ConfigError(f"{self.source}:{_line_for(path, self.lines)}: {_dotted(path)}: {message}")
 
 
-def _line_for(path: KeyPath, lines: dict[KeyPath, int]) -> int:
+def _line_for(path: KeyPath, lines: Mapping[KeyPath, int]) -> int:
     for end in range(len(path), -1, -1):
         if path[:end] in lines:
             return lines[path[:end]]

@@ -200,8 +200,8 @@ def translate_error(
     message = primary or _server_message(text)
     where = f"PostgreSQL at {info.address} (database {info.dbname!r})"
 
-    def err(msg: str, *, hint: str | None = None, transient: bool = False) -> SourceError:
-        return SourceError(redact(msg), hint=redact(hint) if hint else None, transient=transient)
+    def err(msg: str, *, hint: str | None = None, transient: bool = False, key: str | None = None) -> SourceError:
+        return SourceError(redact(msg), hint=redact(hint) if hint else None, transient=transient, config_key=key)
 
     if connecting or (sqlstate is None and re.search(r"Failed to connect|connection to server at", text)):
         if (sqlstate and sqlstate.startswith("28")) or any(p in text for p in _AUTH_PATTERNS):
@@ -228,7 +228,9 @@ def translate_error(
 
     if sqlstate == "42P01":
         if table is not None:
-            return err(f"table {table!r} does not exist in {where}: {message}", hint="check source.table")
+            return err(
+                f"table {table!r} does not exist in {where}: {message}", hint="check source.table", key="source.table"
+            )
         return err(f"the query refers to a table that does not exist in {where}: {message}")
     if sqlstate == "42501":
         return err(

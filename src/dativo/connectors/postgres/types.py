@@ -37,6 +37,7 @@ naming the column; values are never rounded or silently changed.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -256,9 +257,25 @@ def _resolve_table(conn: psycopg.Connection[Any], table: str) -> str:
             if row is not None and row[0]:
                 return candidate
     raise SourceError(
-        f"table {table!r} does not exist (or is not visible to this user)",
+        f"table {table!r} does not exist (or is not visible to this user){_closest_tables(conn, table)}",
         hint="check source.table; name it schema.table, quoting is not needed for mixed case",
+        config_key="source.table",
     )
+
+
+def _closest_tables(conn: psycopg.Connection[Any], table: str) -> str:
+    """``; did you mean 'public.orders'?`` from the tables and views this user can see, or ``""``."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') LIMIT 10000"
+        )
+        names = [str(row[0]) for row in cur.fetchall()]
+    wanted = table.replace('"', "")
+    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.6)
+    if not close and "." not in wanted:
+        close = difflib.get_close_matches(f"public.{wanted}", names, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
 
 
 def _numeric_type(typmod: int) -> tuple[pa.DataType | None, bool]:
