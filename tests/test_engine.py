@@ -304,10 +304,11 @@ def test_interrupt_aborts_and_removes_staged_files(tmp_path, sig):
         stderr=subprocess.PIPE,
         text=True,
     )
+    # Wait until the engine has taken 10 batches: with a queue of 4, the writer holds some.
     deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (marker.exists() and int(marker.read_text() or 0) >= 10):
         time.sleep(0.05)
-    time.sleep(1.0)  # let some batches reach the writer
+    assert int(marker.read_text()) >= 10, "the reader never got going"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

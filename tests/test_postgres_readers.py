@@ -724,7 +724,13 @@ def test_close_from_another_thread_cancels_a_blocked_read(reader_cls, pg_db):
 
     worker = threading.Thread(target=consume)
     worker.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not pg_db.server.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND state = 'active' AND query LIKE '%%pg_sleep(60)%%' "
+        "AND pid <> pg_backend_pid()",
+        (pg_db.name,),
+    ):
+        time.sleep(0.05)
     started = time.monotonic()
     reader.close()
     worker.join(timeout=20)

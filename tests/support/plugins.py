@@ -45,7 +45,8 @@ class CapsuleArray:
 
 class GeneratedReader(DataReader):
     """Options: rows, fail_after (batches), sleep (s per batch), form (batch|table|stream|array),
-    change_schema_at (batch index), marker_file (touched when reading starts)."""
+    change_schema_at (batch index), marker_file (created when reading starts; then holds the
+    number of batches the engine has taken)."""
 
     produced = 0
 
@@ -75,6 +76,9 @@ class GeneratedReader(DataReader):
                 yield CapsuleArray(batch)
             else:
                 yield batch
+            if options.get("marker_file"):
+                with open(options["marker_file"], "w") as marker:
+                    marker.write(str(index + 1))
 
 
 class CountingWriter(DataWriter):
