@@ -153,14 +153,26 @@ class FlightReader(DataReader):
         if conn is None:
             raise PluginError(f"reader '{self._plan.ref.name}' is closed")
         ticket = flight.Ticket(conn.request(self.config, batch_size=int(batch_size)))
+        ended = False
+        batches = 0
         try:
             stream = self._stream = conn.client.do_get(ticket, conn.options)
             while True:
                 try:
                     chunk = stream.read_chunk()
                 except StopIteration:
-                    return
-                if chunk.data is not None:
+                    break
+                if ended:
+                    raise ProtocolError(f"{conn.label} sent data after its end-of-stream marker")
+                if chunk.app_metadata is not None:
+                    marker = decode_line(chunk.app_metadata.to_pybytes(), f"{conn.label}'s stream metadata")
+                    ended = marker.get("dativo") == "end"
+                    if ended and marker.get("batches") not in (None, batches):
+                        raise ProtocolError(
+                            f"{conn.label} says it sent {marker.get('batches')} batches; {batches} arrived"
+                        )
+                if chunk.data is not None and chunk.data.num_rows:
+                    batches += 1
                     yield chunk.data
         except (pa.ArrowException, OSError) as exc:
             if self._conn is None:
@@ -168,6 +180,12 @@ class FlightReader(DataReader):
             raise conn.error(exc, "streaming batches") from None
         finally:
             self._stream = None
+        if not ended:
+            raise ProtocolError(
+                f"{conn.label}'s DoGet stream ended without the end-of-stream marker after {batches} batches "
+                '(a zero-row batch with app metadata {"dativo": "end"}); the stream was cut short',
+                hint="a Flight reader must end its stream with that marker (see docs/process-protocol.md)",
+            )
 
     def close(self) -> None:
         """Cancel a running ``DoGet`` (the server then closes its reader) and close the client; idempotent."""
