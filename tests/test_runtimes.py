@@ -624,3 +624,35 @@ def test_batches_from_pipes_are_realigned_for_native_plugins():
     fixed = aligned(plain)
     assert fixed.column(0).buffers()[1].address % 8 == 0 and fixed.equals(batch)
     assert aligned(batch) is batch  # already aligned: no copy
+
+
+def test_flight_untrusted_certificate_is_terminal_and_quiet(tmp_path):
+    """No gRPC log lines before dativo's one error line; a certificate problem is not retried."""
+    ca, cert, key = self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = self_signed(tmp_path / "other")  # trusted by the job, but it did not sign the server's
+    server = FlightServer(plugins.GeneratedReader, tls_certificates=[(cert, key)])
+    try:
+        reader = {"type": "flight", "name": "tls", "endpoint": server.endpoint, "tls": {"ca_file": str(other_ca)}}
+        job = write_job(tmp_path, reader, options=generated_options(10))
+        with pytest.raises(DativoError) as info:
+            run(job)
+        assert not info.value.transient
+        assert "certificate" in str(info.value) and "tls.ca_file" in (info.value.hint or "")
+        result = dativo("run", job, "--quiet")
+    finally:
+        server.stop()
+    assert_one_line_error(result, "reader plugin 'tls'", "certificate")
+
+
+def test_flight_wrong_token_is_terminal(tmp_path):
+    server = FlightServer(plugins.GeneratedReader, token="right-token")
+    try:
+        reader = {"type": "flight", "name": "auth", "endpoint": server.endpoint, "token": "wrong-token"}
+        with pytest.raises(PluginError) as info:
+            run(write_job(tmp_path, reader, options=generated_options(10)))
+    finally:
+        server.stop()
+    assert not info.value.transient
+    assert "reader plugin 'auth'" in str(info.value) and "refused the call" in str(info.value)
+    assert "wrong-token" not in str(info.value)

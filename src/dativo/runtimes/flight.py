@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+# gRPC's own logging goes straight to stderr from C++ (a dozen lines for one failed TLS handshake,
+# before dativo's one error line). Silence it before gRPC starts, unless the user chose a level.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import pyarrow as pa  # after the environment above
 import pyarrow.flight as flight
 
 from dativo.engine.plan import PluginPlan
@@ -45,6 +51,14 @@ def host_writer(plan: PluginPlan) -> DataWriter:
     writer = FlightWriter(plan)
     writer.initialize(plan.config)
     return writer
+
+
+#: A TLS failure in a gRPC message: terminal (retrying cannot make a certificate trusted).
+_TLS_FAILURE = re.compile(
+    r"(certificate verify failed|CERTIFICATE_VERIFY_FAILED|certificate (has expired|is not yet valid)|"
+    r"Peer name \S+ is not in peer certificate|wrong version number|unknown ca|bad certificate)[^.\n]*",
+    re.IGNORECASE,
+)
 
 
 class _Connection:
@@ -104,6 +118,13 @@ class _Connection:
             return PluginError(
                 f"{self.label} refused the call ({doing}): {first}",
                 hint="check the plugin's 'token' (a bearer token)",
+            )
+        tls = _TLS_FAILURE.search(text)
+        if tls is not None:
+            return PluginError(
+                f"{self.label} failed the TLS handshake ({doing}): {tls.group(0).rstrip('. ')}",
+                hint="the server's certificate is not trusted or names another host: check tls.ca_file "
+                "and tls.server_name",
             )
         if isinstance(exc, flight.FlightUnavailableError) or status == "Unavailable":
             return self.error_cls(

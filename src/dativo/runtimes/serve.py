@@ -297,6 +297,7 @@ def _serve_writer(writer: DataWriter, config: dict[str, Any], stdin: BinaryIO, o
 
 
 def _flight() -> Any:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own stderr lines; see dativo.runtimes.flight
     import pyarrow.flight as flight
 
     return flight
