@@ -628,7 +628,7 @@ def test_batches_from_pipes_are_realigned_for_native_plugins():
 
 def test_flight_untrusted_certificate_is_terminal_and_quiet(tmp_path):
     """No gRPC log lines before dativo's one error line; a certificate problem is not retried."""
-    ca, cert, key = self_signed(tmp_path)
+    _, cert, key = self_signed(tmp_path)
     (tmp_path / "other").mkdir()
     other_ca, _, _ = self_signed(tmp_path / "other")  # trusted by the job, but it did not sign the server's
     server = FlightServer(plugins.GeneratedReader, tls_certificates=[(cert, key)])
