@@ -52,6 +52,8 @@ class Runner:
 
     def run(self, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(cwd)}
+        if "PYTHONPATH" in os.environ:  # e.g. to run this suite against another dativo source tree
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         return subprocess.run(
             self.command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=180, check=False
         )

@@ -1,10 +1,13 @@
-"""How a process plugin is started: executable pinning, a clean environment, limits, bubblewrap.
+"""How a process plugin is started: pinning, a clean environment, limits, a least-privilege bubblewrap sandbox.
 
 :func:`prepare_launch` turns a job's ``command`` / ``sha256`` / ``env`` /
 ``sandbox`` into the argv of the launcher (``_launch.py``), the environment to
-start it with and the resources to release afterwards. Everything the machine
-cannot give is either refused (``require_isolation: true``, the default) or
-logged as a warning.
+start it with and the resources to release afterwards. With bubblewrap the
+plugin runs in a new user namespace without capabilities, behind a syscall
+filter (:mod:`._seccomp`), in a minimal read-only root (:mod:`._root`). Without
+it the run is refused, or (``require_isolation: false``) the fallback keeps the
+clean environment, the limits and an unprivileged uid and warns what is lost.
+Pinned files run from a verified private copy. See docs/process-protocol.md §7.
 """
 
 from __future__ import annotations
@@ -305,6 +308,14 @@ def prepare_launch(label: str, spec: PluginSpec, base_dir: Path, parent_pid: int
             argv = [*_bwrap_args(bwrap, sandbox, base_dir, executable, argv[1:], pinned, label), *argv]
             path = bwrap
             isolated = True
+            if sandbox.max_processes is not None and os.geteuid() == 0 and cgroup is None:
+                # The kernel never applies RLIMIT_NPROC to host uid 0, even without capabilities.
+                limits.pop("NPROC", None)
+                log.warning(
+                    "%s runs without its process limit (sandbox.max_processes): dativo runs as root and no "
+                    "pids cgroup is writable here; everything else of the sandbox applies",
+                    label,
+                )
         else:
             lost = (
                 "a minimal root (it sees every file its uid can read), a private /tmp and /dev, its own PID "
