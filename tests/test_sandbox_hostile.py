@@ -186,7 +186,7 @@ SWAP = textwrap.dedent(
     from dativo.config.models import PluginSpec
     from dativo.runtimes.sandbox import prepare_launch
     folder = Path(sys.argv[1])
-    script = folder / "plugin.sh"
+    script = folder / "plugin" / "plugin.sh"
     spec = PluginSpec.model_validate(json.loads(sys.argv[2]))
     launch = prepare_launch("reader plugin 'swap'", spec, folder)
     # Checked: now swap the file before it runs, as an attacker racing dativo would.
@@ -215,3 +215,4 @@ def test_a_pinned_file_swapped_after_the_check_does_not_run(scratch, runner, san
     assert "plugin says: original" in outcome["stderr"]
     assert "swapped-in" not in outcome["stderr"]
     assert outcome["stdout"] > 100  # the hello and the Arrow stream of the file that was checked
+    assert "swapped-in" in script.read_text()  # the file really was replaced before the start
