@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import pwd
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +38,7 @@ from dativo.targets.parquet import ParquetDatasetWriter
 
 from support import plugins
 from support.cli import assert_one_line_error, dativo
+from support.sandbox_support import shell_plugin
 
 SUPPORT = Path(__file__).parent / "support"
 PLUGINS = SUPPORT / "plugins.py"
@@ -364,19 +367,24 @@ def test_network_when_the_job_allows_it(tmp_path, listener):
     assert output(tmp_path).column("note").to_pylist() == ["connected"]
 
 
-def test_root_is_read_only_and_tmp_private(tmp_path):
-    outside = tmp_path / "not-writable.txt"
+def test_read_paths_are_read_only_and_writable_paths_writable(tmp_path):
+    (tmp_path / "shown").mkdir()
+    (tmp_path / "shown" / "in.txt").write_text("visible")
+    (tmp_path / "out-dir").mkdir()
     script = (
-        "import sys, os, pathlib\n"
-        f"target = pathlib.Path({str(outside)!r})\n"
-        "try:\n    target.write_text('x')\n"
+        "import sys, pathlib\n"
+        "assert pathlib.Path('shown/in.txt').read_text() == 'visible'\n"
+        "pathlib.Path('out-dir/written.txt').write_text('ok')\n"
+        "try:\n    pathlib.Path('shown/not-writable.txt').write_text('x')\n"
         "except OSError as exc:\n    print('blocked:', exc.strerror, file=sys.stderr)\n    sys.exit(5)\n"
     )
     (tmp_path / "probe.py").write_text(script)
-    reader = process_reader([PY, str(tmp_path / "probe.py")], name="probe")
+    sandbox_spec = {"read_paths": ["shown"], "writable_paths": ["out-dir"]}
+    reader = process_reader([PY, "probe.py"], name="probe", sandbox=sandbox_spec)
     with pytest.raises(SourceError, match=r"exited with code 5.*Read-only file system"):
         run(write_job(tmp_path, reader))
-    assert not outside.exists()
+    assert not (tmp_path / "shown" / "not-writable.txt").exists()
+    assert (tmp_path / "out-dir" / "written.txt").read_text() == "ok"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,21 +393,24 @@ def test_root_is_read_only_and_tmp_private(tmp_path):
 
 
 def test_checksum_pin_is_checked_before_every_start(tmp_path):
-    copy = tmp_path / "plugin.py"
-    copy.write_bytes(BAD.read_bytes())
-    copy.chmod(0o755)
-    launcher = tmp_path / "run-plugin"
-    launcher.write_text(f"#!/bin/sh\nexec {PY} {copy} good\n")
-    launcher.chmod(0o755)
-    pin = sandbox.file_sha256(launcher)
-    reader = process_reader([str(launcher)], sha256=pin, name="pinned")
+    """An interpreter and its script are pinned together; a changed script is refused."""
+    script = tmp_path / "plugin.py"
+    script.write_bytes(BAD.read_bytes())
+    pins = {PY: sandbox.file_sha256(Path(PY).resolve()), "plugin.py": sandbox.file_sha256(script)}
+    reader = process_reader([PY, "plugin.py", "good"], sha256=pins, name="pinned")
     assert run(write_job(tmp_path, reader)).rows == 10
-    launcher.write_text(f"#!/bin/sh\nexec {PY} {copy} good  # changed\n")
+    script.write_bytes(BAD.read_bytes() + b"\n# changed\n")
     shutil.rmtree(tmp_path / "out")
     with pytest.raises(PluginError) as info:
         run(write_job(tmp_path, reader))
-    assert "refusing to start" in str(info.value) and pin in str(info.value)
+    assert "refusing to start" in str(info.value) and pins["plugin.py"] in str(info.value)
     assert no_output(tmp_path)
+
+
+def test_a_pin_must_name_an_item_of_the_command(tmp_path):
+    reader = process_reader([PY, str(BAD), "good"], sha256={"other.py": "sha256:" + "0" * 64})
+    with pytest.raises(ConfigError, match=r"sha256 pins \['other.py'\], which is not an item of 'command'"):
+        load_job(write_job(tmp_path, reader))
 
 
 def test_checksum_must_be_well_formed(tmp_path):
@@ -423,16 +434,27 @@ def test_isolation_the_machine_cannot_give_is_refused(tmp_path, without_bwrap):
     reader = process_reader([PY, str(BAD), "good", "--marker", marker], name="needs-bwrap")
     with pytest.raises(PluginError) as info:
         run(write_job(tmp_path, reader))
-    assert "reader plugin 'needs-bwrap': the sandbox cannot give" in str(info.value)
-    assert "bubblewrap" in str(info.value) and "require_isolation: false" in str(info.value)
+    assert "reader plugin 'needs-bwrap': the sandbox needs bubblewrap" in str(info.value)
+    assert "a minimal root" in str(info.value) and "require_isolation: false" in str(info.value)
     assert processes_with(marker) == []
 
 
 def test_isolation_can_be_waived_per_job(tmp_path, without_bwrap, caplog):
-    reader = process_reader([PY, str(BAD), "good"], name="waived", sandbox={"require_isolation": False})
-    with caplog.at_level("WARNING"):
-        assert run(write_job(tmp_path, reader)).rows == 10
-    assert any("runs WITHOUT" in r.getMessage() for r in caplog.records)
+    """Without bubblewrap the fallback keeps what it can: as root, the plugin runs as an unprivileged uid."""
+    folder = Path(tempfile.mkdtemp(prefix="dativo-fallback-"))  # pytest's tmp folders are root-only
+    try:
+        folder.chmod(0o755)
+        script = shell_plugin(folder / "plugin", pa.table({"n": [1, 2, 3]}), stderr_command="id -u")
+        reader = process_reader([str(script)], name="waived", sandbox={"require_isolation": False})
+        with caplog.at_level("INFO"):
+            assert run(write_job(tmp_path, reader)).rows == 3
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    warnings = [r.getMessage() for r in caplog.records if "runs WITHOUT bubblewrap" in r.getMessage()]
+    assert len(warnings) == 1 and "loses a minimal root" in warnings[0] and "network isolation" in warnings[0]
+    said = [r.getMessage() for r in caplog.records if r.name == "dativo.plugin.waived"]
+    expected_uid = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert said == [f"plugin says: {expected_uid}"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -602,3 +624,35 @@ def test_batches_from_pipes_are_realigned_for_native_plugins():
     fixed = aligned(plain)
     assert fixed.column(0).buffers()[1].address % 8 == 0 and fixed.equals(batch)
     assert aligned(batch) is batch  # already aligned: no copy
+
+
+def test_flight_untrusted_certificate_is_terminal_and_quiet(tmp_path):
+    """No gRPC log lines before dativo's one error line; a certificate problem is not retried."""
+    _, cert, key = self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = self_signed(tmp_path / "other")  # trusted by the job, but it did not sign the server's
+    server = FlightServer(plugins.GeneratedReader, tls_certificates=[(cert, key)])
+    try:
+        reader = {"type": "flight", "name": "tls", "endpoint": server.endpoint, "tls": {"ca_file": str(other_ca)}}
+        job = write_job(tmp_path, reader, options=generated_options(10))
+        with pytest.raises(DativoError) as info:
+            run(job)
+        assert not info.value.transient
+        assert "certificate" in str(info.value) and "tls.ca_file" in (info.value.hint or "")
+        result = dativo("run", job, "--quiet")
+    finally:
+        server.stop()
+    assert_one_line_error(result, "reader plugin 'tls'", "certificate")
+
+
+def test_flight_wrong_token_is_terminal(tmp_path):
+    server = FlightServer(plugins.GeneratedReader, token="right-token")
+    try:
+        reader = {"type": "flight", "name": "auth", "endpoint": server.endpoint, "token": "wrong-token"}
+        with pytest.raises(PluginError) as info:
+            run(write_job(tmp_path, reader, options=generated_options(10)))
+    finally:
+        server.stop()
+    assert not info.value.transient
+    assert "reader plugin 'auth'" in str(info.value) and "refused the call" in str(info.value)
+    assert "wrong-token" not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -63,11 +64,18 @@ class SandboxSpec(_Strict):
         256, gt=0, description="Processes and threads the plugin may run at once (pids cgroup or RLIMIT_NPROC)."
     )
     network: bool = Field(False, description="Allow network access (needs bwrap to be forbidden).")
+    read_paths: list[str] = Field(
+        default_factory=list,
+        description="More paths the plugin may read (relative to the job file); besides the system directories, "
+        "TLS/name-resolution files of /etc and the plugin's own files, nothing else is visible.",
+    )
     writable_paths: list[str] = Field(
         default_factory=list, description="Paths the plugin may write (relative to the job file); all else read-only."
     )
     require_isolation: bool = Field(
-        True, description="Refuse to run when the machine cannot give the isolation asked for (no bwrap, ...)."
+        True,
+        description="Refuse to run without bubblewrap; false runs the fallback (clean environment, limits, an "
+        "unprivileged uid when dativo is root) and warns naming what is lost.",
     )
 
 
@@ -102,8 +110,10 @@ class PluginSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="Passed to initialize() as config['options'].")
     name: str | None = Field(None, description="Label of a process/flight plugin in logs and messages.")
     command: list[str] | None = Field(None, description="type process: the executable and its arguments.")
-    sha256: str | None = Field(
-        None, pattern=r"^sha256:[0-9a-f]{64}$", description="type process: 'sha256:<hex>' of the executable."
+    sha256: str | dict[str, str] | None = Field(
+        None,
+        description="type process: 'sha256:<hex>' of the executable, or {command item: 'sha256:<hex>'} to pin "
+        "several (an interpreter and its script); pinned files run from a verified private copy.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="type process: the plugin's entire environment.")
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)  # type: ignore[arg-type]  # pydantic fills defaults
@@ -120,6 +130,16 @@ class PluginSpec(_Strict):
         if value is not None and not value.strip():
             raise ValueError("implementation must not be empty")
         return value.strip() if value is not None else None
+
+    @field_validator("sha256")
+    @classmethod
+    def _pins_well_formed(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        pins = {"": value} if isinstance(value, str) else value or {}
+        for item, pin in pins.items():
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", pin):
+                where = f" (for {item!r})" if item else ""
+                raise ValueError(f"'{pin}'{where} is not 'sha256:' followed by 64 lowercase hex digits")
+        return value
 
     @field_validator("command")
     @classmethod
@@ -138,6 +158,10 @@ class PluginSpec(_Strict):
                 raise ValueError(f"'{key}' does not apply to type '{self.type}' (it needs '{required}')")
         if self.type != "process" and (self.sha256 or self.env):
             raise ValueError(f"'sha256' and 'env' apply to type 'process' only, not '{self.type}'")
+        if isinstance(self.sha256, dict) and self.command is not None:
+            unknown = sorted(set(self.sha256) - set(self.command))
+            if unknown:
+                raise ValueError(f"sha256 pins {unknown}, which is not an item of 'command' {self.command}")
         if self.type != "flight" and self.token is not None:
             raise ValueError(f"'token' applies to type 'flight' only, not '{self.type}'")
         return self

@@ -32,6 +32,8 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_FD = "{seccomp-fd}"  # in argv, replaced by the descriptor holding the filter
 GRACE_S = 3.0  # from SIGTERM to SIGKILL
 LIMITS = {"AS": "RLIMIT_AS", "CPU": "RLIMIT_CPU", "NOFILE": "RLIMIT_NOFILE", "NPROC": "RLIMIT_NPROC"}
 
@@ -126,8 +128,27 @@ def _child(spec: dict[str, Any]) -> None:
             hard = soft + 5  # SIGXCPU at the soft limit, SIGKILL 5 s later
         resource.setrlimit(which, (soft, hard))
     if spec.get("cwd"):
-        os.chdir(spec["cwd"])
-    os.execve(spec["argv"][0], spec["argv"], dict(os.environ))
+        with contextlib.suppress(OSError):  # an unprivileged uid may not enter it; the plugin starts in /
+            os.chdir(spec["cwd"])
+    if spec.get("no_new_privs"):
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if spec.get("ids"):  # dativo is root and there is no bubblewrap: run as an unprivileged uid
+        uid, gid = spec["ids"]
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            raise OSError(f"could not drop to uid {uid}")
+    if spec.get("seccomp"):  # bubblewrap reads the syscall filter from a descriptor named in argv
+        import base64
+
+        readable, writable = os.pipe()
+        os.write(writable, base64.b64decode(spec["seccomp"]))
+        os.close(writable)
+        os.set_inheritable(readable, True)
+        spec["argv"] = [str(readable) if item == SECCOMP_FD else item for item in spec["argv"]]
+    # The path run (the verified copy of a pinned file, or bubblewrap) and the name it is called by differ.
+    os.execve(spec.get("path") or spec["argv"][0], spec["argv"], dict(os.environ))
 
 
 def main() -> None:

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+# gRPC's own logging goes straight to stderr from C++ (a dozen lines for one failed TLS handshake,
+# before dativo's one error line). Silence it before gRPC starts, unless the user chose a level.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import pyarrow as pa  # after the environment above
 import pyarrow.flight as flight
 
 from dativo.engine.plan import PluginPlan
@@ -45,6 +51,14 @@ def host_writer(plan: PluginPlan) -> DataWriter:
     writer = FlightWriter(plan)
     writer.initialize(plan.config)
     return writer
+
+
+#: A TLS failure in a gRPC message: terminal (retrying cannot make a certificate trusted).
+_TLS_FAILURE = re.compile(
+    r"(certificate verify failed|CERTIFICATE_VERIFY_FAILED|certificate (has expired|is not yet valid)|"
+    r"Peer name \S+ is not in peer certificate|wrong version number|unknown ca|bad certificate)[^.\n]*",
+    re.IGNORECASE,
+)
 
 
 class _Connection:
@@ -105,6 +119,13 @@ class _Connection:
                 f"{self.label} refused the call ({doing}): {first}",
                 hint="check the plugin's 'token' (a bearer token)",
             )
+        tls = _TLS_FAILURE.search(text)
+        if tls is not None:
+            return PluginError(
+                f"{self.label} failed the TLS handshake ({doing}): {tls.group(0).rstrip('. ')}",
+                hint="the server's certificate is not trusted or names another host: check tls.ca_file "
+                "and tls.server_name",
+            )
         if isinstance(exc, flight.FlightUnavailableError) or status == "Unavailable":
             return self.error_cls(
                 f"{self.label} is unreachable ({doing}): {first}",
@@ -153,14 +174,26 @@ class FlightReader(DataReader):
         if conn is None:
             raise PluginError(f"reader '{self._plan.ref.name}' is closed")
         ticket = flight.Ticket(conn.request(self.config, batch_size=int(batch_size)))
+        ended = False
+        batches = 0
         try:
             stream = self._stream = conn.client.do_get(ticket, conn.options)
             while True:
                 try:
                     chunk = stream.read_chunk()
                 except StopIteration:
-                    return
-                if chunk.data is not None:
+                    break
+                if ended:
+                    raise ProtocolError(f"{conn.label} sent data after its end-of-stream marker")
+                if chunk.app_metadata is not None:
+                    marker = decode_line(chunk.app_metadata.to_pybytes(), f"{conn.label}'s stream metadata")
+                    ended = marker.get("dativo") == "end"
+                    if ended and marker.get("batches") not in (None, batches):
+                        raise ProtocolError(
+                            f"{conn.label} says it sent {marker.get('batches')} batches; {batches} arrived"
+                        )
+                if chunk.data is not None and chunk.data.num_rows:
+                    batches += 1
                     yield chunk.data
         except (pa.ArrowException, OSError) as exc:
             if self._conn is None:
@@ -168,6 +201,12 @@ class FlightReader(DataReader):
             raise conn.error(exc, "streaming batches") from None
         finally:
             self._stream = None
+        if not ended:
+            raise ProtocolError(
+                f"{conn.label}'s DoGet stream ended without the end-of-stream marker after {batches} batches "
+                '(a zero-row batch with app metadata {"dativo": "end"}); the stream was cut short',
+                hint="a Flight reader must end its stream with that marker (see docs/process-protocol.md)",
+            )
 
     def close(self) -> None:
         """Cancel a running ``DoGet`` (the server then closes its reader) and close the client; idempotent."""

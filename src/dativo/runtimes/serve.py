@@ -163,6 +163,10 @@ def _hello(out: Any, schema: pa.Schema | None = None) -> None:
     out.flush()
 
 
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=field.type) for field in schema], schema=schema)
+
+
 def schema_stream(schema: pa.Schema) -> bytes:
     """An Arrow IPC stream holding only ``schema`` (what a reader's hello carries, base64-encoded)."""
     sink = pa.BufferOutputStream()
@@ -211,6 +215,34 @@ def _serve_reader(reader: DataReader, config: dict[str, Any], name: str, stdin: 
         raise failures[0]
 
 
+class _EofWatch:
+    """A binary stream as Arrow reads it, noting whether a read came back short (the pipe ended).
+
+    Arrow reads the end-of-stream marker with exact reads and stops there, so a stream whose
+    iteration ends after a short read ended without its marker.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.closed = False
+        self.hit_eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if size is None or size < 0 or len(data) < size:
+            self.hit_eof = True
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def _serve_writer(writer: DataWriter, config: dict[str, Any], stdin: BinaryIO, out: Any) -> None:
     writer.initialize(config)
     _hello(out)
@@ -231,11 +263,17 @@ def _serve_writer(writer: DataWriter, config: dict[str, Any], stdin: BinaryIO, o
                 out.write(encode_line({"dativo": "checked"}))
                 out.flush()
             elif verb == "write":
-                stream = open_ipc_stream(stdin)
+                source = _EofWatch(stdin)
+                stream = open_ipc_stream(source)
                 prepared = True
                 writer.prepare(stream.schema)
                 for batch in stream:
                     writer.write_batch(batch)
+                if source.hit_eof:
+                    raise ProtocolError(
+                        f"the Arrow IPC stream on stdin ended without the end-of-stream marker after "
+                        f"{stream.stats.num_record_batches} batches; nothing was published"
+                    )
             elif verb == "finalize":
                 metadata = writer.finalize()
                 prepared = False
@@ -259,6 +297,7 @@ def _serve_writer(writer: DataWriter, config: dict[str, Any], stdin: BinaryIO, o
 
 
 def _flight() -> Any:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own stderr lines; see dativo.runtimes.flight
     import pyarrow.flight as flight
 
     return flight
@@ -349,7 +388,12 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
         def batches() -> Iterator[pa.RecordBatch]:
             threading.Thread(target=watch, name="dativo-flight-cancel", daemon=True).start()
             try:
-                yield from _conformed(reader, schema, self.name, batch_size)
+                count = 0
+                for batch in _conformed(reader, schema, self.name, batch_size):
+                    count += 1
+                    yield batch
+                # The end marker: a zero-row batch whose app metadata says the stream is complete.
+                yield _empty_batch(schema), encode_line({"dativo": "end", "batches": count})
             except Exception as exc:
                 raise flight_error(exc) from None
             finally:
