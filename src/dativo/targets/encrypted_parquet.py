@@ -207,7 +207,7 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
             return
         for dead in audit.dead_runs():
             committed = self._run_committed(dead)
-            cleaned = self._clean_up(dead.run_id)
+            cleaned = self._clean_up(dead, committed)
             audit.append("run_abandoned", abandoned_run=dead.run_id, committed=committed, cleaned=cleaned)
             log.warning(
                 "run %s of job %s died without ending; recorded as abandoned (%s)",
@@ -228,17 +228,30 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
             or (bool(names) and names <= set(manifest.get("files", [])))
         )
 
-    def _clean_up(self, run_id: str) -> list[str]:
+    def _clean_up(self, dead: DeadRun, committed: bool) -> list[str]:
+        """Delete what a dead run left: its staging folder and, unless it committed, the files it moved in.
+
+        Before the dataset's first manifest the plain writer would adopt every file in the folder,
+        so the dead run's own files (known from its ``file`` records) are deleted by name.
+        """
         fs = self._folder.fs
-        staging = f"{self._folder.root}/_dativo_tmp_{run_id}"
+        staging = f"{self._folder.root}/_dativo_tmp_{dead.run_id}"
         cleaned = [self._folder.display_path(path) for path in self._recover()]
+        if not committed:
+            for shown in dead.files:
+                path = shown.removeprefix("s3://")
+                if shown in cleaned or fs.get_file_info(path).type == pafs.FileType.NotFound:
+                    continue
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    fs.delete_file(path)
+                    cleaned.append(shown)
         try:
             infos = fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True, recursive=True))
             cleaned += [self._folder.display_path(i.path) for i in infos if i.type == pafs.FileType.File]
             if fs.get_file_info(staging).type != pafs.FileType.NotFound:
                 fs.delete_dir(staging)
         except (OSError, pa.ArrowException) as exc:
-            log.warning("could not clean the staging folder of run %s: %s", run_id, scrub(str(exc)))
+            log.warning("could not clean the staging folder of run %s: %s", dead.run_id, scrub(str(exc)))
         return cleaned
 
     # -- the encoding step --
@@ -290,7 +303,9 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
                 key_ids=sorted({self._key_ids.get(label, label) for label in labels}),
                 key_labels=labels,
             )
-            self._records.append({k: record[k] for k in ("path", "size", "rows", "sha256", "key_ids", "key_labels", "seq", "hash")})
+            self._records.append(
+                {k: record[k] for k in ("path", "size", "rows", "sha256", "key_ids", "key_labels", "seq", "hash")}
+            )
         root = self._folder.display_path(self._folder.root)
         superseded = sorted(f"{root}/{name}" for name in set(manifest["files"]) - set(files))
         sequence = int(manifest.get("sequence", 0)) + 1

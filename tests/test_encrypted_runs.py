@@ -1,0 +1,386 @@
+"""encrypted-parquet as a dataset: crashes, re-runs, the keyed audit chain, access records, key rotation.
+
+Every run is the real ``dativo`` command in a subprocess; crashes are real SIGKILLs
+at named points (``DATIVO_CRASH_AT``, src/dativo/_faults.py); keys come from a
+local key file or moto's KMS over HTTP, objects go to moto's S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+
+from dativo.audit import AuditLog, canonical
+from dativo.errors import ConfigError
+from dativo.kms.aws import AwsKms
+from dativo.kms.local import LocalKeyFileKms
+from dativo.targets import encrypted_parquet
+from dativo.targets.encrypted_parquet import read_encrypted
+from test_encrypted_parquet import audit_records, csv_source, local_target, write_job
+
+from support.cli import assert_one_line_error, dativo
+
+ROWS = 3000
+ROLLING = {"target_file_size_mb": 0.01, "row_group_size_mb": 0.005}
+LANES = {"DATIVO_PARQUET_LANES": "1"}
+
+
+def rolling_job(tmp_path: Path, **target_options) -> Path:
+    target = local_target(**{**ROLLING, **target_options})
+    return write_job(tmp_path, csv_source(tmp_path, rows=ROWS), target, engine={"batch_size": 250})
+
+
+def run(job: Path, crash_at: str | None = None, *args: str):
+    env = {**LANES, **({"DATIVO_CRASH_AT": crash_at} if crash_at else {})}
+    return dativo("run", job, "--quiet", *args, env=env)
+
+
+def visible_rows(tmp_path: Path) -> int:
+    """Rows of the dataset as its manifest lists it (what ``dativo decrypt`` and any manifest reader see)."""
+    if not list((tmp_path / "out" / "_dativo").glob("manifest-*.json")):
+        return 0
+    kms = LocalKeyFileKms({"type": "local", "key_file": "keys.json"}, tmp_path)
+    return read_encrypted(str(tmp_path / "out"), kms).num_rows
+
+
+def verify(tmp_path: Path, *extra: str):
+    return dativo("audit", "verify", tmp_path / "audit.jsonl", "--job", tmp_path / "phi.yaml", *extra)
+
+
+def manifest_files(tmp_path: Path) -> list[str]:
+    latest = sorted((tmp_path / "out" / "_dativo").glob("manifest-*.json"))[-1]
+    return sorted(json.loads(latest.read_text())["files"])
+
+
+def parquet_on_disk(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "out").glob("*.parquet"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13 item 4: SIGKILL at every publish step leaves nothing or everything visible
+# ---------------------------------------------------------------------------------------------
+
+PUBLISH_POINTS = [
+    "batch:2",  # mid-stream
+    "before_finalize",  # everything staged, nothing recorded
+    "audit_recorded",  # file + commit records appended, nothing moved
+    "file_moved:1",  # one of several files moved into the folder
+    "files_published",  # every file moved, manifest not written
+    "after_commit",  # manifest written, run_end not
+    "after_finalize",  # everything done but the process exit
+]
+
+
+@pytest.mark.parametrize("point", PUBLISH_POINTS)
+def test_sigkill_at_each_publish_step_leaves_nothing_or_everything(tmp_path, key_file, point):
+    job = rolling_job(tmp_path)
+    assert run(job).returncode == 0
+    assert visible_rows(tmp_path) == ROWS
+    before = manifest_files(tmp_path)
+    assert len(before) >= 2  # several files, so that "one file moved" is a real intermediate state
+
+    crashed = run(job, point)
+    assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr)
+    committed = point in ("after_commit", "after_finalize")
+    assert visible_rows(tmp_path) == (2 * ROWS if committed else ROWS)
+    if not committed:
+        assert manifest_files(tmp_path) == before
+
+    rerun = run(job)
+    assert rerun.returncode == 0, rerun.stderr
+    assert visible_rows(tmp_path) == (3 if committed else 2) * ROWS
+    assert manifest_files(tmp_path) == parquet_on_disk(tmp_path)  # nothing unlisted left behind
+    assert not list((tmp_path / "out").glob("_dativo_tmp_*"))  # the dead run's staging folder is gone
+
+    events = [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "run_abandoned"]
+    if point == "after_finalize":
+        assert events == []  # the run ended in the log before it died
+    else:
+        (abandoned,) = events
+        assert abandoned["committed"] is committed
+    result = verify(tmp_path)
+    assert result.returncode == 0, result.stderr
+    recorded = sum(1 for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "file")
+    assert f"{recorded} files match the log" in result.stdout  # present ones and gone ones alike
+
+
+def test_sigkill_during_publish_to_s3_with_aws_kms(tmp_path, s3_server, s3_bucket, kms):
+    footer, phi = kms.create_key("footer"), kms.create_key("phi")
+    target = {
+        "connector": "encrypted-parquet",
+        "path": f"s3://{s3_bucket}/phi",
+        "connection": s3_server.connection(),
+        "options": {
+            "footer_key": footer,
+            "column_keys": {phi: ["ssn"]},
+            "kms": kms.config(),
+            "audit": {"log": "audit.jsonl"},
+            **ROLLING,
+        },
+    }
+    job = write_job(tmp_path, csv_source(tmp_path, rows=ROWS), target, engine={"batch_size": 250})
+    client = AwsKms(kms.config(), tmp_path)
+
+    def rows() -> int:
+        return read_encrypted(f"s3://{s3_bucket}/phi", client, connection=s3_server.connection()).num_rows
+
+    try:
+        assert run(job).returncode == 0
+        assert rows() == ROWS
+        for point in ("file_moved:1", "files_published"):
+            assert run(job, point).returncode == -signal.SIGKILL
+            assert rows() == ROWS  # moved objects of an uncommitted run are not part of the dataset
+        assert run(job).returncode == 0
+        assert rows() == 2 * ROWS
+        listed = {f"phi/{name}" for name in _s3_manifest(s3_server, s3_bucket)["files"]}
+        stored = {k for k in s3_server.list_keys(s3_bucket, "phi/") if k.endswith(".parquet")}
+        assert stored == listed
+    finally:
+        client.close()
+    events = [r["event"] for r in audit_records(tmp_path / "audit.jsonl")]
+    assert events.count("run_abandoned") == 2
+    result = dativo("audit", "verify", tmp_path / "audit.jsonl", "--job", job)
+    assert result.returncode == 0, result.stderr
+
+
+def _s3_manifest(s3_server, bucket: str) -> dict:
+    (key,) = sorted(k for k in s3_server.list_keys(bucket, "phi/_dativo/") if "manifest-" in k)[-1:]
+    return json.loads(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_overwrite_mode_replaces_the_dataset_and_verify_follows(tmp_path, key_file):
+    target = local_target()
+    target["mode"] = "overwrite"
+    job = write_job(tmp_path, csv_source(tmp_path), target)
+    for _ in range(3):
+        assert run(job).returncode == 0
+    assert visible_rows(tmp_path) == 5 and len(parquet_on_disk(tmp_path)) == 1
+    result = verify(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 files match the log" in result.stdout  # 1 present, 2 replaced and gone
+    # A replaced file put back is reported: the log says it is no longer part of the dataset.
+    first = next(r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "file")
+    Path(first["path"]).write_bytes(b"stale")
+    result = verify(tmp_path)
+    assert result.returncode == 1 and "still present" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 defect 9: a repeated --run-id is "already committed"
+# ---------------------------------------------------------------------------------------------
+
+
+def test_repeated_run_id_is_already_committed_and_rewrites_nothing(tmp_path, key_file):
+    job = write_job(tmp_path, csv_source(tmp_path), local_target())
+    first = run(job, None, "--run-id", "nightly-2024-05-01")
+    assert first.returncode == 0, first.stderr
+    (file,) = (tmp_path / "out").glob("*.parquet")
+    stat, blob = file.stat(), file.read_bytes()
+    again = dativo("run", job, "--run-id", "nightly-2024-05-01", "--summary-json", tmp_path / "s.json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["status"] == "already committed"
+    assert file.read_bytes() == blob and file.stat().st_mtime_ns == stat.st_mtime_ns
+    assert [p.name for p in (tmp_path / "out").glob("*.parquet")] == [file.name]
+    assert visible_rows(tmp_path) == 5
+    result = verify(tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 defect 10: killed runs are closed; verify stays green and always checks every file
+# ---------------------------------------------------------------------------------------------
+
+
+def test_verify_stays_green_across_ten_killed_runs(tmp_path, key_file):
+    job = rolling_job(tmp_path)
+    points = ["batch:1", "before_finalize", "audit_recorded", "file_moved:1", "files_published"] * 2
+    for point in points:
+        assert run(job, point).returncode == -signal.SIGKILL
+    assert visible_rows(tmp_path) == 0
+    for _ in range(2):
+        result = run(job)
+        assert result.returncode == 0, result.stderr
+    records = audit_records(tmp_path / "audit.jsonl")
+    abandoned = [r for r in records if r["event"] == "run_abandoned"]
+    assert len(abandoned) == 10 and not any(r["committed"] for r in abandoned)
+    assert sum(len(r["cleaned"]) for r in abandoned) >= 2  # staged and moved files of dead runs were deleted
+    assert visible_rows(tmp_path) == 2 * ROWS
+    assert manifest_files(tmp_path) == parquet_on_disk(tmp_path)
+    result = verify(tmp_path)
+    assert result.returncode == 0, result.stderr
+    files = sum(1 for r in records if r["event"] == "file")
+    assert f"{files} files match the log" in result.stdout  # dead runs' files checked too: all gone
+
+    # Every data file is checked even after crashes, and every problem is reported.
+    committed = manifest_files(tmp_path)
+    (tmp_path / "out" / committed[0]).unlink()
+    (tmp_path / "out" / committed[-1]).write_bytes(b"replaced")
+    result = verify(tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, result.stderr
+    assert any("is missing" in e for e in errors) and any("replaced or modified" in e for e in errors)
+
+
+def test_a_running_run_is_not_abandoned_by_another(tmp_path, key_file):
+    """A second run of the job while the first is still alive does not close the first as abandoned."""
+    job = write_job(tmp_path, csv_source(tmp_path), local_target())
+    assert run(job).returncode == 0
+    # Hold the liveness lock of an in-flight run, as a live process would.
+    kms = LocalKeyFileKms({"type": "local", "key_file": "keys.json"}, tmp_path)
+    alive = AuditLog("in-flight", local=tmp_path / "audit.jsonl", kms=kms)
+    alive.begin_run()
+    alive.append("run_start", job={})
+    try:
+        assert run(job).returncode == 0
+        assert not [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "run_abandoned"]
+    finally:
+        alive.end_run()
+    assert run(job).returncode == 0  # now it is dead: closed
+    (closed,) = [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "run_abandoned"]
+    assert closed["abandoned_run"] == "in-flight" and closed["committed"] is False
+    assert verify(tmp_path).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 defect 11: a keyed chain, forged records caught, decrypt recorded, locked S3 copies
+# ---------------------------------------------------------------------------------------------
+
+
+def _append(log: Path, record: dict) -> None:
+    with log.open("ab") as handle:
+        handle.write(canonical(record) + b"\n")
+
+
+def test_a_forged_appended_record_is_detected(tmp_path, key_file):
+    job = write_job(tmp_path, csv_source(tmp_path), local_target())
+    assert run(job).returncode == 0
+    log = tmp_path / "audit.jsonl"
+    assert verify(tmp_path).returncode == 0
+    pristine = log.read_bytes()
+    last = audit_records(log)[-1]
+    forged = {"event": "run_start", "run_id": "forged", "ts": last["ts"], "seq": last["seq"] + 1, "prev": last["hash"]}
+    # 1. the hash recomputed the way an unkeyed chain would (plain SHA-256)
+    plain = dict(forged, hash=hashlib.sha256(canonical(forged)).hexdigest())
+    _append(log, plain)
+    result = verify(tmp_path)
+    assert result.returncode == 1
+    assert f"record seq {forged['seq']}" in result.stderr and "edited or forged" in result.stderr
+    # 2. an HMAC under a key the forger made up
+    log.write_bytes(pristine)
+    keyed = dict(forged, hash=hmac.new(b"k" * 32, canonical(forged), hashlib.sha256).hexdigest())
+    _append(log, keyed)
+    assert "edited or forged" in verify(tmp_path).stderr
+    # 3. the whole log rewritten as an unkeyed chain
+    records = audit_records(log)[1:]
+    prev = "0" * 64
+    rewritten = []
+    for seq, record in enumerate(records, start=1):
+        body = {k: v for k, v in record.items() if k != "hash"} | {"seq": seq, "prev": prev}
+        body["hash"] = prev = hashlib.sha256(canonical(body)).hexdigest()
+        rewritten.append(canonical(body))
+    log.write_bytes(b"\n".join(rewritten) + b"\n")
+    result = verify(tmp_path)
+    assert result.returncode == 1 and "not keyed" in result.stderr
+    # The chain key is stored wrapped only: no key material in the log.
+    log.write_bytes(pristine)
+    for key in key_file[1].values():
+        assert key.hex().encode() not in pristine
+
+
+def test_decrypt_appends_an_access_record(tmp_path, key_file):
+    job = write_job(tmp_path, csv_source(tmp_path), local_target())
+    assert run(job).returncode == 0
+    result = dativo("decrypt", tmp_path / "out", "--job", job, "--columns", "id,ssn")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5
+    access = [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "access"]
+    (record,) = access
+    (file,) = (tmp_path / "out").glob("*.parquet")
+    assert record["action"] == "decrypt" and record["outcome"] == "ok"
+    assert record["columns"] == ["id", "ssn"]
+    assert record["user"] and record["host"]
+    assert [f["path"] for f in record["files"]] == [str(file)]
+    assert record["files"][0]["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    # A refused read is recorded too; a read with no audit log to record it is refused.
+    (tmp_path / "kms.yaml").write_text("kms: {type: local, key_file: keys.json}\n")
+    refused = dativo("decrypt", tmp_path / "out", "--kms-config", tmp_path / "kms.yaml")
+    assert_one_line_error(refused, "--audit-log", code=2)
+    assert verify(tmp_path).returncode == 0
+
+
+def test_audit_copy_is_written_with_object_lock(tmp_path, key_file, s3_server):
+    client = s3_server.client()
+    locked = f"locked-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    target = local_target(audit={"log": "audit.jsonl", "copy_to": f"s3://{locked}/audit", "retention_days": 30})
+    target["connection"] = s3_server.connection()
+    job = write_job(tmp_path, csv_source(tmp_path), target)
+    result = dativo("run", job, "--quiet", "--summary-json", tmp_path / "s.json")
+    assert result.returncode == 0, result.stderr
+    (key,) = s3_server.list_keys(locked, "audit/")
+    head = client.head_object(Bucket=locked, Key=key)
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    days = (head["ObjectLockRetainUntilDate"] - datetime.now(UTC)).days
+    assert 28 <= days <= 30
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):  # the copy cannot be deleted
+        client.delete_object(Bucket=locked, Key=key, VersionId=head["VersionId"])
+    # A bucket without Object Lock: the run still commits, and says the copy could not be locked.
+    plain = s3_server.create_bucket()
+    target["options"]["audit"]["copy_to"] = f"s3://{plain}/audit"
+    job = write_job(tmp_path, csv_source(tmp_path), target)
+    result = dativo("run", job, "--quiet", "--summary-json", tmp_path / "s2.json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s2.json").read_text())
+    assert "Object Lock" in summary["target"]["audit"]["copy_error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 defect 12: key ids, not aliases, in the files; rotation by moving an alias
+# ---------------------------------------------------------------------------------------------
+
+
+def test_files_still_decrypt_after_the_alias_moves_to_a_new_key(tmp_path, s3_server, s3_bucket, kms):
+    footer, phi = kms.create_key("footer"), kms.create_key("phi")
+    target = {
+        "connector": "encrypted-parquet",
+        "path": f"s3://{s3_bucket}/phi",
+        "connection": s3_server.connection(),
+        "options": {"footer_key": footer, "column_keys": {phi: ["ssn"]}, "kms": kms.config()},
+    }
+    job = write_job(tmp_path, csv_source(tmp_path), target)
+    assert run(job).returncode == 0
+    aws = kms.client()
+    old_id = aws.describe_key(KeyId=phi)["KeyMetadata"]["KeyId"]
+    new_id = aws.create_key(Description="rotated phi")["KeyMetadata"]["KeyId"]
+    aws.update_alias(AliasName=phi, TargetKeyId=new_id)
+    assert run(job).returncode == 0  # the second run's files use the new key
+    client = AwsKms(kms.config(), tmp_path)
+    try:
+        table = read_encrypted(f"s3://{s3_bucket}/phi", client, connection=s3_server.connection())
+    finally:
+        client.close()
+    assert table.num_rows == 10 and table.column("ssn").to_pylist()[:5] == [f"123-45-{i:04d}" for i in range(5)]
+    files = [r for r in audit_records(tmp_path / "phi.audit.jsonl") if r["event"] == "file"]
+    assert old_id in files[0]["key_ids"] and new_id in files[1]["key_ids"]
+    assert all(phi in f["key_labels"] for f in files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Missing extra
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_cryptography_is_one_line_naming_the_extra(monkeypatch):
+    encrypted_parquet.check_dependencies()  # installed here
+    monkeypatch.setattr(encrypted_parquet, "REQUIRES_EXTRA", ("encryption", ["cryptography", "no_such_module_x"]))
+    with pytest.raises(ConfigError, match=r"needs no_such_module_x.*pip install 'dativo\[encryption\]'"):
+        encrypted_parquet.EncryptedParquetWriter.check_dependencies()
