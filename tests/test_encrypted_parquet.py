@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from dativo.audit import open_chain_key
 from dativo.errors import ConfigError, PluginError, SourceError
 from dativo.kms import KmsClient, KmsError, load_kms
 from dativo.kms.aws import AwsKms
@@ -469,6 +470,15 @@ def test_no_secret_appears_in_anything_a_run_prints_or_writes(tmp_path, pg_db, s
     for key in [*keys.values(), *json.loads(wrong_keys.read_text()).values()]:
         raw = key if isinstance(key, bytes) else base64.b64decode(key)
         secrets += [base64.b64encode(raw).decode(), raw.hex()]
+    # The audit logs' chain keys (unwrapped here with the KMS; stored only wrapped).
+    for log, client in (
+        ("audit.jsonl", AwsKms(kms.config(), tmp_path)),
+        ("local.audit.jsonl", LocalKeyFileKms({"type": "local", "key_file": "keys.json"}, tmp_path)),
+    ):
+        chain = open_chain_key(audit_records(tmp_path / log)[0], client)
+        client.close()
+        assert len(chain) == 32
+        secrets += [base64.b64encode(chain).decode(), chain.hex()]
     for secret in secrets:
         for blob in haystack:
             assert secret.encode() not in blob, secret[:4]
