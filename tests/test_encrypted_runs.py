@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import signal
 import uuid
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from dativo.targets.encrypted_parquet import read_encrypted
 from test_encrypted_parquet import audit_records, csv_source, local_target, write_job
 
 from support.cli import assert_one_line_error, dativo
+from support.kms_fixtures import write_key_file
 
 ROWS = 3000
 ROLLING = {"target_file_size_mb": 0.01, "row_group_size_mb": 0.005}
@@ -384,3 +386,46 @@ def test_missing_cryptography_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(encrypted_parquet, "REQUIRES_EXTRA", ("encryption", ["cryptography", "no_such_module_x"]))
     with pytest.raises(ConfigError, match=r"needs no_such_module_x.*pip install 'dativo\[encryption\]'"):
         encrypted_parquet.EncryptedParquetWriter.check_dependencies()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 defect 12: dativo kms rewrap re-wraps existing files' keys without touching data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kms_rewrap_moves_existing_files_to_a_new_master_key(tmp_path, key_file):
+    path, keys = key_file
+    keys = {**keys, "phi_key_2025": os.urandom(32)}
+    write_key_file(path, keys)
+    job = write_job(tmp_path, csv_source(tmp_path), local_target(key_material="external"))
+    for _ in range(2):
+        assert run(job).returncode == 0
+    files = sorted((tmp_path / "out").glob("*.parquet"))
+    assert len(files) == 2 and len(list((tmp_path / "out").glob("_KEY_MATERIAL_FOR_*.json"))) == 2
+    data_before = [f.read_bytes() for f in files]
+
+    result = dativo("kms", "rewrap", tmp_path / "out", "--job", job, "--from", "phi_key", "--to", "phi_key_2025")
+    assert result.returncode == 0, result.stderr
+    assert "re-wrapped 4 keys in 2 files" in result.stdout  # ssn and diagnosis: one column key each, per file
+    assert [f.read_bytes() for f in files] == data_before  # data untouched: same bytes, same SHA-256
+
+    # The old key can go: every file opens with the new one.
+    write_key_file(path, {k: v for k, v in keys.items() if k != "phi_key"})
+    kms = LocalKeyFileKms({"type": "local", "key_file": "keys.json"}, tmp_path)
+    assert read_encrypted(str(tmp_path / "out"), kms).column("ssn").to_pylist()[:2] == ["123-45-0000", "123-45-0001"]
+    (record,) = [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "rewrap"]
+    assert record["old_key"] == "phi_key" and record["new_key"] == "phi_key_2025"
+    assert [f["keys"] for f in record["files"]] == [2, 2]
+    assert verify(tmp_path).returncode == 0  # the data files still match the log
+
+    # Files that keep their keys inside are refused with a clear line, and nothing changes.
+    inner = write_job(
+        tmp_path / "inner",
+        csv_source(tmp_path / "inner"),
+        local_target(kms={"type": "local", "key_file": str(path)}, column_keys={"phi_key_2025": ["ssn"]}),
+    )
+    assert run(inner).returncode == 0
+    refused = dativo(
+        "kms", "rewrap", tmp_path / "inner" / "out", "--job", inner, "--from", "footer_key", "--to", "phi_key_2025"
+    )
+    assert_one_line_error(refused, "keeps its keys inside the file", "key_material: external", code=1)

@@ -1,4 +1,4 @@
-"""The ``access`` audit record of ``dativo decrypt``: who read which columns of which files, and when."""
+"""The audit log of the key tools, and the ``access`` record of ``dativo decrypt`` (who read what, when)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from dativo.errors import ConfigError
 from dativo.kms import KmsClient, scrub
 from dativo.targets._encryption import ReadFile
 
-__all__ = ["open_access_log", "record_access"]
+__all__ = ["job_audit_log", "record_access"]
 
 
-def open_access_log(
+def job_audit_log(
     options: Mapping[str, Any],
     job: Path | None,
     job_dir: Path,
@@ -24,7 +24,7 @@ def open_access_log(
     kms: KmsClient,
     connection: Mapping[str, Any],
 ) -> AuditLog:
-    """The audit log a decrypt is recorded in: ``--audit-log``, else the job's ``options.audit``.
+    """The audit log a decrypt or rewrap is recorded in: ``--audit-log``, else the job's ``options.audit``.
 
     Raises ConfigError when there is none (a read of protected data is never unrecorded).
     """

@@ -170,7 +170,7 @@ def decrypt(
     region: RegionOpt = None,
 ) -> None:
     """Decrypt files written by the encrypted-parquet writer; the read is recorded in the audit log."""
-    from dativo.cli_access import open_access_log, record_access
+    from dativo.cli_access import job_audit_log, record_access
     from dativo.targets.encrypted_parquet import read_encrypted_files
 
     def run() -> None:
@@ -181,7 +181,7 @@ def decrypt(
         kms = load_kms(kms_mapping, kms_dir)
         wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         try:
-            audit = open_access_log(options, job, job_dir, audit_log, kms, base)
+            audit = job_audit_log(options, job, job_dir, audit_log, kms, base)
             try:
                 table, read = read_encrypted_files(
                     location,
@@ -229,3 +229,53 @@ def kms_new_key_file(
     """Create a key file for the 'local' KMS with a fresh random master key per --key (development only)."""
     _guard(lambda: new_key_file(path, key, bits // 8))
     out.print(f"created {path} with keys {', '.join(key)} (mode 0600)", highlight=False, soft_wrap=True)
+
+
+@kms_app.command("rewrap")
+def kms_rewrap(
+    location: Annotated[str, typer.Argument(help="An encrypted-parquet dataset folder (local or s3://).")],
+    job: Annotated[Path, typer.Option("--job", help="The job that writes it (its KMS, S3 settings, audit log).")],
+    old_key: Annotated[str, typer.Option("--from", help="The master key whose wraps to replace.")],
+    new_key: Annotated[str, typer.Option("--to", help="The master key to wrap under instead.")],
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Re-wrap the keys of existing files under another master key, without re-encrypting data; audited."""
+    from dativo.cli_access import job_audit_log
+    from dativo.targets._encryption import rewrap_dataset
+
+    def run() -> list[dict[str, Any]]:
+        base, options, job_dir = _target(job)
+        if not options.get("kms"):
+            raise ConfigError(f"kms rewrap: job {job} has no target.options.kms")
+        kms = load_kms(options["kms"], job_dir)
+        try:
+            audit = job_audit_log(options, job, job_dir, None, kms, base)
+            connection = _connection(base, endpoint_url, region)
+            try:
+                done = rewrap_dataset(location, kms, old_key, new_key, connection=connection, base_dir=job_dir)
+            except DativoError as exc:
+                audit.append(
+                    "rewrap", location=redact(location), old_key=old_key, new_key=new_key, error=scrub(str(exc))
+                )
+                raise
+            audit.append(
+                "rewrap",
+                location=redact(location),
+                old_key=old_key,
+                new_key=new_key,
+                new_key_id=kms.resolve_key_id(new_key),
+                files=done,
+            )
+            audit.publish_copy()
+            return done
+        finally:
+            kms.close()
+
+    done = _guard(run)
+    keys = sum(int(entry["keys"]) for entry in done)
+    out.print(
+        f"re-wrapped {keys} keys in {len(done)} files of {redact(location)} from {old_key} to {new_key}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -22,7 +22,24 @@ from dativo.errors import ConfigError, SourceError
 from dativo.kms import KmsClient, KmsError, scrub
 from dativo.storage import filesystem_for
 
-__all__ = ["EncryptionSettings", "HashingSink", "ReadFile", "crypto_factory", "read_encrypted", "read_encrypted_files"]
+__all__ = [
+    "EncryptionSettings",
+    "HashingSink",
+    "ReadFile",
+    "crypto_factory",
+    "key_material_path",
+    "read_encrypted",
+    "read_encrypted_files",
+    "rewrap_dataset",
+]
+
+KEY_MATERIAL_PREFIX = "_KEY_MATERIAL_FOR_"
+
+
+def key_material_path(path: str) -> str:
+    """Where pyarrow keeps the external key material of the Parquet file ``path`` (beside it)."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/{KEY_MATERIAL_PREFIX}{name}.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,7 @@ class EncryptionSettings:
     plaintext_footer: bool = False
     double_wrapping: bool = True
     data_key_length_bits: int = 256
+    external_key_material: bool = False
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EncryptionSettings:
@@ -69,7 +87,16 @@ class EncryptionSettings:
             if not isinstance(value, bool):
                 raise ConfigError(f"encrypted-parquet target: options.{name} must be true or false")
             switches[name] = value
-        return cls(footer_key=footer.strip(), column_keys=column_keys, data_key_length_bits=int(bits), **switches)
+        material = options.get("key_material", "internal")
+        if material not in ("internal", "external"):
+            raise ConfigError("encrypted-parquet target: options.key_material must be internal or external")
+        return cls(
+            footer_key=footer.strip(),
+            column_keys=column_keys,
+            data_key_length_bits=int(bits),
+            external_key_material=material == "external",
+            **switches,
+        )
 
     @property
     def master_key_ids(self) -> list[str]:
@@ -117,6 +144,7 @@ class EncryptionSettings:
             double_wrapping=self.double_wrapping,
             data_key_length_bits=self.data_key_length_bits,
             cache_lifetime=None,
+            internal_key_material=not self.external_key_material,
         )
 
 
@@ -260,7 +288,8 @@ def read_encrypted_files(
     for path in paths:
         name = path.rsplit("/", 1)[-1]
         factory = crypto_factory(kms, {"dativo:file": name})
-        properties = factory.file_decryption_properties(connection_config(kms), pe.DecryptionConfiguration())
+        # The path lets pyarrow find external key material (``_KEY_MATERIAL_FOR_<file>.json`` beside it).
+        properties = factory.file_decryption_properties(connection_config(kms), pe.DecryptionConfiguration(), path, fs)
         try:
             # Whole-object reads: one GET per file, and no S3 reads left running on pyarrow's I/O threads.
             with fs.open_input_stream(path) as stream:
@@ -284,3 +313,102 @@ def read_encrypted_files(
     if not tables:
         raise SourceError(f"decrypt: no Parquet files in {shown}")
     return pa.concat_tables(tables), read
+
+
+# ---------------------------------------------------------------------------------------------------
+# Re-wrapping keys under another master key
+# ---------------------------------------------------------------------------------------------------
+
+
+def rewrap_dataset(
+    location: str,
+    kms: KmsClient,
+    old_key: str,
+    new_key: str,
+    *,
+    connection: Mapping[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Re-wrap, under ``new_key``, every key of a dataset's files that ``old_key`` wraps; data is not touched.
+
+    Works on files written with ``key_material: external`` (the wrapped keys live
+    in ``_KEY_MATERIAL_FOR_<file>.json`` beside each file); each key is unwrapped
+    with the old master key and wrapped with the new one, and the key material
+    file is replaced in one step. Returns one entry per file (path, keys re-wrapped,
+    SHA-256 of the key material before and after). Raises SourceError for a file
+    whose keys are inside it (``key_material: internal``) or unreadable, KmsError
+    when the KMS refuses; files already done stay done (run it again to finish).
+    """
+    from dativo.targets.parquet import read_manifest
+
+    fs, root = filesystem_for(location, connection or {}, base_dir or Path.cwd())
+    shown = redact(location)
+    try:
+        manifest = read_manifest(fs, root)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(f"kms rewrap: cannot read {shown}: {scrub(str(exc))}") from None
+    if manifest is None:
+        raise SourceError(f"kms rewrap: {shown} is not an encrypted-parquet dataset (no _dativo/manifest-*.json)")
+    old_ids = {old_key, kms.resolve_key_id(old_key)}
+    new_id = kms.resolve_key_id(new_key)
+    done = []
+    for name in manifest["files"]:
+        path = key_material_path(f"{root}/{name}")
+        try:
+            with fs.open_input_stream(path) as stream:
+                before = stream.read()
+        except (OSError, pa.ArrowException):
+            raise SourceError(
+                f"kms rewrap: {name} keeps its keys inside the file (key_material: internal); "
+                "only files written with key_material: external can be re-wrapped — re-write this one instead"
+            ) from None
+        after, count = _rewrap_material(before, kms, old_ids, new_id, name)
+        if count:
+            _replace(fs, path, after)
+        done.append(
+            {
+                "path": f"s3://{root}/{name}" if location.startswith("s3://") else f"{root}/{name}",
+                "keys": count,
+                "key_material_sha256_before": hashlib.sha256(before).hexdigest(),
+                "key_material_sha256_after": hashlib.sha256(after).hexdigest(),
+            }
+        )
+    return done
+
+
+def _rewrap_material(data: bytes, kms: KmsClient, old_ids: set[str], new_id: str, name: str) -> tuple[bytes, int]:
+    import json
+
+    try:
+        entries = json.loads(data)
+        materials = {ref: json.loads(text) for ref, text in entries.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise SourceError(f"kms rewrap: the key material of {name} is not pyarrow's JSON format") from None
+    count = 0
+    context = {"dativo:file": name}
+    for material in materials.values():
+        if material.get("masterKeyID") not in old_ids:
+            continue
+        field_name = "wrappedKEK" if material.get("doubleWrapping") else "wrappedDEK"
+        key = kms.unwrap_key(str(material[field_name]), str(material["masterKeyID"]), context)
+        material[field_name] = kms.wrap_key(key, new_id, context)
+        material["masterKeyID"] = new_id
+        count += 1
+    text = {ref: json.dumps(material, separators=(",", ":")) for ref, material in materials.items()}
+    return json.dumps(text, separators=(",", ":")).encode(), count
+
+
+def _replace(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Replace ``path`` in one step: a rename locally, one PUT on object storage."""
+    import os
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        temp = f"{path}.rewrap.tmp"
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        return
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)

@@ -44,6 +44,7 @@ from dativo.targets._encryption import (
     HashingSink,
     connection_config,
     crypto_factory,
+    key_material_path,
     read_encrypted,
     read_encrypted_files,
 )
@@ -73,6 +74,7 @@ _ENCRYPTION_OPTIONS = {
     "plaintext_footer",
     "double_wrapping",
     "data_key_length_bits",
+    "key_material",
 }
 _KNOWN_OPTIONS = _PARQUET_OPTIONS | _ENCRYPTION_OPTIONS | {"kms", "audit"}
 _AUDIT_KEYS = {"log", "copy_to", "retention_days", "retention_mode"}
@@ -267,10 +269,20 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
         assert self._kms is not None
         context = {"dativo:job": self._job or "job", "dativo:run": self._run_id, "dativo:file": path.rsplit("/", 1)[1]}
         factory = crypto_factory(self._kms, context)
-        properties = factory.file_encryption_properties(
-            connection_config(self._kms), self._encryption.configuration(self._mapping, self._key_ids)
-        )
+        configuration = self._encryption.configuration(self._mapping, self._key_ids)
+        if self._encryption.external_key_material:  # written beside the file: _KEY_MATERIAL_FOR_<name>.json
+            properties = factory.file_encryption_properties(
+                connection_config(self._kms), configuration, path, self._folder.fs
+            )
+        else:
+            properties = factory.file_encryption_properties(connection_config(self._kms), configuration)
         return {"encryption_properties": properties}
+
+    def companion_files(self, written: list[WrittenFile]) -> list[str]:
+        """External key material files, published with their data files."""
+        if not self._encryption.external_key_material:
+            return []
+        return [key_material_path(file.path) for file in written]
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Encrypt and stage ``batch``; raises KmsError / TargetError (recorded in the audit log)."""

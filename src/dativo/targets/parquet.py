@@ -112,6 +112,10 @@ class ParquetDatasetWriter(DataWriter):
         """Extra ``pyarrow.parquet.ParquetWriter`` arguments for file ``index`` (none here)."""
         return {}
 
+    def companion_files(self, written: list[WrittenFile]) -> list[str]:
+        """Staged files published with the data files but not listed as data (none here)."""
+        return []
+
     def before_publish(self, written: list[WrittenFile], manifest: dict[str, Any], files: list[str]) -> None:
         """Called once the run's files are finished, before any is published; ``files`` is the new listing."""
 
@@ -136,7 +140,7 @@ class ParquetDatasetWriter(DataWriter):
         names = [file.path.rsplit("/", 1)[1] for file in written]
         files = names if self._mode == "overwrite" else [*manifest["files"], *names]
         self.before_publish(written, manifest, files)
-        published = self._folder.publish([file.path for file in written])
+        self._folder.publish([file.path for file in written] + self.companion_files(written))
         crash_point("files_published")
         states = dict(manifest.get("states", {}))
         if self._state is not None:
@@ -152,7 +156,7 @@ class ParquetDatasetWriter(DataWriter):
                 "path": self._folder.display,
                 "mode": self._mode,
                 "manifest": sequence,
-                "files": [self._folder.display_path(path) for path in published],
+                "files": [self._folder.display_path(self._folder.final_path(f.path)) for f in written],
                 "rows": sum(file.rows for file in written),
                 "bytes": sum(file.size for file in written),
             }
