@@ -239,14 +239,14 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
         fs = self._folder.fs
         staging = f"{self._folder.root}/_dativo_tmp_{dead.run_id}"
         cleaned = [self._folder.display_path(path) for path in self._recover()]
-        if not committed:
-            for shown in dead.files:
-                path = shown.removeprefix("s3://")
-                if shown in cleaned or fs.get_file_info(path).type == pafs.FileType.NotFound:
-                    continue
-                with contextlib.suppress(OSError, pa.ArrowException):
-                    fs.delete_file(path)
-                    cleaned.append(shown)
+        doomed = [] if committed else [shown.removeprefix("s3://") for shown in dead.files]
+        for path in [*doomed, *(key_material_path(p.removeprefix("s3://")) for p in [*doomed, *cleaned])]:
+            shown = self._folder.display_path(path)
+            if shown in cleaned or fs.get_file_info(path).type == pafs.FileType.NotFound:
+                continue
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(path)
+                cleaned.append(shown)
         try:
             infos = fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True, recursive=True))
             cleaned += [self._folder.display_path(i.path) for i in infos if i.type == pafs.FileType.File]
@@ -322,12 +322,17 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
         superseded = sorted(f"{root}/{name}" for name in set(manifest["files"]) - set(files))
         sequence = int(manifest.get("sequence", 0)) + 1
         self._audit.append("commit", manifest=sequence, files=len(files), superseded=superseded)
+        self._superseded = [path.removeprefix("s3://") for path in superseded]
         crash_point("audit_recorded")
 
     def after_commit(self, result: dict[str, Any]) -> dict[str, Any]:
         """Record the run's end; a failing audit copy is reported, not raised (the commit stands)."""
         assert self._audit is not None and self._kms is not None
         self._committed_run = True
+        if self._encryption.external_key_material:  # the key material of files an overwrite removed
+            for path in self._superseded:
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    self._folder.fs.delete_file(key_material_path(path))
         end = self._audit.append(
             "run_end", status="succeeded", rows=result["rows"], files=len(result["files"]), bytes=result["bytes"]
         )
