@@ -256,7 +256,7 @@ def test_a_running_run_is_not_abandoned_by_another(tmp_path, key_file):
     kms = LocalKeyFileKms({"type": "local", "key_file": "keys.json"}, tmp_path)
     alive = AuditLog("in-flight", local=tmp_path / "audit.jsonl", kms=kms)
     alive.begin_run()
-    alive.append("run_start", job={})
+    alive.append("run_start", job={"name": "phi", "target": "out"})  # this job, this target
     try:
         assert run(job).returncode == 0
         assert not [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "run_abandoned"]
@@ -484,3 +484,25 @@ def test_kms_rewrap_on_s3_with_aws_kms_then_the_old_key_is_disabled(tmp_path, s3
     assert table.column("ssn").to_pylist() == [f"123-45-{i:04d}" for i in range(5)]
     assert s3_server.client().get_object(Bucket=s3_bucket, Key=data_key)["Body"].read() == blob
     assert dativo("audit", "verify", tmp_path / "audit.jsonl", "--job", job).returncode == 0
+
+
+def test_a_shared_log_leaves_other_jobs_dead_runs_to_them(tmp_path, key_file):
+    """Two jobs, one audit log: job B never closes (or cleans up after) job A's killed run; A does, as committed."""
+    shared = {"log": str(tmp_path / "audit.jsonl")}
+    a = write_job(tmp_path / "a", csv_source(tmp_path / "a"), local_target(path=str(tmp_path / "a-out"), audit=shared))
+    b = write_job(tmp_path / "b", csv_source(tmp_path / "b"), local_target(path=str(tmp_path / "b-out"), audit=shared))
+    for job in (a, b):
+        (job.parent / "keys.json").write_bytes(key_file[0].read_bytes())
+        (job.parent / "keys.json").chmod(0o600)
+    assert run(a, "after_commit").returncode == -signal.SIGKILL  # committed, no run_end
+    committed = sorted((tmp_path / "a-out").glob("*.parquet"))
+    assert len(committed) == 1
+    assert run(b).returncode == 0
+    assert not [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "run_abandoned"]
+    assert sorted((tmp_path / "a-out").glob("*.parquet")) == committed
+    assert run(a).returncode == 0
+    (closed,) = [r for r in audit_records(tmp_path / "audit.jsonl") if r["event"] == "run_abandoned"]
+    assert closed["committed"] is True and closed["cleaned"] == []
+    assert set(committed) <= set((tmp_path / "a-out").glob("*.parquet"))
+    result = dativo("audit", "verify", tmp_path / "audit.jsonl", "--job", a)
+    assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""``dativo audit verify``, ``dativo decrypt`` and ``dativo kms new-key-file``: the encrypted writer's tools.
+"""The encrypted writer's tools: ``audit verify``, ``decrypt``, ``kms new-key-file``, ``kms rewrap``.
 
 Registered on the main ``dativo`` app by :mod:`dativo.cli`. Errors print as one
 line (``error: ...``), exit code 1 for a failed check or read, 2 for a bad

@@ -203,11 +203,18 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
         super().prepare(schema)
 
     def _close_dead_runs(self) -> None:
-        """Close every run of the log whose process died: clean what it left, then append ``run_abandoned``."""
+        """Close every run of this job and target whose process died: clean what it left, append ``run_abandoned``.
+
+        Runs of other jobs sharing the log are left to those jobs (only they know their target).
+        """
         audit = self._audit
         if audit is None:
             return
+        ours = job_identity(self.config, WRITER_NAME)
         for dead in audit.dead_runs():
+            started = dead.records[0].get("job") or {}
+            if started.get("name") != ours["name"] or started.get("target") != ours["target"]:
+                continue
             committed = self._run_committed(dead)
             cleaned = self._clean_up(dead, committed)
             audit.append("run_abandoned", abandoned_run=dead.run_id, committed=committed, cleaned=cleaned)
