@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from dativo.audit import open_chain_key
 from dativo.errors import ConfigError, PluginError, SourceError
 from dativo.kms import KmsClient, KmsError, load_kms
 from dativo.kms.aws import AwsKms
@@ -108,7 +109,9 @@ def test_postgres_to_s3_round_trip_every_type(tmp_path, pg_db, s3_server, s3_buc
 
     stored = objects(s3_server, s3_bucket, "phi/")
     assert not [k for k in stored if "_dativo_tmp_" in k]
-    assert all(blob == b"" for k, blob in stored.items() if not k.endswith(".parquet"))  # folder markers only
+    manifests = [k for k in stored if k.startswith("phi/_dativo/manifest-")]
+    assert len(manifests) == 1  # the commit point: the dataset is what the manifest lists
+    assert all(blob == b"" for k, blob in stored.items() if not k.endswith(".parquet") and k not in manifests)
     ((key, blob),) = [(k, blob) for k, blob in stored.items() if k.endswith(".parquet")]
     for sensitive in [*SSNS, "héllo wörld", "diagnosis-1", "line1\nline2"]:
         assert sensitive.encode() not in blob, sensitive
@@ -134,7 +137,10 @@ def test_postgres_to_s3_round_trip_every_type(tmp_path, pg_db, s3_server, s3_buc
     records = summary["target"]["file_records"]
     assert [r["path"] for r in records] == [f"s3://{s3_bucket}/{key}"] == summary["target"]["files"]
     assert records[0]["size"] == len(blob) and records[0]["rows"] == 5
-    assert sorted(records[0]["key_ids"]) == sorted([footer, phi])
+    # Files and audit records name the keys by id (an alias may move later); the aliases stay as labels.
+    key_id = {alias: kms.client().describe_key(KeyId=alias)["KeyMetadata"]["KeyId"] for alias in (footer, phi)}
+    assert sorted(records[0]["key_ids"]) == sorted(key_id.values())
+    assert sorted(records[0]["key_labels"]) == sorted([footer, phi])
     assert summary["target"]["audit"]["copy"] == f"s3://{s3_bucket}/audit/phi/{summary['run_id']}.audit.jsonl"
 
     # dativo decrypt with the job's KMS settings.
@@ -154,7 +160,7 @@ def test_postgres_to_s3_round_trip_every_type(tmp_path, pg_db, s3_server, s3_buc
     s3_server.put_object(s3_bucket, key, blob[:-10] + b"0123456789")
     result = dativo("audit", "verify", copy, "--job", job, env={"PG_DSN": pg_db.dsn})
     assert result.returncode == 1
-    assert "record seq 2 (line 2, file)" in result.stderr and "replaced or modified" in result.stderr
+    assert "record seq 3 (line 3, file)" in result.stderr and "replaced or modified" in result.stderr
 
 
 def test_a_file_key_is_bound_to_its_file_name(tmp_path, s3_server, s3_bucket, kms):
@@ -216,12 +222,14 @@ def test_kms_problems_fail_before_anything_is_published(tmp_path, s3_server, s3_
         assert fragment in errors[0], (fragment, errors[0])
     assert s3_server.secret_access_key not in result.stderr
     assert [k for k in s3_server.list_keys(s3_bucket) if not k.endswith("/")] == []
-    events = [(r["event"], r.get("status")) for r in audit_records(tmp_path / "audit.jsonl")]
-    attempts = len(events) // 3
-    assert attempts >= 1 and events == [("run_start", None), ("failure", None), ("run_end", "failed")] * attempts
-    if problem != "kms unreachable":
-        assert attempts == 1  # terminal errors are not retried
-    verified = dativo("audit", "verify", tmp_path / "audit.jsonl")
+    log = tmp_path / "audit.jsonl"
+    if problem == "kms unreachable":
+        # The chain key cannot be made without the KMS: nothing can be sealed, so nothing is appended.
+        assert not log.exists() or log.read_bytes() == b""
+        return
+    events = [(r["event"], r.get("status")) for r in audit_records(log)]
+    assert events == [("chain_key", None), ("run_start", None), ("failure", None), ("run_end", "failed")]
+    verified = dativo("audit", "verify", log, "--job", job)
     assert verified.returncode == 0, verified.stderr
 
 
@@ -315,23 +323,23 @@ def _wrapped_keys(blob: bytes) -> list[str]:
 
 @pytest.fixture
 def audited(tmp_path, key_file):
-    """Two successful runs into a local folder: a 6-record audit log and two files."""
+    """Two successful runs into a local folder: a 9-record audit log (chain key + 2 runs) and two files."""
     job = write_job(tmp_path, csv_source(tmp_path), local_target())
     for _ in range(2):
         result = dativo("run", job, "--quiet")
         assert result.returncode == 0, result.stderr
     log = tmp_path / "audit.jsonl"
-    assert [r["event"] for r in audit_records(log)] == ["run_start", "file", "run_end"] * 2
-    result = dativo("audit", "verify", log)
+    assert [r["event"] for r in audit_records(log)] == ["chain_key"] + ["run_start", "file", "commit", "run_end"] * 2
+    result = dativo("audit", "verify", log, "--job", job)
     assert result.returncode == 0, result.stderr
-    assert "6 records, 2 runs, 2 files match" in result.stdout
+    assert "9 records, 2 runs, 2 files match" in result.stdout
     return log
 
 
 def _flip_byte_in_hash_value(lines):
-    line = lines[1]
+    line = lines[2]
     i = line.index('"sha256":"') + len('"sha256":"') + 5
-    lines[1] = line[:i] + ("0" if line[i] != "0" else "1") + line[i + 1 :]
+    lines[2] = line[:i] + ("0" if line[i] != "0" else "1") + line[i + 1 :]
 
 
 def _break_json(lines):
@@ -355,12 +363,12 @@ def _insert_copy(lines):
 
 
 TAMPERING = {
-    "one byte changed": (_flip_byte_in_hash_value, "record seq 2 (line 2, file): its hash does not match"),
+    "one byte changed": (_flip_byte_in_hash_value, "record seq 3 (line 3, file): its hash does not match"),
     "one byte breaks the JSON": (_break_json, "line 4: not valid JSON"),
-    "line deleted": (_delete, "record seq 4 (line 3, run_start): seq 3 missing before it"),
-    "last line deleted": (_delete_last, "record seq 4 (line 4, run_start): run"),
-    "lines swapped": (_swap, "record seq 5 (line 4, file): comes before seq 4 (records were reordered)"),
-    "line inserted": (_insert_copy, "record seq 2 (line 3, file): comes after seq 2"),
+    "line deleted": (_delete, "record seq 4 (line 3, commit): seq 3 missing before it"),
+    "last line deleted": (_delete_last, "record seq 6 (line 6, run_start): run"),
+    "lines swapped": (_swap, "record seq 5 (line 4, run_end): comes before seq 4 (records were reordered)"),
+    "line inserted": (_insert_copy, "record seq 2 (line 3, run_start): comes after seq 2"),
 }
 
 
@@ -370,7 +378,7 @@ def test_audit_verify_names_the_tampered_record(audited, kind):
     lines = audited.read_text().splitlines()
     tamper(lines)
     audited.write_text("\n".join(lines) + "\n")
-    result = dativo("audit", "verify", audited)
+    result = dativo("audit", "verify", audited, "--job", audited.parent / "phi.yaml")
     assert result.returncode == 1
     assert expected in result.stderr.replace("\n", ""), result.stderr
 
@@ -378,14 +386,15 @@ def test_audit_verify_names_the_tampered_record(audited, kind):
 def test_audit_verify_catches_a_replaced_file(audited, tmp_path):
     first, second = (r["path"] for r in audit_records(audited) if r["event"] == "file")
     Path(second).write_bytes(Path(first).read_bytes())  # a valid encrypted file, but not the one recorded
-    result = dativo("audit", "verify", audited, "--json")
+    job = tmp_path / "phi.yaml"
+    result = dativo("audit", "verify", audited, "--json", "--job", job)
     assert result.returncode == 1
     report = json.loads(result.stdout)
-    assert report["seq"] == 5 and "replaced or modified" in report["problem"]
+    assert report["seq"] == 7 and "replaced or modified" in report["problem"]
     Path(second).unlink()
-    result = dativo("audit", "verify", audited)
+    result = dativo("audit", "verify", audited, "--job", job)
     assert result.returncode == 1 and "is missing" in result.stderr
-    assert dativo("audit", "verify", audited, "--no-files").returncode == 0
+    assert dativo("audit", "verify", audited, "--no-files", "--job", job).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,8 +451,8 @@ def test_no_secret_appears_in_anything_a_run_prints_or_writes(tmp_path, pg_db, s
         result = dativo("decrypt", location, *extra, env=env)
         outputs += [result.stdout, result.stderr]
     assert "cannot unwrap" in outputs[-1]  # the wrong-key decrypt failed, and said why
-    for log in ("audit.jsonl", "local.audit.jsonl"):
-        result = dativo("audit", "verify", tmp_path / log, "--job", jobs["aws"], env=env)
+    for log, owner in (("audit.jsonl", "aws"), ("local.audit.jsonl", "local")):
+        result = dativo("audit", "verify", tmp_path / log, "--job", jobs[owner], env=env)
         assert result.returncode == 0, result.stderr
         outputs += [result.stdout, result.stderr]
 
@@ -461,6 +470,15 @@ def test_no_secret_appears_in_anything_a_run_prints_or_writes(tmp_path, pg_db, s
     for key in [*keys.values(), *json.loads(wrong_keys.read_text()).values()]:
         raw = key if isinstance(key, bytes) else base64.b64decode(key)
         secrets += [base64.b64encode(raw).decode(), raw.hex()]
+    # The audit logs' chain keys (unwrapped here with the KMS; stored only wrapped).
+    for log, client in (
+        ("audit.jsonl", AwsKms(kms.config(), tmp_path)),
+        ("local.audit.jsonl", LocalKeyFileKms({"type": "local", "key_file": "keys.json"}, tmp_path)),
+    ):
+        chain = open_chain_key(audit_records(tmp_path / log)[0], client)
+        client.close()
+        assert len(chain) == 32
+        secrets += [base64.b64encode(chain).decode(), chain.hex()]
     for secret in secrets:
         for blob in haystack:
             assert secret.encode() not in blob, secret[:4]
@@ -492,7 +510,7 @@ def test_audit_only_on_object_storage_chains_one_run(tmp_path, key_file, s3_serv
     (key,) = s3_server.list_keys(s3_bucket, "audit/")
     lines = objects(s3_server, s3_bucket, "audit/")[key].decode().splitlines()
     records = [json.loads(line) for line in lines]
-    assert [r["event"] for r in records] == ["run_start", "file", "run_end"]
+    assert [r["event"] for r in records] == ["chain_key", "run_start", "file", "commit", "run_end"]
     assert records[0]["prev"] == "0" * 64 and records[-1]["hash"] == summary["target"]["audit"]["head"]
     assert dativo("audit", "verify", f"s3://{s3_bucket}/{key}", "--job", job).returncode == 0
 

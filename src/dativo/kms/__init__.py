@@ -105,6 +105,13 @@ class KmsClient(ABC):
             if self.unwrap_key(wrapped, key_id, context) != probe:
                 raise KmsError(f"KMS {self.type_name}: master key '{key_id}' did not round-trip a test key")
 
+    def resolve_key_id(self, master_key_id: str) -> str:
+        """The stable id of a master key (an alias resolved to the key it names); stored in files.
+
+        The default returns ``master_key_id`` unchanged. Raises KmsError when the KMS refuses.
+        """
+        return master_key_id
+
     def describe(self) -> dict[str, Any]:
         """Non-secret facts about this client for audit records and summaries (type, region, key file path)."""
         return {"type": self.type_name}

@@ -116,6 +116,20 @@ class AwsKms(KmsClient):
                 )
         super().check(ids)
 
+    def resolve_key_id(self, master_key_id: str) -> str:
+        """The key id an alias points to (``DescribeKey``), so files keep naming the key after the alias moves.
+
+        pyarrow's key lists cannot hold a ``:``, so the key id is stored rather than the ARN.
+        Returns ``master_key_id`` unchanged when the caller may not describe the key; raises KmsError otherwise.
+        """
+        try:
+            meta = self._call("DescribeKey", master_key_id, KeyId=master_key_id)["KeyMetadata"]
+        except KmsError as exc:
+            if "AccessDenied" in str(exc):
+                return master_key_id
+            raise
+        return str(meta.get("KeyId") or master_key_id)
+
     def describe(self) -> dict[str, Any]:
         """``{"type": "aws-kms", "region": ..., "endpoint_url": ...}`` (no credentials)."""
         return {"type": self.type_name, "region": self._region or None, "endpoint_url": self._endpoint}

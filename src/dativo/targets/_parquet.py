@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from dativo._faults import crash_point
 from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
 
@@ -307,6 +308,7 @@ class StagedFolder:
             final = self.final_path(path)
             self.fs.move(path, final)
             self.published.append(final)
+            crash_point("file_moved")
         self.remove_staging()
         return list(self.published)
 

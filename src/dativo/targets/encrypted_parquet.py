@@ -1,49 +1,61 @@
-"""Built-in writer ``encrypted-parquet``: client-side encrypted Parquet with KMS-managed keys and an audit trail.
+"""Built-in writer ``encrypted-parquet``: the ``parquet`` dataset writer with an encrypting file step.
 
 Written against the public :class:`dativo.DataWriter` SDK like any user's
 plugin, so it doubles as the reference example of a serious custom writer.
 
-* Parquet Modular Encryption (``pyarrow.parquet.encryption``) with envelope
-  encryption: a random data key per file and per column key, wrapped by master
-  keys held in a KMS (:mod:`dativo.kms`); footer encrypted by default. Columns
-  named under ``column_keys`` use those master keys; every other column is
-  encrypted with the footer key (``encrypt_other_columns: false`` leaves them
-  plain). Every file gets fresh encryption properties.
-* Files are Parquet-encrypted as they are produced: only ciphertext modules ever
-  reach the output stream, so the plaintext never touches disk or the network.
-  Files are staged under ``<path>/_dativo_tmp_<run>/`` and published at
-  ``finalize`` (local folder or ``s3://``), exactly like the ``parquet`` target.
-* Every run appends to a hash-chained audit log (:mod:`dativo.audit`): run start,
-  each file (path, size, rows, SHA-256 of the ciphertext, key ids), failures,
-  run end. ``dativo audit verify LOG`` checks it.
+* It *is* the ``parquet`` dataset writer (:class:`ParquetDatasetWriter`): files
+  staged under ``<path>/_dativo_tmp_<run>/``, published by a manifest written
+  last (``_dativo/manifest-N.json``), write modes ``append``/``overwrite``, the
+  job's state kept with its data (a repeated ``--run-id`` is "already
+  committed"), and crash recovery: a SIGKILL at any point leaves the dataset as
+  the last manifest lists it. Only the file-encoding step differs.
+* That step is Parquet Modular Encryption (``pyarrow.parquet.encryption``) with
+  envelope encryption: a random data key per file and per column key, wrapped by
+  master keys held in a KMS (:mod:`dativo.kms`); files record the master key's
+  resolved id (an ARN, not the alias). Only ciphertext reaches the output
+  stream, hashed on the way (SHA-256 for the audit record).
+* Every run appends to a KMS-keyed, HMAC-chained audit log (:mod:`dativo.audit`):
+  run start, each file, the commit, failures, run end; a run that died is closed
+  by the next run with ``run_abandoned``. ``dativo audit verify LOG`` checks it.
 
 Read the files back with :func:`read_encrypted` or ``dativo decrypt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
-import pyarrow.parquet.encryption as pe
 from pyarrow import fs as pafs
 
-from dativo._secrets import redact
-from dativo.audit import AuditLog, job_identity
-from dativo.errors import ConfigError, DativoError, SourceError, TargetError
-from dativo.kms import KmsClient, KmsError, load_kms, scrub
-from dativo.sdk import DataWriter, PluginConfig
-from dativo.storage import filesystem_for
-from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder
+from dativo._faults import crash_point
+from dativo.audit import AuditLog, DeadRun, Retention, job_identity
+from dativo.errors import ConfigError, DativoError, TargetError
+from dativo.kms import KmsClient, load_kms, scrub
+from dativo.sdk import PluginConfig
+from dativo.targets._encryption import (
+    EncryptionSettings,
+    HashingSink,
+    connection_config,
+    crypto_factory,
+    key_material_path,
+    read_encrypted,
+    read_encrypted_files,
+)
+from dativo.targets._parquet import ParquetSettings, WrittenFile
+from dativo.targets.parquet import ParquetDatasetWriter, read_manifest
 
-__all__ = ["EncryptedParquetWriter", "EncryptionSettings", "read_encrypted"]
+__all__ = [
+    "EncryptedParquetWriter",
+    "EncryptionSettings",
+    "read_encrypted",
+    "read_encrypted_files",
+]
 
 log = logging.getLogger("dativo.targets.encrypted_parquet")
 T = TypeVar("T")
@@ -57,180 +69,35 @@ _ENCRYPTION_OPTIONS = {
     "plaintext_footer",
     "double_wrapping",
     "data_key_length_bits",
+    "key_material",
 }
 _KNOWN_OPTIONS = _PARQUET_OPTIONS | _ENCRYPTION_OPTIONS | {"kms", "audit"}
+_AUDIT_KEYS = {"log", "copy_to", "retention_days", "retention_mode"}
 
 
-@dataclass(frozen=True)
-class EncryptionSettings:
-    """Which master key protects what; built from the target's ``options:``."""
-
-    footer_key: str
-    column_keys: dict[str, list[str]]
-    encrypt_other_columns: bool = True
-    plaintext_footer: bool = False
-    double_wrapping: bool = True
-    data_key_length_bits: int = 256
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> EncryptionSettings:
-        """Read ``footer_key``, ``column_keys`` and the switches; raises ConfigError naming the bad key."""
-        footer = options.get("footer_key")
-        if not isinstance(footer, str) or not footer.strip():
-            raise ConfigError("encrypted-parquet target: options.footer_key is required (a master key id)")
-        raw = options.get("column_keys") or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError("encrypted-parquet target: options.column_keys must map a master key id to column names")
-        column_keys: dict[str, list[str]] = {}
-        owner: dict[str, str] = {}
-        for key_id, columns in raw.items():
-            if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
-                raise ConfigError(
-                    f"encrypted-parquet target: options.column_keys.{key_id} must be a list of column names"
-                )
-            for column in columns:
-                if column in owner:
-                    raise ConfigError(
-                        f"encrypted-parquet target: column '{column}' is under two master keys "
-                        f"('{owner[column]}' and '{key_id}'); give each column one key"
-                    )
-                owner[column] = str(key_id)
-            column_keys[str(key_id)] = list(columns)
-        bits = options.get("data_key_length_bits", 256)
-        if bits not in (128, 192, 256):
-            raise ConfigError("encrypted-parquet target: options.data_key_length_bits must be 128, 192 or 256")
-        switches = {}
-        for name, default in (("encrypt_other_columns", True), ("plaintext_footer", False), ("double_wrapping", True)):
-            value = options.get(name, default)
-            if not isinstance(value, bool):
-                raise ConfigError(f"encrypted-parquet target: options.{name} must be true or false")
-            switches[name] = value
-        return cls(footer_key=footer.strip(), column_keys=column_keys, data_key_length_bits=int(bits), **switches)
-
-    @property
-    def master_key_ids(self) -> list[str]:
-        """Every master key id this job uses, footer key first."""
-        return list(dict.fromkeys([self.footer_key, *self.column_keys]))
-
-    def resolve(self, schema: pa.Schema) -> dict[str, list[str]]:
-        """Master key -> top-level columns it encrypts, for ``schema``; raises ConfigError for an unknown column."""
-        names = set(schema.names)
-        for key_id, columns in self.column_keys.items():
-            missing = [c for c in columns if c not in names]
-            if missing:
-                raise ConfigError(
-                    f"encrypted-parquet target: options.column_keys.{key_id} names column(s) "
-                    f"{', '.join(repr(c) for c in missing)} that the source does not have "
-                    f"(it has: {', '.join(schema.names)})"
-                )
-        mapping = {key_id: list(columns) for key_id, columns in self.column_keys.items() if columns}
-        if self.encrypt_other_columns:
-            listed = {c for columns in self.column_keys.values() for c in columns}
-            others = [name for name in schema.names if name not in listed]
-            if others:
-                mapping.setdefault(self.footer_key, []).extend(others)
-        if not mapping:
-            raise ConfigError(
-                "encrypted-parquet target: no column would be encrypted "
-                "(list columns under options.column_keys or set encrypt_other_columns: true)"
-            )
-        return mapping
-
-    def configuration(self, mapping: Mapping[str, list[str]]) -> pe.EncryptionConfiguration:
-        """The pyarrow ``EncryptionConfiguration`` for one file."""
-        return pe.EncryptionConfiguration(
-            footer_key=self.footer_key,
-            column_keys={key_id: list(columns) for key_id, columns in mapping.items()},
-            encryption_algorithm="AES_GCM_V1",
-            plaintext_footer=self.plaintext_footer,
-            double_wrapping=self.double_wrapping,
-            data_key_length_bits=self.data_key_length_bits,
-            cache_lifetime=None,
-        )
-
-
-class _PyarrowKms(pe.KmsClient):  # type: ignore[misc]  # pyarrow ships no type information
-    """Adapts a :class:`KmsClient` to pyarrow's callback interface, binding one file's context."""
-
-    def __init__(self, client: KmsClient, context: Mapping[str, str] | None) -> None:
-        super().__init__()
-        self._client = client
-        self._context = dict(context) if context is not None else None
-
-    def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
-        return self._client.wrap_key(bytes(key_bytes), master_key_identifier, self._context or {})
-
-    def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
-        return self._client.unwrap_key(wrapped_key, master_key_identifier, self._context)
-
-
-def _crypto_factory(client: KmsClient, context: Mapping[str, str] | None) -> pe.CryptoFactory:
-    # A new factory per file: pyarrow caches KMS clients and key-encryption keys per factory, and
-    # each file's keys must be wrapped under that file's own context.
-    def make(_config: pe.KmsConnectionConfig) -> pe.KmsClient:
-        return _PyarrowKms(client, context)
-
-    return pe.CryptoFactory(make)
-
-
-def _connection_config(client: KmsClient) -> pe.KmsConnectionConfig:
-    return pe.KmsConnectionConfig(kms_instance_id=f"dativo-{client.type_name}")
-
-
-class _HashingSink:
-    """A write-only file object that hashes and counts what passes through to ``out`` (already ciphertext)."""
-
-    def __init__(self, out: Any) -> None:
-        self._out = out
-        self._sha = hashlib.sha256()
-        self._size = 0
-        self.closed = False
-
-    def write(self, data: bytes | memoryview) -> int:
-        self._sha.update(data)
-        self._out.write(data)
-        self._size += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._size
-
-    def flush(self) -> None:
-        """Nothing to do: the underlying stream buffers and uploads on close."""
-
-    def writable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._out.close()
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()
-
-
-class EncryptedParquetWriter(DataWriter):
-    """Client-side encrypted Parquet files, published atomically, with a hash-chained audit log.
+class EncryptedParquetWriter(ParquetDatasetWriter):
+    """Client-side encrypted Parquet dataset with a manifest commit and a KMS-keyed audit log.
 
     Configuration (``target:``): ``path`` (folder or ``s3://bucket/prefix``),
-    ``connection`` (S3 settings), and under ``options``: ``footer_key``,
-    ``column_keys``, ``kms`` (``type: local | aws-kms | ...``), ``audit`` (``log``,
-    ``copy_to``), plus the Parquet options of the ``parquet`` target. See
-    docs/encryption.md. Every failure before ``finalize`` returns leaves the
-    target untouched and is recorded in the audit log.
+    ``connection`` (S3 settings), ``mode`` (``append``/``overwrite``), and under
+    ``options``: ``footer_key``, ``column_keys``, ``kms`` (``type: local |
+    aws-kms | ...``), ``audit`` (``log``, ``copy_to``, ``retention_days``,
+    ``retention_mode``), plus the Parquet options of the ``parquet`` target. See
+    docs/encryption.md. Every failure before the manifest commit leaves the
+    dataset untouched and is recorded in the audit log.
     """
 
     requires: ClassVar[Mapping[str, str]] = {"cryptography": "pip install 'dativo[encryption]'"}
+    label: ClassVar[str] = WRITER_NAME  # type: ignore[misc]
 
     def initialize(self, config: PluginConfig) -> None:
         """Validate the options, open the KMS client and the audit log; raises ConfigError naming the bad key."""
-        self.config = config
         self._kms: KmsClient | None = None
         self._audit: AuditLog | None = None
-        self._rolling: RollingParquetWriter | None = None
-        self._ended = False
+        self._committed_run = False
+        self._sinks: dict[str, HashingSink] = {}
+        self._mapping: dict[str, list[str]] = {}
+        self._key_ids: dict[str, str] = {}
         options = dict(config.get("options") or {})
         unknown = set(options) - _KNOWN_OPTIONS
         if unknown:
@@ -238,62 +105,69 @@ class EncryptedParquetWriter(DataWriter):
                 f"encrypted-parquet target: unknown option(s) {', '.join(sorted(unknown))} "
                 f"(known: {', '.join(sorted(_KNOWN_OPTIONS))})"
             )
-        location = config.get("path")
-        if not location:
-            raise ConfigError("encrypted-parquet target: 'path' is required (a local folder or s3://bucket/prefix)")
+        super().initialize(config)
         job = config.get("job", {})
-        self._job_name = str(job.get("name", "job"))
-        self._run_id = str(job.get("run_id", "run"))
+        self._run_id = self._folder.run_id
         self._base_dir = Path(job.get("dir", "."))
-        connection = config.get("connection") or {}
-        fs, root = filesystem_for(str(location), connection, self._base_dir)
-        self._folder = StagedFolder(fs, root, self._run_id, redact(str(location)))
-        parquet_options = {k: v for k, v in options.items() if k in _PARQUET_OPTIONS}
-        parquet_options.setdefault("target_file_size_mb", 128)
-        self._settings = ParquetSettings.from_options(parquet_options)
         self._encryption = EncryptionSettings.from_options(options)
         self._kms = load_kms(options.get("kms") or {}, self._base_dir)
-        self._audit = self._open_audit(options.get("audit"), connection)
-        self._sinks: dict[str, _HashingSink] = {}
-        self._mapping: dict[str, list[str]] = {}
+        self._audit = self._open_audit(options.get("audit"), config.get("connection") or {})
+
+    def parquet_settings(self, options: dict[str, Any]) -> ParquetSettings:
+        """The ``parquet`` target's file options, with files rolled at 128 MB by default."""
+        parquet_options = {k: v for k, v in options.items() if k in _PARQUET_OPTIONS}
+        parquet_options.setdefault("target_file_size_mb", 128)
+        return ParquetSettings.from_options(parquet_options)
 
     def _open_audit(self, raw: Any, connection: Mapping[str, Any]) -> AuditLog:
         audit = {} if raw is None else raw
-        if not isinstance(audit, Mapping) or set(audit) - {"log", "copy_to"}:
-            raise ConfigError("encrypted-parquet target: options.audit takes 'log' (local file) and 'copy_to'")
-        local_raw = audit.get("log", f"{self._job_name}.audit.jsonl")
+        if not isinstance(audit, Mapping) or set(audit) - _AUDIT_KEYS:
+            raise ConfigError(f"encrypted-parquet target: options.audit takes {', '.join(sorted(_AUDIT_KEYS))}")
+        local_raw = audit.get("log", f"{self._job or 'job'}.audit.jsonl")
         local = None
         if local_raw:
             local = Path(str(local_raw)).expanduser()
             local = local if local.is_absolute() else self._base_dir / local
         copy_to = str(audit["copy_to"]) if audit.get("copy_to") else None
+        assert self._kms is not None
         return AuditLog(
             self._run_id,
             local=local,
+            kms=self._kms,
+            master_key_id=self._encryption.footer_key,
             copy_to=copy_to,
             connection=connection if copy_to and copy_to.startswith("s3://") else {},
             base_dir=self._base_dir,
-            job_name=self._job_name,
+            job_name=self._job or "job",
+            retention=Retention.from_options(audit),
         )
 
     def check(self) -> None:
         """Verify the folder is writable and every master key wraps and unwraps; raises TargetError / KmsError."""
-        self._folder.check("encrypted-parquet target")
+        super().check()
         assert self._kms is not None
         self._kms.check(self._encryption.master_key_ids)
 
+    def load_state(self) -> dict[str, Any] | None:
+        """Close the runs that died (``run_abandoned``), then return this job's committed state, or None."""
+        self._close_dead_runs()
+        return super().load_state()
+
     def prepare(self, schema: pa.Schema) -> None:
-        """Record the run start, check the KMS and every master key, create the staging folder.
+        """Close dead runs, record the run start, check the KMS and every master key, create the staging folder.
 
         Raises ConfigError for a column key naming an unknown column, KmsError
         when a master key is unknown, disabled, denied or the KMS unreachable —
         all before any file is written.
         """
         assert self._kms is not None and self._audit is not None
+        self._close_dead_runs()
+        self._audit.begin_run()
         self._audit.append(
             "run_start",
             job=job_identity(self.config, WRITER_NAME),
             kms=self._kms.describe(),
+            mode=self._mode,
             footer_key=self._encryption.footer_key,
             column_keys=self._encryption.column_keys,
             encrypt_other_columns=self._encryption.encrypt_other_columns,
@@ -305,111 +179,203 @@ class EncryptedParquetWriter(DataWriter):
     def _prepare(self, schema: pa.Schema, kms: KmsClient) -> None:
         self._mapping = self._encryption.resolve(schema)
         kms.check(self._encryption.master_key_ids)
-        self._folder.prepare("encrypted-parquet target")
-        self._rolling = RollingParquetWriter(schema, self._open_file, self._settings, self._file_options)
+        self._key_ids = {key_id: kms.resolve_key_id(key_id) for key_id in self._encryption.master_key_ids}
+        super().prepare(schema)
 
-    def _open_file(self, index: int) -> tuple[str, Any]:
-        path = self._folder.staged_path(f"part-{self._run_id[:12]}-{index:05d}.parquet")
-        sink = _HashingSink(self._folder.fs.open_output_stream(path))
-        self._sinks[path] = sink
-        return path, sink
+    def _close_dead_runs(self) -> None:
+        """Close every run of this job and target whose process died: clean what it left, append ``run_abandoned``.
 
-    def _file_options(self, index: int, path: str) -> Mapping[str, Any]:
-        assert self._kms is not None
-        context = {
-            "dativo:job": self._job_name,
-            "dativo:run": self._run_id,
-            "dativo:file": path.rsplit("/", 1)[1],
-        }
-        factory = _crypto_factory(self._kms, context)
-        properties = factory.file_encryption_properties(
-            _connection_config(self._kms), self._encryption.configuration(self._mapping)
+        Runs of other jobs sharing the log are left to those jobs (only they know their target).
+        """
+        audit = self._audit
+        if audit is None:
+            return
+        ours = job_identity(self.config, WRITER_NAME)
+        for dead in audit.dead_runs():
+            started = dead.records[0].get("job") or {}
+            if started.get("name") != ours["name"] or started.get("target") != ours["target"]:
+                continue
+            committed = self._run_committed(dead)
+            cleaned = self._clean_up(dead, committed)
+            audit.append("run_abandoned", abandoned_run=dead.run_id, committed=committed, cleaned=cleaned)
+            log.warning(
+                "run %s of job %s died without ending; recorded as abandoned (%s)",
+                dead.run_id,
+                self._job,
+                "its commit stands" if committed else "nothing of it was committed",
+            )
+
+    def _run_committed(self, dead: DeadRun) -> bool:
+        manifest = read_manifest(self._folder.fs, self._folder.root)
+        if manifest is None:
+            return False
+        names = {path.rsplit("/", 1)[-1] for path in dead.files}
+        state = manifest.get("states", {}).get(self._job) or {}
+        return (
+            manifest.get("run_id") == dead.run_id
+            or state.get("run_id") == dead.run_id
+            or (bool(names) and names <= set(manifest.get("files", [])))
         )
+
+    def _clean_up(self, dead: DeadRun, committed: bool) -> list[str]:
+        """Delete what a dead run left: its staging folder and, unless it committed, the files it moved in.
+
+        Before the dataset's first manifest the plain writer would adopt every file in the folder,
+        so the dead run's own files (known from its ``file`` records) are deleted by name.
+        """
+        fs = self._folder.fs
+        staging = f"{self._folder.root}/_dativo_tmp_{dead.run_id}"
+        cleaned = [self._folder.display_path(path) for path in self._recover()]
+        doomed = [] if committed else [shown.removeprefix("s3://") for shown in dead.files]
+        for path in [*doomed, *(key_material_path(p.removeprefix("s3://")) for p in [*doomed, *cleaned])]:
+            shown = self._folder.display_path(path)
+            if shown in cleaned or fs.get_file_info(path).type == pafs.FileType.NotFound:
+                continue
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(path)
+                cleaned.append(shown)
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True, recursive=True))
+            cleaned += [self._folder.display_path(i.path) for i in infos if i.type == pafs.FileType.File]
+            if fs.get_file_info(staging).type != pafs.FileType.NotFound:
+                fs.delete_dir(staging)
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("could not clean the staging folder of run %s: %s", dead.run_id, scrub(str(exc)))
+        return cleaned
+
+    # -- the encoding step --
+
+    def encode_stream(self, path: str, stream: Any) -> Any:
+        """Hash the ciphertext on its way to ``stream`` (for the audit record)."""
+        sink = HashingSink(stream)
+        self._sinks[path] = sink
+        return sink
+
+    def file_options(self, index: int, path: str) -> dict[str, Any]:
+        """Fresh encryption properties per file, each key bound to the job, the run and the file name."""
+        assert self._kms is not None
+        context = {"dativo:job": self._job or "job", "dativo:run": self._run_id, "dativo:file": path.rsplit("/", 1)[1]}
+        factory = crypto_factory(self._kms, context)
+        configuration = self._encryption.configuration(self._mapping, self._key_ids)
+        if self._encryption.external_key_material:  # written beside the file: _KEY_MATERIAL_FOR_<name>.json
+            properties = factory.file_encryption_properties(
+                connection_config(self._kms), configuration, path, self._folder.fs
+            )
+        else:
+            properties = factory.file_encryption_properties(connection_config(self._kms), configuration)
         return {"encryption_properties": properties}
+
+    def companion_files(self, written: list[WrittenFile]) -> list[str]:
+        """External key material files, published with their data files."""
+        if not self._encryption.external_key_material:
+            return []
+        return [key_material_path(file.path) for file in written]
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Encrypt and stage ``batch``; raises KmsError / TargetError (recorded in the audit log)."""
-        rolling = self._rolling
-        assert rolling is not None, "prepare() was not called"
-        self._guarded("write_batch", lambda: rolling.write(batch))
+        self._guarded("write_batch", lambda: super(EncryptedParquetWriter, self).write_batch(batch))
 
     def finalize(self) -> dict[str, Any]:
-        """Finish the last file, publish every file at once, record them; returns what the audit log records.
+        """Record every file and the commit, publish through the manifest, record the end.
 
-        Returns ``{path, files, rows, bytes, encryption, audit, file_records}``;
-        ``file_records`` are the audit log's ``file`` records (path, size, rows,
-        sha256, key ids). Raises (and records a failure) when closing, moving or
-        auditing fails; the engine then calls :meth:`abort`.
+        Returns the ``parquet`` writer's result plus ``encryption``, ``audit`` and
+        ``file_records`` (path, size, rows, sha256, key ids). Raises (and records
+        a failure) when closing, moving, committing or auditing fails before the
+        commit; the engine then calls :meth:`abort`.
         """
-        return self._guarded("finalize", self._finalize)
+        return self._guarded("finalize", super().finalize)
 
-    def _finalize(self) -> dict[str, Any]:
-        assert self._rolling is not None and self._audit is not None and self._kms is not None
-        written = self._rolling.close()
-        self._folder.publish([file.path for file in written])
-        records: list[dict[str, Any]] = []
+    def before_publish(self, written: list[WrittenFile], manifest: dict[str, Any], files: list[str]) -> None:
+        """Append a ``file`` record per file and a ``commit`` record, before anything becomes visible."""
+        assert self._audit is not None
+        labels = sorted({self._encryption.footer_key, *(k for k, columns in self._mapping.items() if columns)})
+        self._records: list[dict[str, Any]] = []
         for file in written:
-            path = self._folder.display_path(self._folder.final_path(file.path))
-            key_ids = [key_id for key_id, columns in self._mapping.items() if columns]
             record = self._audit.append(
                 "file",
-                path=path,
+                path=self._folder.display_path(self._folder.final_path(file.path)),
                 size=file.size,
                 rows=file.rows,
                 sha256=self._sinks[file.path].sha256,
                 footer_key=self._encryption.footer_key,
-                key_ids=sorted({self._encryption.footer_key, *key_ids}),
+                footer_key_id=self._key_ids.get(self._encryption.footer_key, self._encryption.footer_key),
+                key_ids=sorted({self._key_ids.get(label, label) for label in labels}),
+                key_labels=labels,
             )
-            records.append({k: record[k] for k in ("path", "size", "rows", "sha256", "key_ids", "seq", "hash")})
-        rows, nbytes = sum(f.rows for f in written), sum(f.size for f in written)
-        end = self._audit.append("run_end", status="succeeded", rows=rows, files=len(written), bytes=nbytes)
-        self._ended = True
-        copy = self._audit.publish_copy()
+            self._records.append(
+                {k: record[k] for k in ("path", "size", "rows", "sha256", "key_ids", "key_labels", "seq", "hash")}
+            )
+        root = self._folder.display_path(self._folder.root)
+        superseded = sorted(f"{root}/{name}" for name in set(manifest["files"]) - set(files))
+        sequence = int(manifest.get("sequence", 0)) + 1
+        self._audit.append("commit", manifest=sequence, files=len(files), superseded=superseded)
+        self._superseded = [path.removeprefix("s3://") for path in superseded]
+        crash_point("audit_recorded")
+
+    def after_commit(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Record the run's end; a failing audit copy is reported, not raised (the commit stands)."""
+        assert self._audit is not None and self._kms is not None
+        self._committed_run = True
+        if self._encryption.external_key_material:  # the key material of files an overwrite removed
+            for path in self._superseded:
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    self._folder.fs.delete_file(key_material_path(path))
+        end = self._audit.append(
+            "run_end", status="succeeded", rows=result["rows"], files=len(result["files"]), bytes=result["bytes"]
+        )
+        copy: str | None = None
+        copy_error: str | None = None
+        try:
+            copy = self._audit.publish_copy()
+        except DativoError as exc:
+            copy_error = str(exc)
+            log.warning("%s", scrub(copy_error))
         return {
-            "path": self._folder.display,
-            "files": [record["path"] for record in records],
-            "rows": rows,
-            "bytes": nbytes,
+            **result,
+            "files": [record["path"] for record in self._records],
             "encryption": {
                 "kms": self._kms.describe(),
                 "footer_key": self._encryption.footer_key,
                 "column_keys": self._encryption.column_keys,
+                "key_ids": dict(self._key_ids),
                 "encrypt_other_columns": self._encryption.encrypt_other_columns,
                 "encrypted_footer": not self._encryption.plaintext_footer,
             },
             "audit": {
                 "log": str(self._audit.local) if self._audit.local else None,
                 "copy": copy,
+                "copy_error": copy_error,
                 "head": end["hash"],
             },
-            "file_records": records,
+            "file_records": self._records,
         }
 
     def abort(self) -> None:
-        """Delete staged and published files; record the run's end as failed. Never raises for unstarted work."""
-        if self._rolling is not None:
-            self._rolling.abandon()
-        folder = getattr(self, "_folder", None)
-        if folder is not None:
-            folder.rollback()
+        """Delete staged and published files (unless the commit happened); record the run's end as failed."""
+        if self._committed_run:
+            return  # the manifest lists this run: its files stay, and run_end is already written
+        super().abort()
         audit = getattr(self, "_audit", None)
-        if audit is not None and audit.records:
+        if audit is not None and any(r.get("event") == "run_start" for r in audit.records):
             try:
                 audit.append("run_end", status="failed", rows=0, files=0, bytes=0)
-                self._ended = True
                 audit.publish_copy()
             except DativoError:
                 log.warning("could not record the failed run in the audit log")
 
     def close(self) -> None:
-        """Close the KMS client."""
+        """Release the run's liveness lock and close the KMS client."""
+        audit = getattr(self, "_audit", None)
+        if audit is not None:
+            audit.end_run()
         kms = getattr(self, "_kms", None)
         if kms is not None:
             kms.close()
             self._kms = None
         # Free pyarrow's per-file encryption objects (reference cycles) while S3 is still up; see read_encrypted.
         self._rolling = None
-        gc.collect()
+        with contextlib.suppress(Exception):
+            gc.collect()
 
     def _guarded(self, stage: str, action: Callable[[], T]) -> T:
         try:
@@ -424,77 +390,9 @@ class EncryptedParquetWriter(DataWriter):
 
     def _record_failure(self, stage: str, message: str) -> None:
         audit = getattr(self, "_audit", None)
-        if audit is None or not audit.records:
+        if audit is None or not any(r.get("event") == "run_start" for r in audit.records):
             return
         try:
             audit.append("failure", stage=stage, error=scrub(message))
         except DativoError:
             log.warning("could not record a failure in the audit log")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading it back
-# ---------------------------------------------------------------------------------------------------
-
-
-def read_encrypted(
-    location: str,
-    kms: KmsClient,
-    *,
-    connection: Mapping[str, Any] | None = None,
-    base_dir: Path | None = None,
-    columns: list[str] | None = None,
-) -> pa.Table:
-    """Decrypt and read one file or every ``*.parquet`` file of a folder (local or ``s3://``).
-
-    Each file's keys are unwrapped through ``kms`` with the file's name as the
-    expected context (a key copied from another file is refused). Raises
-    SourceError when a file cannot be read (no access to a column's key, wrong
-    key, corrupt file) with a message free of key material, and KmsError when
-    the KMS refuses.
-    """
-    fs, root = filesystem_for(location, connection or {}, base_dir or Path.cwd())
-    shown = redact(location)
-    try:
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.Directory:
-            selector = pafs.FileSelector(root, recursive=False)
-            paths = sorted(
-                entry.path
-                for entry in fs.get_file_info(selector)
-                if entry.type == pafs.FileType.File
-                and entry.base_name.endswith(".parquet")
-                and not entry.base_name.startswith(("_", "."))
-            )
-        elif info.type == pafs.FileType.File:
-            paths = [root]
-        else:
-            raise SourceError(f"decrypt: {shown} does not exist")
-    except (OSError, pa.ArrowException) as exc:
-        raise SourceError(f"decrypt: cannot list {shown}: {scrub(str(exc))}") from None
-    tables = []
-    factory = properties = None
-    for path in paths:
-        name = path.rsplit("/", 1)[-1]
-        factory = _crypto_factory(kms, {"dativo:file": name})
-        properties = factory.file_decryption_properties(_connection_config(kms), pe.DecryptionConfiguration())
-        try:
-            # Whole-object reads: one GET per file, and no S3 reads left running on pyarrow's I/O threads.
-            with fs.open_input_stream(path) as stream:
-                data = stream.read()
-            tables.append(pq.ParquetFile(pa.BufferReader(data), decryption_properties=properties).read(columns=columns))
-        except KmsError:
-            raise
-        except (OSError, pa.ArrowException, ValueError) as exc:
-            raise SourceError(
-                f"decrypt: cannot read {name}: {scrub(str(exc))} "
-                "(is it encrypted with keys this KMS configuration can unwrap, and do you have every column's key?)"
-            ) from None
-    # pyarrow's decryption objects end up in reference cycles; left to the interpreter's final
-    # collection they are destroyed after pyarrow has shut S3 down, which aborts the process
-    # ("terminate called without an active exception"). Collect them now.
-    del factory, properties
-    gc.collect()
-    if not tables:
-        raise SourceError(f"decrypt: no Parquet files in {shown}")
-    return pa.concat_tables(tables)

@@ -29,7 +29,7 @@ from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
 from dativo.sdk import DataWriter, PluginConfig
 from dativo.storage import filesystem_for
-from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder
+from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder, WrittenFile
 
 __all__ = ["MANIFEST_DIR", "ParquetDatasetWriter", "read_manifest"]
 
@@ -41,25 +41,31 @@ class ParquetDatasetWriter(DataWriter):
     """Writes zstd Parquet files, rolled at ``target_file_size_mb``, published by a manifest at finalize."""
 
     supported_modes = frozenset({"append", "overwrite"})
+    #: How this writer names itself in messages (``"<label> target"``).
+    label = "parquet"
 
     def initialize(self, config: PluginConfig) -> None:
         """Resolve the target folder and its file system; raises ConfigError for a missing or bad ``path``."""
         self.config = config
+        self._rolling: RollingParquetWriter | None = None
+        self._state: dict[str, Any] | None = None
         location = config.get("path")
         if not location:
-            raise ConfigError("parquet target: 'path' is required (a local folder or s3://bucket/prefix)")
+            raise ConfigError(f"{self.label} target: 'path' is required (a local folder or s3://bucket/prefix)")
         job = config.get("job", {})
         fs, root = filesystem_for(str(location), config.get("connection") or {}, Path(job.get("dir", ".")))
         self._folder = StagedFolder(fs, root, str(job.get("run_id", "run")), redact(str(location)))
         self._job = str(job.get("name", ""))
         self._mode = str(config.get("mode") or "append")
-        self._settings = ParquetSettings.from_options(config.get("options") or {})
-        self._rolling: RollingParquetWriter | None = None
-        self._state: dict[str, Any] | None = None
+        self._settings = self.parquet_settings(config.get("options") or {})
+
+    def parquet_settings(self, options: dict[str, Any]) -> ParquetSettings:
+        """The Parquet file settings from the target's ``options:``; raises ConfigError for a bad value."""
+        return ParquetSettings.from_options(options)
 
     def check(self) -> None:
         """Verify the folder can be created and written to; raises TargetError naming the location."""
-        self._folder.check("parquet target")
+        self._folder.check(f"{self.label} target")
 
     def load_state(self) -> dict[str, Any] | None:
         """This job's state in the latest manifest, or None."""
@@ -79,7 +85,7 @@ class ParquetDatasetWriter(DataWriter):
         others = sorted(job for job in manifest["states"] if job != self._job)
         if others and not force:
             raise TargetError(
-                f"parquet dataset {self._folder.display} is also written by {', '.join(others)}; resetting job "
+                f"{self.label} dataset {self._folder.display} is also written by {', '.join(others)}; resetting job "
                 f"'{self._job}' would re-ingest its rows next to theirs. Use --force if that is intended"
             )
         states = {job: state for job, state in manifest["states"].items() if job != self._job}
@@ -89,12 +95,33 @@ class ParquetDatasetWriter(DataWriter):
     def prepare(self, schema: pa.Schema) -> None:
         """Remove files a crashed run left unlisted, then create the staging folder; raises TargetError."""
         self._recover()
-        self._folder.prepare("parquet target")
-        self._rolling = RollingParquetWriter(schema, self._open_file, self._settings)
+        self._folder.prepare(f"{self.label} target")
+        self._rolling = RollingParquetWriter(schema, self._open_file, self._settings, self.file_options)
 
     def _open_file(self, index: int) -> tuple[str, Any]:
         path = self._folder.staged_path(f"part-{self._folder.run_id[:12]}-{index:05d}.parquet")
-        return path, self._folder.fs.open_output_stream(path)
+        return path, self.encode_stream(path, self._folder.fs.open_output_stream(path))
+
+    # -- the pluggable file-encoding step (identity here; the encrypted writer overrides both) --
+
+    def encode_stream(self, path: str, stream: Any) -> Any:
+        """The stream the Parquet bytes of the staged file ``path`` go through (``stream`` itself here)."""
+        return stream
+
+    def file_options(self, index: int, path: str) -> dict[str, Any]:
+        """Extra ``pyarrow.parquet.ParquetWriter`` arguments for file ``index`` (none here)."""
+        return {}
+
+    def companion_files(self, written: list[WrittenFile]) -> list[str]:
+        """Staged files published with the data files but not listed as data (none here)."""
+        return []
+
+    def before_publish(self, written: list[WrittenFile], manifest: dict[str, Any], files: list[str]) -> None:
+        """Called once the run's files are finished, before any is published; ``files`` is the new listing."""
+
+    def after_commit(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Called after the manifest commit; returns the (possibly extended) result of :meth:`finalize`."""
+        return result
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Stage ``batch`` in the temporary folder."""
@@ -110,10 +137,11 @@ class ParquetDatasetWriter(DataWriter):
         assert self._rolling is not None, "prepare() was not called"
         written = self._rolling.close()
         manifest = read_manifest(self._folder.fs, self._folder.root) or self._baseline()
-        published = self._folder.publish([file.path for file in written])
-        crash_point("files_published")
-        names = [path.rsplit("/", 1)[1] for path in published]
+        names = [file.path.rsplit("/", 1)[1] for file in written]
         files = names if self._mode == "overwrite" else [*manifest["files"], *names]
+        self.before_publish(written, manifest, files)
+        self._folder.publish([file.path for file in written] + self.companion_files(written))
+        crash_point("files_published")
         states = dict(manifest.get("states", {}))
         if self._state is not None:
             states[self._job] = self._state
@@ -123,14 +151,16 @@ class ParquetDatasetWriter(DataWriter):
             for name in set(manifest["files"]) - set(files):
                 with contextlib.suppress(OSError, pa.ArrowException):
                     self._folder.fs.delete_file(f"{self._folder.root}/{name}")
-        return {
-            "path": self._folder.display,
-            "mode": self._mode,
-            "manifest": sequence,
-            "files": [self._folder.display_path(path) for path in published],
-            "rows": sum(file.rows for file in written),
-            "bytes": sum(file.size for file in written),
-        }
+        return self.after_commit(
+            {
+                "path": self._folder.display,
+                "mode": self._mode,
+                "manifest": sequence,
+                "files": [self._folder.display_path(self._folder.final_path(f.path)) for f in written],
+                "rows": sum(file.rows for file in written),
+                "bytes": sum(file.size for file in written),
+            }
+        )
 
     def abort(self) -> None:
         """Delete the staging folder and any file this run already moved into place."""
@@ -150,14 +180,20 @@ class ParquetDatasetWriter(DataWriter):
             if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") and info.base_name[0] not in "._"
         }
 
-    def _recover(self) -> None:
-        """Delete data files that are not in the latest manifest: a crashed run published them, never committed."""
+    def _recover(self) -> list[str]:
+        """Delete data files that are not in the latest manifest: a crashed run published them, never committed.
+
+        Returns the paths deleted.
+        """
         manifest = read_manifest(self._folder.fs, self._folder.root)
         if manifest is None:
-            return
-        for name in self._data_files() - set(manifest["files"]):
+            return []
+        deleted = []
+        for name in sorted(self._data_files() - set(manifest["files"])):
             with contextlib.suppress(OSError, pa.ArrowException):
                 self._folder.fs.delete_file(f"{self._folder.root}/{name}")
+                deleted.append(f"{self._folder.root}/{name}")
+        return deleted
 
     def _write_manifest(self, previous: dict[str, Any], files: list[str], states: dict[str, Any]) -> int:
         sequence = int(previous.get("sequence", 0)) + 1
@@ -187,8 +223,8 @@ class ParquetDatasetWriter(DataWriter):
                 os.link(temp, final)
             except FileExistsError:
                 raise TargetError(
-                    f"parquet dataset {self._folder.display}: another run committed manifest {sequence} meanwhile; "
-                    "this run committed nothing (run it again)",
+                    f"{self.label} dataset {self._folder.display}: another run committed manifest {sequence} "
+                    "meanwhile; this run committed nothing (run it again)",
                     transient=True,
                 ) from None
             finally:
