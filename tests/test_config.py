@@ -155,7 +155,7 @@ def test_unknown_connector_lists_known_ones(tmp_path):
 
 def test_malformed_yaml_reports_line(tmp_path):
     path = write(tmp_path, "source:\n  connector: files\n  path: [unclosed\ntarget: {}\n")
-    with pytest.raises(ConfigError, match=r"job.yaml:\d+: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"job.yaml:\d+:\d+: invalid YAML: an unclosed .\[. list"):
         load_job(path)
 
 

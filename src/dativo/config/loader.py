@@ -148,8 +148,8 @@ _YAML_PROBLEMS: tuple[tuple[str, str], ...] = (
         "this line is indented differently from the keys around it, or a list item "
         "('- ') is mixed with keys at the same level",
     ),
-    ("did not find expected ',' or ']'", "an unclosed '[' list; close it with ']' or quote the value"),
-    ("did not find expected ',' or '}'", "an unclosed '{' mapping; close it with '}' or quote the value"),
+    ("expected ',' or ']'", "an unclosed '[' list above; close it with ']' or quote the value"),
+    ("expected ',' or '}'", "an unclosed '{' mapping above; close it with '}' or quote the value"),
     ("found unexpected end of stream", "the file ends inside a quoted string; close the quote"),
     ("found undefined alias", "an '*alias' with no matching '&anchor'; quote the value if '*' is meant literally"),
     ("found duplicate anchor", "two '&anchor's with the same name"),
