@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 from pyiceberg.catalog import load_catalog
@@ -66,3 +67,34 @@ def test_initial_load_then_changes(tmp_path, pg_db):
     third = run_job(load_job(path))
     assert third.rows == 0
     assert target_rows(tmp_path) == source_rows(pg_db)
+
+
+def test_truncate_empties_the_target_in_the_same_commit(tmp_path, pg_db):
+    items(pg_db, 20)
+    path = job_file(tmp_path, pg_db)
+    run_job(load_job(path))
+    pg_db.psql(
+        "UPDATE items SET name = 'before' WHERE id = 1; TRUNCATE items;"
+        "INSERT INTO items VALUES (7, 'after', 1), (8, 'x', 2); UPDATE items SET name = 'y' WHERE id = 8;"
+        "DELETE FROM items WHERE id = 7; INSERT INTO items VALUES (9, 'z', 3);"
+    )
+    table = catalog(tmp_path).load_table("raw.items")
+    before = table.current_snapshot().snapshot_id
+    summary = run_job(load_job(path))
+    assert summary.target["cdc"]["replaced"] is True
+    assert target_rows(tmp_path) == source_rows(pg_db) == [(8, "y", Decimal("2.00")), (9, "z", Decimal("3.00"))]
+    table = catalog(tmp_path).load_table("raw.items")
+    assert table.current_snapshot().parent_snapshot_id == before  # one commit
+
+
+def test_soft_deletes_keep_the_row_with_change_columns(tmp_path, pg_db):
+    items(pg_db, 5)
+    path = job_file(tmp_path, pg_db, cdc="{deletes: soft}")
+    run_job(load_job(path))
+    pg_db.psql("DELETE FROM items WHERE id = 2; UPDATE items SET name = 'u' WHERE id = 3;")
+    run_job(load_job(path))
+    rows = {r[0]: r for r in target_rows(tmp_path, ("id", "name", "_deleted", "_cdc_op", "_cdc_lsn", "_cdc_ts"))}
+    assert rows[2][2] is True and rows[2][3] == "delete" and rows[2][5] is not None
+    assert rows[3][1:4] == ("u", False, "update")
+    assert rows[1][2:4] == (False, "snapshot") and rows[1][5] is None
+    assert rows[3][4] > rows[1][4]  # change LSNs come after the snapshot's consistent point

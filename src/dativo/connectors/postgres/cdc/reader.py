@@ -238,7 +238,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
         def flush() -> int:
             with self._side.transaction():
                 self._side.execute("SET LOCAL synchronous_commit = on")
-                row = self._side.execute("SELECT (pg_current_wal_lsn() - '0/0')::int8, txid_current()").fetchone()
+                row = self._side.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8, txid_current()").fetchone()
             # Committing this transaction (which has an xid) flushed the WAL up to its commit record, past ``upto``.
             return int(row[0])
 
