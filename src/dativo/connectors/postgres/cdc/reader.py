@@ -24,6 +24,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -233,16 +234,29 @@ class PostgresChangeReader(PsycopgPostgresReader):
     # -- change runs ----------------------------------------------------------------------------------
 
     def _flush_point(self) -> int:
-        """A WAL position such that every transaction committing before it is flushed and decodable."""
+        """A WAL position such that every transaction committing before it is flushed and decodable.
+
+        ``upto`` is the WAL insert position (async commits may not be written yet); a transactional
+        logical message committed synchronously after it makes the server flush past it. The
+        flush position is then checked, so a server that flushes otherwise still cannot lose a change.
+        """
 
         def flush() -> int:
             with self._side.transaction():
                 self._side.execute("SET LOCAL synchronous_commit = on")
-                row = self._side.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8, txid_current()").fetchone()
-            # Committing this transaction (which has an xid) flushed the WAL up to its commit record, past ``upto``.
-            return int(row[0])
+                row = self._side.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8").fetchone()
+                self._side.execute("SELECT pg_logical_emit_message(true, 'dativo', 'flush')")
+            upto = int(row[0])
+            deadline = time.monotonic() + 30
+            while True:
+                flushed = self._side.execute("SELECT (pg_current_wal_flush_lsn() - '0/0')::int8").fetchone()
+                if int(flushed[0]) >= upto:
+                    return upto
+                if time.monotonic() > deadline:
+                    raise SourceError("PostgreSQL did not flush its WAL within 30 s", transient=True)
+                time.sleep(0.01)
 
-        return self._guard(flush)
+        return int(self._guard(flush))
 
     def _begin_changes(self, committed: int) -> Mapping[str, Any]:
         upto = self._flush_point()
