@@ -98,3 +98,26 @@ def test_soft_deletes_keep_the_row_with_change_columns(tmp_path, pg_db):
     assert rows[3][1:4] == ("u", False, "update")
     assert rows[1][2:4] == (False, "snapshot") and rows[1][5] is None
     assert rows[3][4] > rows[1][4]  # change LSNs come after the snapshot's consistent point
+
+
+def test_status_drop_and_a_lost_slot(tmp_path, pg_db):
+    from support.cli import assert_one_line_error, dativo
+
+    items(pg_db, 10)
+    path = job_file(tmp_path, pg_db)
+    run_job(load_job(path))
+    pg_db.psql("UPDATE items SET name = 'x';")
+    status = dativo("cdc", "status", path, "--json")
+    assert status.returncode == 0, status.stderr
+    facts = json.loads(status.stdout)
+    assert facts["exists"] and facts["committed_lsn"] == facts["confirmed_lsn"]
+    assert facts["lag_bytes"] > 0 and facts["retained_wal_bytes"] >= facts["lag_bytes"]
+    assert facts["seconds_since_last_commit"] >= 0
+    dropped = dativo("cdc", "drop", path, "--yes", "--publication")
+    assert dropped.returncode == 0, dropped.stderr
+    assert pg_db.execute("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    lost = dativo("run", path)
+    assert_one_line_error(lost, "replication slot 'dativo_items' does not exist", "changes after LSN", "state reset")
+    assert dativo("state", "reset", path, "--yes").returncode == 0
+    assert dativo("run", path, "--quiet").returncode == 0
+    assert target_rows(tmp_path) == source_rows(pg_db)

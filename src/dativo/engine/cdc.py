@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from datetime import UTC, datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,7 +92,7 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
                 _call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, True))
         writer.stage_state(  # type: ignore[attr-defined]
             {"job": summary.job, "run_id": plan.run_id, "dativo_version": __version__, "rows": summary.rows}
-            | {"cdc": position}
+            | {"cdc": {**position, "committed_at": datetime.now(UTC).isoformat()}}
         )
         crash_point("cdc_before_commit")
         metadata = _call(writer.finalize, names[1], "finalize")
