@@ -37,8 +37,7 @@ def job_file(job_dir: Path, db, *, name: str = "items", cdc: str = "{}", target_
         "source:\n  connector: postgres\n"
         f"  connection: {json.dumps(db.connection)}\n"
         f"  table: public.items\n  cdc: {cdc}\n"
-        "target:\n  connector: iceberg\n  table: raw.items\n" + target_extra
-        + "engine: {retry: {max_attempts: 1}}\n"
+        "target:\n  connector: iceberg\n  table: raw.items\n" + target_extra + "engine: {retry: {max_attempts: 1}}\n"
     )
     return path
 

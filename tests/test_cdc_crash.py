@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import assert_one_line_error, dativo
 from test_cdc import items, job_file, source_rows, target_rows
+
+from support.cli import assert_one_line_error, dativo
 
 
 def run(path: Path, crash_at: str | None = None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -27,7 +28,14 @@ def summary_of(path: Path, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
-CRASH_POINTS = ["cdc_batch:1", "files_written", "before_commit", "cdc_before_commit", "after_commit", "cdc_after_commit"]
+CRASH_POINTS = [
+    "cdc_batch:1",
+    "files_written",
+    "before_commit",
+    "cdc_before_commit",
+    "after_commit",
+    "cdc_after_commit",
+]
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -95,8 +103,11 @@ def test_check_lists_what_is_missing(tmp_path, pg_db):
         "GRANT SELECT ON items TO cdc_plain;"
     )
     path = job_file(tmp_path, pg_db, cdc="{create: false}")
-    path.write_text(path.read_text().replace(f'"user": "{pg_db.connection["user"]}"', '"user": "cdc_plain"').replace(
-        f'"password": "{pg_db.connection["password"]}"', '"password": "pw"'))
+    path.write_text(
+        path.read_text()
+        .replace(f'"user": "{pg_db.connection["user"]}"', '"user": "cdc_plain"')
+        .replace(f'"password": "{pg_db.connection["password"]}"', '"password": "pw"')
+    )
     result = dativo("check", path)
     line = assert_one_line_error(
         result, "lacks the REPLICATION attribute", "publication 'dativo_items' does not exist", "no primary key"

@@ -22,10 +22,10 @@ from typing import Any, ClassVar, Literal, Protocol, TypeAlias, runtime_checkabl
 import pyarrow as pa
 
 __all__ = [
+    "CHANGE_COLUMNS",
     "SDK_API_VERSION",
     "ArrowArrayExportable",
     "ArrowStreamExportable",
-    "CHANGE_COLUMNS",
     "BatchLike",
     "ChangeReader",
     "DataReader",

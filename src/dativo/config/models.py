@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "SOURCE_CONNECTORS",
     "TARGET_CONNECTORS",
-    "EngineConfig",
     "CdcSpec",
+    "EngineConfig",
     "FlightTlsSpec",
     "IncrementalSpec",
     "JobConfig",

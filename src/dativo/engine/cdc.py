@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -148,7 +148,9 @@ def _confirm(reader: ChangeReader, name: str, position: Mapping[str, Any]) -> di
 
 def _change_reader(reader: DataReader, name: str) -> Any:
     if not isinstance(reader, ChangeReader) or not hasattr(reader, "check_changes"):
-        raise ConfigError(f"source.cdc: reader '{name}' cannot read changes (it does not implement dativo.ChangeReader)")
+        raise ConfigError(
+            f"source.cdc: reader '{name}' cannot read changes (it does not implement dativo.ChangeReader)"
+        )
     return reader
 
 
@@ -161,7 +163,9 @@ def _stateful(writer: DataWriter, name: str) -> DataWriter:
 
 def _keys(plan: Plan, reader: Any, name: str) -> list[str]:
     merge = plan.job.config.target.merge
-    keys = list(merge.keys) if merge is not None else list(_call(reader.change_keys, name, "change_keys", role="reader"))
+    keys = (
+        list(merge.keys) if merge is not None else list(_call(reader.change_keys, name, "change_keys", role="reader"))
+    )
     if not keys:
         raise ConfigError(
             f"source.cdc: table {plan.job.config.source.table} has no primary key; add one or give target.merge.keys"
@@ -228,4 +232,3 @@ def _batches(reader: DataReader, name: str, schema: pa.Schema, batch_size: int) 
         raise SourceError(
             f"reader '{name}' failed after {index} batches: {type(exc).__name__}: {exc}", transient=is_transient(exc)
         ) from exc
-

@@ -123,7 +123,8 @@ class Decoder:
             _flags, commit_lsn, end_lsn, ts = struct.unpack_from(">BQQq", buf, pos)
             return Commit(commit_lsn, end_lsn, _timestamp(ts))
         if kind == "R":
-            return self._relation(buf, pos)
+            self._relation(buf, pos)
+            return None
         if kind in "IUD":
             (oid,) = struct.unpack_from(">I", buf, pos)
             pos += 4

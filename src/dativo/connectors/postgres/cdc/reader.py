@@ -106,7 +106,8 @@ class PostgresChangeReader(PsycopgPostgresReader):
 
     def check_changes(self, keys: Sequence[str]) -> list[str]:
         """What stops change capture of this table (with the fix for each); empty when ready."""
-        return self._guard(lambda: problems(self._side, self._relation, self._settings, list(keys)))
+        found: list[str] = self._guard(lambda: problems(self._side, self._relation, self._settings, list(keys)))
+        return found
 
     def begin_changes(self, committed: Mapping[str, Any] | None, keys: Sequence[str]) -> Mapping[str, Any]:
         """Create the slot and plan the snapshot (first run), or spill the changes after ``committed``."""
@@ -130,7 +131,8 @@ class PostgresChangeReader(PsycopgPostgresReader):
                 f"replication slot '{settings.slot}' {state}: the changes after LSN {committed.get('lsn')} are "
                 "lost; run 'dativo cdc drop' and 'dativo state reset', then run the job to load the table again"
             )
-        return self._begin_changes(_parse_lsn(str(committed["lsn"])))
+        started: Mapping[str, Any] = self._begin_changes(_parse_lsn(str(committed["lsn"])))
+        return started
 
     def confirm(self, position: Mapping[str, Any]) -> Mapping[str, Any]:
         """Advance the slot to ``position`` (never backwards); returns the slot's lag and retained WAL."""
@@ -161,7 +163,8 @@ class PostgresChangeReader(PsycopgPostgresReader):
                 )
             return facts
 
-        return self._guard(advance)
+        confirmed: Mapping[str, Any] = self._guard(advance)
+        return confirmed
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield the snapshot's rows (first run) or the spilled changes, with the change columns."""
@@ -246,11 +249,12 @@ class PostgresChangeReader(PsycopgPostgresReader):
                 self._side.execute("SET LOCAL synchronous_commit = on")
                 row = self._side.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8").fetchone()
                 self._side.execute("SELECT pg_logical_emit_message(true, 'dativo', 'flush')")
+            assert row is not None
             upto = int(row[0])
             deadline = time.monotonic() + 30
             while True:
                 flushed = self._side.execute("SELECT (pg_current_wal_flush_lsn() - '0/0')::int8").fetchone()
-                if int(flushed[0]) >= upto:
+                if flushed is not None and int(flushed[0]) >= upto:
                     return upto
                 if time.monotonic() > deadline:
                     raise SourceError("PostgreSQL did not flush its WAL within 30 s", transient=True)
@@ -426,4 +430,6 @@ def _with_change_columns(batch: pa.RecordBatch, op: str, lsn: int, stamp: dateti
         pa.array([lsn] * n, pa.int64()),
         pa.nulls(n, pa.timestamp("us", tz="UTC")) if stamp is None else pa.array([stamp] * n, CHANGE_FIELDS[2].type),
     ]
-    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema.append(CHANGE_FIELDS[0]).append(CHANGE_FIELDS[1]).append(CHANGE_FIELDS[2]))
+    return pa.RecordBatch.from_arrays(
+        arrays, schema=batch.schema.append(CHANGE_FIELDS[0]).append(CHANGE_FIELDS[1]).append(CHANGE_FIELDS[2])
+    )

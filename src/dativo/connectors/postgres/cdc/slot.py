@@ -87,7 +87,8 @@ def slot_info(conn: Any, slot: str) -> SlotInfo | None:
     ).fetchone()
     if row is None:
         return None
-    return SlotInfo(*row[:3], bool(row[3]), *row[4:])
+    name, plugin, database, active, confirmed, restart, wal_status, current, lag, retained = row
+    return SlotInfo(name, plugin, database, bool(active), confirmed, restart, wal_status, current, lag, retained)
 
 
 def primary_key(conn: Any, relation: str) -> list[str]:
