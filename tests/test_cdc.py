@@ -120,3 +120,17 @@ def test_status_drop_and_a_lost_slot(tmp_path, pg_db):
     assert dativo("state", "reset", path, "--yes").returncode == 0
     assert dativo("run", path, "--quiet").returncode == 0
     assert target_rows(tmp_path) == source_rows(pg_db)
+
+
+def test_parallel_initial_load_reads_partitions_of_the_slot_snapshot(tmp_path, pg_db, caplog):
+    items(pg_db, 5000)
+    path = job_file(tmp_path, pg_db)
+    path.write_text(path.read_text().replace("  cdc: {}\n", "  cdc: {}\n  parallelism: 4\n"))
+    with caplog.at_level("INFO", logger="dativo.engine"):
+        summary = run_job(load_job(path))
+    assert summary.rows == 5000
+    assert any("reading in 4 partitions" in record.getMessage() for record in caplog.records)
+    assert target_rows(tmp_path) == source_rows(pg_db)
+    pg_db.psql("UPDATE items SET name = 'p' WHERE id % 3 = 0; DELETE FROM items WHERE id % 10 = 0;")
+    assert run_job(load_job(path)).rows == 1666 + 500  # the changes only, not a re-read
+    assert target_rows(tmp_path) == source_rows(pg_db)

@@ -74,11 +74,12 @@ def test_kill_9_during_the_initial_load_then_rerun_recreates_the_slot(tmp_path, 
     assert target_rows(tmp_path) == source_rows(pg_db)
 
 
-def test_writes_during_the_initial_load_are_neither_lost_nor_doubled(tmp_path, pg_db):
+def test_writes_during_the_parallel_initial_load_are_neither_lost_nor_doubled(tmp_path, pg_db):
     items(pg_db, 200_000)
     before = source_rows(pg_db)
     path = job_file(tmp_path, pg_db)
-    path.write_text(path.read_text().replace("engine: {", "engine: {batch_size: 2000, "))
+    text = path.read_text().replace("engine: {", "engine: {batch_size: 2000, ")
+    path.write_text(text.replace("  cdc: {}\n", "  cdc: {}\n  parallelism: 3\n"))  # the parallel initial load
     process = subprocess.Popen([sys.executable, "-m", "dativo", "run", str(path), "--quiet"], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not pg_db.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'dativo_items'"):

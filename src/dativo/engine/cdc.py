@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from dativo import __version__
 from dativo._faults import crash_point
 from dativo.engine.batches import as_record_batches, conform
+from dativo.engine.parallel import PartitionPump, plan_partitioned_read
 from dativo.engine.pipeline import ProgressSink, RunSummary, _call, _close, _declared_schema, new_summary
 from dativo.engine.plan import Plan
 from dativo.errors import ConfigError, DativoError, SourceError, is_transient
@@ -57,6 +58,7 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
     reader: DataReader | None = None
     writer: DataWriter | None = None
     published = False
+    pump: PartitionPump | None = None
     names = plan.reader.ref.name, plan.writer.ref.name
     try:
         reader = host_reader(plan.reader)
@@ -76,7 +78,8 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
         data_schema = _data_schema(row_schema, soft, replace)
         _call(writer.prepare, names[1], "prepare", data_schema)
         buffered: list[pa.RecordBatch] = []
-        for batch in _batches(reader, names[0], schema, plan.batch_size):
+        stream, pump = _stream(plan, reader, schema, bool(start.get("snapshot")))
+        for batch in stream:
             summary.rows += batch.num_rows
             summary.bytes += batch.nbytes
             summary.batches += 1
@@ -104,6 +107,8 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
         summary.status = "succeeded"
         return summary
     except BaseException as exc:
+        if pump is not None:
+            pump.cancel()
         summary.status = "failed"
         summary.error = str(exc) if isinstance(exc, DativoError) else f"{type(exc).__name__}: {exc}"
         if writer is not None and not published:
@@ -114,6 +119,8 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
         raise
     finally:
         summary.duration_s = time.perf_counter() - started
+        if pump is not None:
+            pump.join(timeout=30)
         for plugin, name in ((reader, names[0]), (writer, names[1])):
             if plugin is not None:
                 _close(plugin, name)
@@ -216,6 +223,17 @@ def _latest_per_key(batches: list[pa.RecordBatch], keys: Sequence[str], soft: bo
     if not soft:
         table = table.filter(pc.not_equal(table["_cdc_op"], "delete"))
     return table.drop_columns(["__pos"])
+
+
+def _stream(plan: Plan, reader: DataReader, schema: pa.Schema, snapshot: bool) -> tuple[Any, PartitionPump | None]:
+    """The run's batches: an initial load in parallel partitions when the reader can, else ``read_batch``."""
+    name = plan.reader.ref.name
+    partitioned = plan_partitioned_read(reader, name, plan.job.config.source.parallelism) if snapshot else None
+    if partitioned is None:
+        return _batches(reader, name, schema, plan.batch_size), None
+    pump = PartitionPump(reader, name, schema, plan.batch_size, plan.queue_size, *partitioned)
+    pump.start()
+    return pump, pump
 
 
 def _batches(reader: DataReader, name: str, schema: pa.Schema, batch_size: int) -> Any:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import shutil
 import tempfile
 import time
@@ -44,10 +46,11 @@ from dativo.connectors.postgres.cdc.slot import (
     slot_info,
 )
 from dativo.connectors.postgres.connection import connect_psycopg, import_psycopg, translate_error
+from dativo.connectors.postgres.partitions import MIN_PARTITION_BYTES
 from dativo.connectors.postgres.psycopg import PsycopgPostgresReader
 from dativo.connectors.postgres.types import _resolve_table, quote_ident
 from dativo.errors import ConfigError, DativoError, SourceError
-from dativo.sdk import PluginConfig
+from dativo.sdk import PluginConfig, ReadPartition
 
 __all__ = ["CHANGE_FIELDS", "PostgresChangeReader"]
 
@@ -233,6 +236,65 @@ class PostgresChangeReader(PsycopgPostgresReader):
             raise translate_error(exc, self._info) from exc
         for batch in super().read_batch(batch_size):
             yield _with_change_columns(batch, "snapshot", self._snapshot_lsn, None)
+
+    def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
+        """During the initial load: ctid page ranges of the table, all read in the slot's exported snapshot.
+
+        Returns no partitions (read on one connection) outside the initial load, for a
+        table too small to split, or with ``parallelism`` 1.
+        """
+        exported, plan = self._exported, self._require_plan()
+        suffix = f" FROM {self._relation}"
+        if exported is None or not plan.sql.endswith(suffix):
+            return []
+
+        def measure() -> tuple[int, int]:
+            row = self._side.execute(
+                "SELECT pg_relation_size(%s::regclass), current_setting('block_size')::int8", (self._relation,)
+            ).fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        size, block = self._guard(measure)
+        pages = max(1, math.ceil(size / block))
+        if parallelism is None:
+            parallelism = min(os.cpu_count() or 1, max(1, size // MIN_PARTITION_BYTES))
+        count = max(1, min(parallelism, pages))
+        if count < 2:
+            return []
+        step = math.ceil(pages / count)
+        partitions = []
+        for index, start in enumerate(range(0, pages, step)):
+            last = start + step >= pages  # open-ended: see dativo.connectors.postgres.partitions
+            where = f"ctid >= '({start},0)'::tid" + ("" if last else f" AND ctid < '({start + step},0)'::tid")
+            label = f"ctid pages {start}-{'end' if last else start + step - 1}"
+            partitions.append(ReadPartition(index, label, {"sql": f"{plan.sql} WHERE {where}"}))
+        return partitions
+
+    def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Read one partition of the initial load on a connection of its own, in the slot's snapshot."""
+        exported, info = self._exported, self._info
+        if exported is None or info is None:
+            raise SourceError("the postgres-cdc reader has no initial load in progress")
+        psycopg = import_psycopg()
+        conn = connect_psycopg(info)
+        try:
+            self._register_loaders(conn)
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(f"SET TRANSACTION SNAPSHOT '{exported.snapshot}'")
+            plan = self._require_plan()
+            width = len(plan.columns) + len(plan.array_columns)
+            chunk = max(1, min(int(batch_size), 200_000 // max(1, width)))
+            with conn.cursor(name="dativo_cdc_partition", binary=True) as cursor:
+                cursor.execute(str(partition.spec["sql"]).encode())
+                while rows := cursor.fetchmany(chunk):
+                    batch = pa.RecordBatch.from_arrays(self._to_arrays(rows), schema=plan.schema)
+                    yield _with_change_columns(batch, "snapshot", self._snapshot_lsn, None)
+        except psycopg.Error as exc:
+            raise translate_error(exc, info, table=self._spec.table if self._spec else None) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     # -- change runs ----------------------------------------------------------------------------------
 
