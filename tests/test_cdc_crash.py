@@ -117,3 +117,38 @@ def test_check_lists_what_is_missing(tmp_path, pg_db):
     pg_db.psql("ALTER TABLE items ADD PRIMARY KEY (id); ALTER ROLE cdc_plain REPLICATION;")
     result = dativo("check", path)
     assert_one_line_error(result, "REPLICA IDENTITY FULL", "publication 'dativo_items' does not exist")
+
+
+def wait_for(condition, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_follow_commits_changes_and_stops_cleanly(tmp_path, pg_db, stop):
+    items(pg_db, 20)
+    path = job_file(tmp_path, pg_db)
+    command = [sys.executable, "-m", "dativo", "cdc", "follow", str(path), "--interval", "0.2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: target_rows(tmp_path) == source_rows(pg_db))
+        for step in range(3):
+            pg_db.psql(
+                f"UPDATE items SET name = 's{step}' WHERE id % 3 = {step}; DELETE FROM items WHERE id = {step + 1};"
+            )
+        wait_for(lambda: target_rows(tmp_path) == source_rows(pg_db))
+        pg_db.psql("INSERT INTO items VALUES (500, 'last', 5);")
+        process.send_signal(stop)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    if stop == signal.SIGTERM:
+        assert code == 0, process.stderr.read() if process.stderr else ""
+        assert "stopped after a commit" in (process.stdout.read() if process.stdout else "")
+    else:
+        assert code == -signal.SIGKILL
+    assert run(path).returncode == 0  # picks up what the follower had not committed, exactly once
+    assert target_rows(tmp_path) == source_rows(pg_db)

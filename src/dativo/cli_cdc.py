@@ -7,6 +7,8 @@ line (``error: ...``); exit code 1 for a server failure, 2 for a bad job file.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +25,7 @@ from dativo.connectors.postgres.connection import build_connection, connect_psyc
 from dativo.connectors.postgres.types import quote_ident
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
+from dativo.engine.retry import run_job
 from dativo.errors import ConfigError, DativoError, PluginError
 
 __all__ = ["cdc_app"]
@@ -130,3 +133,35 @@ def drop(
 
     out.print("; ".join(_guard(lambda: _on_server(loaded, act))))
     out.print("run 'dativo state reset' before the next run to load the table again")
+
+
+@cdc_app.command("follow")
+def follow(
+    job: JobArg,
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between commits (default: the job's source.cdc.commit_interval_s).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per commit.")] = False,
+) -> None:
+    """Keep the job running: one change run (one commit) every interval; SIGTERM/Ctrl-C stop after a commit.
+
+    A signal never interrupts a run: the run in progress commits and confirms, then the command
+    exits 0. A failed run (after the job's retries) exits 1 with its error; kill -9 is safe at any
+    moment (the next run or follow continues from the committed position).
+    """
+    loaded = _guard(lambda: load_job(job))
+    cdc = loaded.config.source.cdc
+    if cdc is None:
+        _fail(ConfigError(f"job '{loaded.name}' has no source.cdc section"))
+    period = interval if interval is not None else cdc.commit_interval_s
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set():
+        summary = _guard(lambda: run_job(loaded))
+        if not quiet:
+            facts = summary.target.get("cdc", {})
+            out.print(f"committed {summary.rows} change(s) up to {facts.get('position', {}).get('lsn')}")
+        stop.wait(period)
+    if not quiet:
+        out.print("stopped after a commit")

@@ -163,6 +163,7 @@ class CdcSpec(_Strict):
     retained_wal_warning_mb: int = Field(
         1024, gt=0, description="Warn in the run summary when the slot retains more WAL than this (MiB)."
     )
+    commit_interval_s: float = Field(10.0, gt=0, description="'dativo cdc follow': seconds between commits.")
 
 
 class SourceConfig(_Strict):
