@@ -6,10 +6,14 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from pyiceberg.catalog import load_catalog
 
 from dativo.config.loader import load_job
 from dativo.engine.retry import run_job
+from dativo.errors import SchemaError
+
+from support.cli import assert_one_line_error, dativo
 
 
 def catalog(job_dir: Path):
@@ -100,8 +104,6 @@ def test_soft_deletes_keep_the_row_with_change_columns(tmp_path, pg_db):
 
 
 def test_status_drop_and_a_lost_slot(tmp_path, pg_db):
-    from support.cli import assert_one_line_error, dativo
-
     items(pg_db, 10)
     path = job_file(tmp_path, pg_db)
     run_job(load_job(path))
@@ -134,3 +136,25 @@ def test_parallel_initial_load_reads_partitions_of_the_slot_snapshot(tmp_path, p
     pg_db.psql("UPDATE items SET name = 'p' WHERE id % 3 = 0; DELETE FROM items WHERE id % 10 = 0;")
     assert run_job(load_job(path)).rows == 1666 + 500  # the changes only, not a re-read
     assert target_rows(tmp_path) == source_rows(pg_db)
+
+
+def test_columns_added_and_dropped_at_the_source_follow_schema_evolution(tmp_path, pg_db):
+    items(pg_db, 6)
+    path = job_file(tmp_path, pg_db)
+    run_job(load_job(path))
+    pg_db.psql(
+        "UPDATE items SET name = 'before' WHERE id = 1;"
+        "ALTER TABLE items ADD COLUMN note text; UPDATE items SET note = 'n' || id WHERE id IN (2, 3);"
+        "INSERT INTO items VALUES (7, 'seven', 7, 'x');"
+    )
+    run_job(load_job(path))
+    columns = ("id", "name", "amount", "note")
+    assert target_rows(tmp_path, columns) == source_rows(pg_db, columns)
+    pg_db.psql("ALTER TABLE items DROP COLUMN amount; UPDATE items SET name = 'after' WHERE id = 4;")
+    run_job(load_job(path))
+    got = target_rows(tmp_path, ("id", "name", "note"))
+    assert got == source_rows(pg_db, ("id", "name", "note"))  # the dropped column stays in the table (evolve)
+    frozen = job_file(tmp_path, pg_db, target_extra="  schema_evolution: {mode: fail}\n")
+    pg_db.psql("ALTER TABLE items ADD COLUMN extra int; UPDATE items SET extra = 1 WHERE id = 5;")
+    with pytest.raises(SchemaError, match="extra"):
+        run_job(load_job(frozen))

@@ -383,18 +383,20 @@ class PostgresChangeReader(PsycopgPostgresReader):
         relation = change.relation
         plan = self._require_plan()
         names = [column.name for column in plan.columns]
-        if sorted(relation.columns) != sorted(names):
+        # Columns are matched by name: a change made before a column was added has NULL for it, and a
+        # column dropped since (absent from the plan taken at the start of the run) is left out.
+        if any(key not in relation.columns for key in self._change_keys):
             raise SourceError(
-                f"the columns of {self._relation} changed at the source (now {', '.join(relation.columns)}); "
-                "following schema changes is not supported yet: run 'dativo state reset' and run the job again"
+                f"a change of {self._relation} has no key column ({', '.join(self._change_keys)}) among its "
+                f"columns ({', '.join(relation.columns)}); run 'dativo state reset' and run the job again"
             )
-        order = [relation.columns.index(name) for name in names]
-        old = [change.old[i] for i in order] if change.old is not None else None
+        order = [relation.columns.index(name) if name in relation.columns else None for name in names]
+        old = _pick(change.old, order) if change.old is not None else None
         if change.op == "delete":
             assert old is not None
             return [("delete", old)]
         assert change.new is not None
-        new = [change.new[i] for i in order]
+        new = _pick(change.new, order)
         rows: list[tuple[str, list[Any]]] = []
         if change.op == "update" and old is not None:
             key_index = [names.index(key) for key in self._change_keys]
@@ -482,6 +484,10 @@ class _Spill:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
+
+
+def _pick(values: tuple[Any, ...], order: list[int | None]) -> list[Any]:
+    return [None if index is None else values[index] for index in order]
 
 
 def _with_change_columns(batch: pa.RecordBatch, op: str, lsn: int, stamp: datetime | None) -> pa.RecordBatch:
