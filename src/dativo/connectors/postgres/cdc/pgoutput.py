@@ -180,24 +180,31 @@ def _cstring(buf: memoryview, pos: int) -> tuple[str, int]:
     return bytes(buf[pos:end]).decode(), end + 1
 
 
+_INT16 = struct.Struct(">H")
+_INT32 = struct.Struct(">i")
+_NULL, _UNCHANGED_TOAST, _TEXT, _BINARY = b"n"[0], b"u"[0], b"t"[0], b"b"[0]
+
+
 def _tuple(buf: memoryview, pos: int) -> tuple[tuple[Value, ...], int]:
-    (count,) = struct.unpack_from(">H", buf, pos)
+    """TupleData: per column 'n' (NULL), 'u' (unchanged TOAST) or 't'/'b' + Int32 length + bytes."""
+    (count,) = _INT16.unpack_from(buf, pos)
     pos += 2
     values: list[Value] = []
+    append = values.append
     for _ in range(count):
-        kind = chr(buf[pos])
+        kind = buf[pos]
         pos += 1
-        if kind == "n":
-            values.append(None)
-        elif kind == "u":
-            values.append(UNCHANGED)
-        elif kind in "tb":
-            (length,) = struct.unpack_from(">i", buf, pos)
+        if kind in (_TEXT, _BINARY):
+            (length,) = _INT32.unpack_from(buf, pos)
             pos += 4
-            values.append(bytes(buf[pos : pos + length]).decode())
+            append(str(buf[pos : pos + length], "utf-8"))
             pos += length
+        elif kind == _NULL:
+            append(None)
+        elif kind == _UNCHANGED_TOAST:
+            append(UNCHANGED)
         else:
-            raise SourceError(f"pgoutput tuple has a column of unknown kind '{kind}'")
+            raise SourceError(f"pgoutput tuple has a column of unknown kind '{chr(kind)}'")
     return tuple(values), pos
 
 

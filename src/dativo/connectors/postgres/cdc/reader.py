@@ -34,7 +34,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from dativo.connectors.postgres.cdc.pgoutput import UNCHANGED, Begin, Change, Commit, Decoder, Truncate, format_lsn
+from dativo.connectors.postgres.cdc.pgoutput import (
+    UNCHANGED,
+    Begin,
+    Change,
+    Commit,
+    Decoder,
+    Relation,
+    Truncate,
+    format_lsn,
+)
 from dativo.connectors.postgres.cdc.pgoutput import parse_lsn as _parse_lsn
 from dativo.connectors.postgres.cdc.slot import (
     CdcSettings,
@@ -93,6 +102,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
         self._workdir: Path | None = None
         self._spill: Path | None = None
         self._snapshot_lsn = 0
+        self._layouts: dict[int, tuple[Relation, list[int | None], list[int]]] = {}
 
     # -- dativo.ChangeReader ----------------------------------------------------------------------------
 
@@ -379,18 +389,26 @@ class PostgresChangeReader(PsycopgPostgresReader):
         spill.flush()
         return end, replace
 
-    def _rows_of(self, change: Change) -> list[tuple[str, list[Any]]]:
-        relation = change.relation
-        plan = self._require_plan()
-        names = [column.name for column in plan.columns]
+    def _layout(self, relation: Relation) -> tuple[list[int | None], list[int]]:
+        """For a relation message: where each plan column is among its columns, and the key's plan positions."""
+        cached = self._layouts.get(relation.oid)
+        if cached is not None and cached[0] is relation:
+            return cached[1], cached[2]
+        names = [column.name for column in self._require_plan().columns]
         # Columns are matched by name: a change made before a column was added has NULL for it, and a
         # column dropped since (absent from the plan taken at the start of the run) is left out.
-        if any(key not in relation.columns for key in self._change_keys):
+        if any(key not in relation.columns or key not in names for key in self._change_keys):
             raise SourceError(
                 f"a change of {self._relation} has no key column ({', '.join(self._change_keys)}) among its "
                 f"columns ({', '.join(relation.columns)}); run 'dativo state reset' and run the job again"
             )
         order = [relation.columns.index(name) if name in relation.columns else None for name in names]
+        keys = [names.index(key) for key in self._change_keys]
+        self._layouts[relation.oid] = (relation, order, keys)
+        return order, keys
+
+    def _rows_of(self, change: Change) -> list[tuple[str, list[Any]]]:
+        order, key_index = self._layout(change.relation)
         old = _pick(change.old, order) if change.old is not None else None
         if change.op == "delete":
             assert old is not None
@@ -399,12 +417,12 @@ class PostgresChangeReader(PsycopgPostgresReader):
         new = _pick(change.new, order)
         rows: list[tuple[str, list[Any]]] = []
         if change.op == "update" and old is not None:
-            key_index = [names.index(key) for key in self._change_keys]
             if any(old[i] is not None and old[i] != new[i] for i in key_index):
                 rows.append(("delete", old))  # the key changed: the old row goes away
             if not change.old_is_key:
                 new = [o if v is UNCHANGED else v for v, o in zip(new, old, strict=True)]
         if any(v is UNCHANGED for v in new):
+            names = [column.name for column in self._require_plan().columns]
             missing = [n for n, v in zip(names, new, strict=True) if v is UNCHANGED]
             raise SourceError(
                 f"an update of {self._relation} did not carry the unchanged TOASTed value of {', '.join(missing)}; "
