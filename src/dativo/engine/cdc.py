@@ -61,6 +61,8 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
     pump: PartitionPump | None = None
     names = plan.reader.ref.name, plan.writer.ref.name
     try:
+        if plan.job.config.target.mode == "overwrite":
+            raise ConfigError("target.mode: a source.cdc job merges changes into the table; 'overwrite' does not apply")
         reader = host_reader(plan.reader)
         change_reader = _change_reader(reader, names[0])
         schema = _declared_schema(reader, names[0])
