@@ -158,3 +158,19 @@ def test_columns_added_and_dropped_at_the_source_follow_schema_evolution(tmp_pat
     pg_db.psql("ALTER TABLE items ADD COLUMN extra int; UPDATE items SET extra = 1 WHERE id = 5;")
     with pytest.raises(SchemaError, match="extra"):
         run_job(load_job(frozen))
+
+
+def test_max_rows_bounds_each_run_and_later_runs_catch_up(tmp_path, pg_db):
+    items(pg_db, 10)
+    path = job_file(tmp_path, pg_db, cdc="{max_rows: 12}")
+    run_job(load_job(path))
+    pg_db.psql("".join(f"UPDATE items SET name = 'r{i}' WHERE id = {i % 10 + 1};" for i in range(30)))
+    runs = []
+    while True:
+        summary = run_job(load_job(path))
+        runs.append(summary.rows)
+        if not summary.target["cdc"]["more"]:
+            break
+        assert len(runs) < 20
+    assert len(runs) >= 3 and max(runs) <= 12 and sum(runs) == 30, runs
+    assert target_rows(tmp_path) == source_rows(pg_db)

@@ -162,6 +162,7 @@ def follow(
         if not quiet:
             facts = summary.target.get("cdc", {})
             out.print(f"committed {summary.rows} change(s) up to {facts.get('position', {}).get('lsn')}")
-        stop.wait(period)
+        if not summary.target.get("cdc", {}).get("more"):  # max_rows cut this run short: go on at once
+            stop.wait(period)
     if not quiet:
         out.print("stopped after a commit")

@@ -164,6 +164,9 @@ class CdcSpec(_Strict):
         1024, gt=0, description="Warn in the run summary when the slot retains more WAL than this (MiB)."
     )
     commit_interval_s: float = Field(10.0, gt=0, description="'dativo cdc follow': seconds between commits.")
+    max_rows: int | None = Field(
+        None, gt=0, description="Read at most about this many changes per run (whole transactions); null: all."
+    )
 
 
 class SourceConfig(_Strict):

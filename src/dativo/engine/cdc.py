@@ -104,7 +104,12 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
         published = True
         crash_point("cdc_after_commit")
         summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
-        summary.target["cdc"] = {"position": position, "replaced": replace, "changes": summary.rows}
+        summary.target["cdc"] = {
+            "position": position,
+            "replaced": replace,
+            "changes": summary.rows,
+            "more": bool(start.get("more")),
+        }
         summary.target["cdc"].update(_confirm(change_reader, names[0], position))
         summary.status = "succeeded"
         return summary

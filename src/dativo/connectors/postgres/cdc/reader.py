@@ -144,7 +144,11 @@ class PostgresChangeReader(PsycopgPostgresReader):
                 f"replication slot '{settings.slot}' {state}: the changes after LSN {committed.get('lsn')} are "
                 "lost; run 'dativo cdc drop' and 'dativo state reset', then run the job to load the table again"
             )
-        started: Mapping[str, Any] = self._begin_changes(_parse_lsn(str(committed["lsn"])))
+        committed_lsn = _parse_lsn(str(committed["lsn"]))
+        if info.confirmed_lsn is None or _parse_lsn(info.confirmed_lsn) < committed_lsn:
+            # An earlier run committed but did not confirm (killed in between): confirm its position now.
+            self.confirm({"lsn": format_lsn(committed_lsn)})
+        started: Mapping[str, Any] = self._begin_changes(committed_lsn)
         return started
 
     def confirm(self, position: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -342,7 +346,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
         conn = self._conn
         assert conn is not None
         try:
-            end, replace = self._decode_into(conn, spill, committed, upto)
+            end, replace, capped = self._decode_into(conn, spill, committed, upto)
             conn.commit()
         except psycopg.Error as exc:
             assert self._info is not None
@@ -353,23 +357,32 @@ class PostgresChangeReader(PsycopgPostgresReader):
         finally:
             spill.close()
         self._spill = spill.path
-        position = {"slot": self._settings.slot, "lsn": format_lsn(max(upto, end, committed))}
+        # Stopped early by max_rows: only the transactions read so far are covered.
+        reached = max(end, committed) if capped else max(upto, end, committed)
+        position = {"slot": self._settings.slot, "lsn": format_lsn(reached)}
         log.info("%d change(s) of %s up to %s", spill.rows, self._relation, position["lsn"])
-        return {"position": position, "replace": replace, "snapshot": False, "changes": spill.rows}
+        return {"position": position, "replace": replace, "snapshot": False, "changes": spill.rows, "more": capped}
 
-    def _decode_into(self, conn: Any, spill: _Spill, committed: int, upto: int) -> tuple[int, bool]:
-        """Decode the slot's transactions before ``upto`` into ``spill``; returns (last commit end, truncated)."""
+    def _decode_into(self, conn: Any, spill: _Spill, committed: int, upto: int) -> tuple[int, bool, bool]:
+        """Decode the slot's transactions before ``upto`` into ``spill``.
+
+        Returns the end of the last transaction read, whether a TRUNCATE was among them, and
+        whether ``max_rows`` stopped the read early (at a transaction boundary).
+        """
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS dativo_cdc_stage AS SELECT * FROM {self._relation} WITH NO DATA")
         conn.execute(f"ALTER TABLE {_STAGE} ADD COLUMN IF NOT EXISTS {_POS} int8")
         decoder = Decoder()
         cursor = conn.cursor(name="dativo_cdc_changes")
+        limit = self._settings.max_rows  # counted in pgoutput messages; decoding stops at the next commit
         cursor.execute(
-            "SELECT (lsn - '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL, "
+            "SELECT (lsn - '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
             "'proto_version', '1', 'publication_names', %s)",
-            (self._settings.slot, format_lsn(upto), quote_ident(self._settings.publication)),
+            (self._settings.slot, format_lsn(upto), limit, quote_ident(self._settings.publication)),
         )
+        messages = 0
         skip, stamp, end, replace = False, None, 0, False
         while rows := cursor.fetchmany(2000):
+            messages += len(rows)
             for lsn, data in rows:
                 message = decoder.decode(bytes(data))
                 if isinstance(message, Begin):
@@ -387,7 +400,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
                         spill.add(op, values, int(lsn), stamp)
         cursor.close()
         spill.flush()
-        return end, replace
+        return end, replace, limit is not None and messages >= limit
 
     def _layout(self, relation: Relation) -> tuple[list[int | None], list[int]]:
         """For a relation message: where each plan column is among its columns, and the key's plan positions."""

@@ -39,6 +39,7 @@ class CdcSettings:
     create: bool
     deletes: str
     retained_wal_warning_mb: int
+    max_rows: int | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CdcSettings:
@@ -57,6 +58,7 @@ class CdcSettings:
             create=bool(cdc.get("create", True)),
             deletes=str(cdc.get("deletes") or "hard"),
             retained_wal_warning_mb=int(cdc.get("retained_wal_warning_mb") or 1024),
+            max_rows=int(cdc["max_rows"]) if cdc.get("max_rows") else None,
         )
 
 
