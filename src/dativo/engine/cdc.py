@@ -26,7 +26,7 @@ from dativo.engine.batches import as_record_batches, conform
 from dativo.engine.parallel import PartitionPump, plan_partitioned_read
 from dativo.engine.pipeline import ProgressSink, RunSummary, _call, _close, _declared_schema, new_summary
 from dativo.engine.plan import Plan
-from dativo.errors import ConfigError, DativoError, SourceError, is_transient
+from dativo.errors import ConfigError, DativoError, SourceError, TargetError, is_transient
 from dativo.runtimes import host_reader, host_writer
 from dativo.sdk import CHANGE_COLUMNS, ChangeReader, DataReader, DataWriter, StatefulWriter
 
@@ -75,7 +75,15 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
         replace = bool(start.get("replace"))
         soft = _deletes(plan) == "soft"
         _close(writer, names[1])
+        writer = None
+        # The writer again, now in the mode this run needs; loading the state again arms its check that
+        # no other run of the job commits in between (a conflict with one fails this run, never merges twice).
         writer = _stateful(host_writer(_writer_plan(plan, keys, soft, replace)), names[1])
+        if _call(writer.load_state, names[1], "load_state") != state:  # type: ignore[attr-defined]
+            raise TargetError(
+                f"another run of job '{summary.job}' committed while this run started; run the job again",
+                transient=True,
+            )
         row_schema = pa.schema([f for f in schema if f.name not in CHANGE_COLUMNS])
         data_schema = _data_schema(row_schema, soft, replace)
         _call(writer.prepare, names[1], "prepare", data_schema)
