@@ -103,6 +103,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
         self._spill: Path | None = None
         self._snapshot_lsn = 0
         self._layouts: dict[int, tuple[Relation, list[int | None], list[int]]] = {}
+        self._change_keys: list[str] = list(self._keys)
 
     # -- dativo.ChangeReader ----------------------------------------------------------------------------
 
@@ -132,7 +133,9 @@ class PostgresChangeReader(PsycopgPostgresReader):
         self._guard(lambda: ensure_publication(self._side, self._relation, settings))
         info = self._guard(lambda: slot_info(self._side, settings.slot))
         if committed is None:
-            return self._begin_snapshot(info is not None and self._drop_stale_slot(bool(info.active)))
+            if info is not None:
+                self._drop_stale_slot(bool(info.active))
+            return self._begin_snapshot()
         if committed.get("slot") != settings.slot:
             raise ConfigError(
                 f"the target's committed change position is for slot '{committed.get('slot')}', not "
@@ -215,7 +218,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
 
     # -- first run ------------------------------------------------------------------------------------
 
-    def _drop_stale_slot(self, active: bool) -> bool:
+    def _drop_stale_slot(self, active: bool) -> None:
         slot = self._settings.slot
         if not self._settings.create:
             raise ConfigError(
@@ -227,9 +230,8 @@ class PostgresChangeReader(PsycopgPostgresReader):
             raise SourceError(f"replication slot '{slot}' is in use by another session", transient=True)
         log.warning("replication slot '%s' has no committed position (an earlier first run failed); recreating", slot)
         self._guard(lambda: drop_slot(self._side, slot))
-        return True
 
-    def _begin_snapshot(self, _recreated: bool) -> Mapping[str, Any]:
+    def _begin_snapshot(self) -> Mapping[str, Any]:
         assert self._info is not None
         self._exported = ExportedSlot(self._info, self._settings.slot)
         self._snapshot_lsn = _parse_lsn(self._exported.consistent_lsn)
