@@ -174,3 +174,18 @@ def test_max_rows_bounds_each_run_and_later_runs_catch_up(tmp_path, pg_db):
         assert len(runs) < 20
     assert len(runs) >= 3 and max(runs) <= 12 and sum(runs) == 30, runs
     assert target_rows(tmp_path) == source_rows(pg_db)
+
+
+def test_unchanged_toasted_values_are_kept(tmp_path, pg_db):
+    items(pg_db, 3)
+    pg_db.psql(
+        "ALTER TABLE items ALTER COLUMN name SET STORAGE EXTERNAL;"  # out of line, uncompressed: surely TOASTed
+        "UPDATE items SET name = repeat('x', 100000) || id WHERE id = 2;"
+    )
+    path = job_file(tmp_path, pg_db)
+    run_job(load_job(path))
+    pg_db.psql("UPDATE items SET amount = 99 WHERE id = 2; INSERT INTO items VALUES (4, repeat('y', 50000), 4);")
+    assert run_job(load_job(path)).rows == 2
+    rows = target_rows(tmp_path)
+    assert rows == source_rows(pg_db)
+    assert rows[1][1] == "x" * 100000 + "2" and rows[1][2] == Decimal("99.00")
