@@ -117,6 +117,10 @@ def test_check_lists_what_is_missing(tmp_path, pg_db):
     pg_db.psql("ALTER TABLE items ADD PRIMARY KEY (id); ALTER ROLE cdc_plain REPLICATION;")
     result = dativo("check", path)
     assert_one_line_error(result, "REPLICA IDENTITY FULL", "publication 'dativo_items' does not exist")
+    pg_db.psql("ALTER TABLE items REPLICA IDENTITY FULL; CREATE PUBLICATION dativo_items FOR TABLE items;")
+    result = dativo("check", path)
+    assert result.returncode == 0, result.stderr
+    assert "ready for change capture; key (id)" in result.stdout
 
 
 def wait_for(condition, timeout: float = 90) -> None:
