@@ -189,3 +189,20 @@ def test_unchanged_toasted_values_are_kept(tmp_path, pg_db):
     rows = target_rows(tmp_path)
     assert rows == source_rows(pg_db)
     assert rows[1][1] == "x" * 100000 + "2" and rows[1][2] == Decimal("99.00")
+
+
+def test_a_table_without_primary_key_needs_merge_keys(tmp_path, pg_db):
+    pg_db.psql(
+        "CREATE TABLE items (id int NOT NULL, name text, amount numeric(10,2));"
+        "ALTER TABLE items REPLICA IDENTITY FULL; INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2);"
+    )
+    refused = dativo("run", job_file(tmp_path, pg_db))
+    assert_one_line_error(refused, "has no primary key", "target.merge.keys")
+    path = job_file(tmp_path, pg_db, name="keyed", target_extra="  mode: merge\n  merge: {keys: [id]}\n")
+    assert run_job(load_job(path)).status == "succeeded"
+    pg_db.psql(
+        "UPDATE items SET name = 'c' WHERE id = 1; DELETE FROM items WHERE id = 2;"
+        "INSERT INTO items VALUES (3, 'd', 3);"
+    )
+    assert run_job(load_job(path)).rows == 3
+    assert target_rows(tmp_path) == source_rows(pg_db)
