@@ -201,8 +201,7 @@ def test_a_table_without_primary_key_needs_merge_keys(tmp_path, pg_db):
     path = job_file(tmp_path, pg_db, name="keyed", target_extra="  mode: merge\n  merge: {keys: [id]}\n")
     assert run_job(load_job(path)).status == "succeeded"
     pg_db.psql(
-        "UPDATE items SET name = 'c' WHERE id = 1; DELETE FROM items WHERE id = 2;"
-        "INSERT INTO items VALUES (3, 'd', 3);"
+        "UPDATE items SET name = 'c' WHERE id = 1; DELETE FROM items WHERE id = 2;INSERT INTO items VALUES (3, 'd', 3);"
     )
     assert run_job(load_job(path)).rows == 3
     assert target_rows(tmp_path) == source_rows(pg_db)
