@@ -205,3 +205,18 @@ def test_a_table_without_primary_key_needs_merge_keys(tmp_path, pg_db):
     )
     assert run_job(load_job(path)).rows == 3
     assert target_rows(tmp_path) == source_rows(pg_db)
+
+
+def test_default_replica_identity_with_fixed_width_columns(tmp_path, pg_db):
+    pg_db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, name int, amount double precision);"
+        "INSERT INTO items SELECT g, g, g / 2.0 FROM generate_series(1, 10) g;"
+    )
+    path = job_file(tmp_path, pg_db)
+    run_job(load_job(path))
+    pg_db.psql(
+        "UPDATE items SET name = -1 WHERE id = 1; UPDATE items SET id = 100 WHERE id = 2;"
+        "DELETE FROM items WHERE id = 3; INSERT INTO items VALUES (11, 11, 0.25);"
+    )
+    assert run_job(load_job(path)).rows == 5  # the key change is a delete and a write
+    assert target_rows(tmp_path) == source_rows(pg_db)
