@@ -19,6 +19,7 @@ from dativo.errors import (
 from dativo.sdk import (
     SDK_API_VERSION,
     BatchLike,
+    ChangeReader,
     DataReader,
     DataWriter,
     DescribesTargetTypes,
@@ -38,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "SDK_API_VERSION",
     "BatchLike",
+    "ChangeReader",
     "ConfigError",
     "DataReader",
     "DataWriter",

@@ -27,6 +27,7 @@ from dativo import __version__
 from dativo._logging import configure_logging
 from dativo._secrets import redact
 from dativo.cli_audit import audit_app, decrypt, kms_app
+from dativo.cli_cdc import cdc_app
 from dativo.config.loader import LoadedJob, load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import Plan, build_plan
@@ -50,6 +51,7 @@ state_app = typer.Typer(help="Inspect or reset the state a job commits with its 
 app.add_typer(state_app, name="state")
 app.add_typer(audit_app, name="audit")  # encrypted-parquet: dativo audit verify LOG
 app.add_typer(kms_app, name="kms")
+app.add_typer(cdc_app, name="cdc")  # change data capture: dativo cdc status|drop JOB
 init_app = typer.Typer(help="Generate a new project from dativo's templates.", no_args_is_help=True)
 app.add_typer(init_app, name="init")
 app.command("decrypt")(decrypt)

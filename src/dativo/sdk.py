@@ -7,7 +7,7 @@ import path, by file path or through the ``dativo.readers`` / ``dativo.writers``
 entry-point groups, and hosts them in a runtime: in process, as a subprocess
 over Arrow IPC, or behind Arrow Flight.
 
-Optional abilities are small opt-in interfaces (:class:`IncrementalReader`,
+Optional abilities are small opt-in interfaces (:class:`IncrementalReader`, :class:`ChangeReader`,
 :class:`PartitionedReader`, :class:`StatefulWriter`, :class:`DescribesTargetTypes`),
 never methods every plugin must carry.
 """
@@ -22,10 +22,12 @@ from typing import Any, ClassVar, Literal, Protocol, TypeAlias, runtime_checkabl
 import pyarrow as pa
 
 __all__ = [
+    "CHANGE_COLUMNS",
     "SDK_API_VERSION",
     "ArrowArrayExportable",
     "ArrowStreamExportable",
     "BatchLike",
+    "ChangeReader",
     "DataReader",
     "DataWriter",
     "DescribesTargetTypes",
@@ -263,5 +265,52 @@ class PartitionedReader(Protocol):
 
         Signal failure by raising (never by ending early); the engine then
         stops the other partitions and fails the run.
+        """
+        ...
+
+
+#: Columns every batch of a :class:`ChangeReader` ends with, after the row's own columns.
+CHANGE_COLUMNS = ("_cdc_op", "_cdc_lsn", "_cdc_ts")
+
+
+@runtime_checkable
+class ChangeReader(Protocol):
+    """Opt-in for readers: emit changes (change data capture, ``source.cdc``) instead of whole tables.
+
+    The engine calls ``change_keys()`` and ``begin_changes(committed, keys)`` before
+    ``read_batch``; every batch holds the row's columns followed by ``_cdc_op``
+    (string: ``snapshot``, ``insert``, ``update`` or ``delete``), ``_cdc_lsn``
+    (int64, the source position of the change) and ``_cdc_ts`` (timestamp[us, UTC]
+    of the source commit, NULL for snapshot rows), in source commit order. A delete
+    carries at least the key columns. After the target committed the run together
+    with the returned position, the engine calls ``confirm(position)``; the reader
+    may then release what it kept for the source (a slot, a file, an offset).
+    """
+
+    def change_keys(self) -> Sequence[str]:
+        """The source's primary-key columns, or an empty sequence when it has none."""
+        ...
+
+    def check_changes(self, keys: Sequence[str]) -> list[str]:
+        """Everything that stops change capture with ``keys`` as the row key, each with its fix; empty when ready."""
+        ...
+
+    def begin_changes(self, committed: Mapping[str, Any] | None, keys: Sequence[str]) -> Mapping[str, Any]:
+        """Decide what this run reads, after the ``committed`` position (None: nothing committed yet).
+
+        Return ``{"position": {...JSON-ready...}, "replace": bool, "snapshot": bool}``: the
+        position to commit with the data, whether the batches replace the target's whole
+        content (an initial load, or a TRUNCATE among the changes: only what follows it is
+        read), and whether they are a snapshot (one row per key, no deletes). Changes
+        the ``committed`` position already covers must not be read again. Raise a
+        :class:`dativo.DativoError` subclass naming what is wrong (a lost slot, say).
+        """
+        ...
+
+    def confirm(self, position: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Called once the target committed ``position``; return facts for the run summary (may be empty).
+
+        Raise only for a failure worth reporting: the data is committed, and an unconfirmed
+        position is confirmed again by the next run.
         """
         ...

@@ -208,6 +208,10 @@ class PostgresServer:
             "max_connections": "50",
             "shared_buffers": "128MB",
             "log_min_messages": "warning",
+            # Logical decoding for the change-capture tests (issue 17): slots, walsenders for exported snapshots.
+            "wal_level": "logical",
+            "max_replication_slots": "40",
+            "max_wal_senders": "20",
         }
         conf.update(self.settings)
         last_error: Exception | None = None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "SOURCE_CONNECTORS",
     "TARGET_CONNECTORS",
+    "CdcSpec",
     "EngineConfig",
     "FlightTlsSpec",
     "IncrementalSpec",
@@ -181,6 +182,26 @@ class IncrementalSpec(_Strict):
     )
 
 
+class CdcSpec(_Strict):
+    """``source.cdc:`` — change data capture through a logical replication slot (see docs/cdc.md)."""
+
+    slot: str | None = Field(
+        None, pattern=r"^[a-z0-9_]{1,63}$", description="Logical replication slot; default dativo_<job name>."
+    )
+    publication: str | None = Field(None, description="Publication of the table; default dativo_<job name>.")
+    create: bool = Field(True, description="Create the publication and the slot when missing.")
+    deletes: Literal["hard", "soft"] = Field(
+        "hard", description="hard: deleted rows leave the table; soft: kept with _deleted and _cdc_* columns."
+    )
+    retained_wal_warning_mb: int = Field(
+        1024, gt=0, description="Warn in the run summary when the slot retains more WAL than this (MiB)."
+    )
+    commit_interval_s: float = Field(10.0, gt=0, description="'dativo cdc follow': seconds between commits.")
+    max_rows: int | None = Field(
+        None, gt=0, description="Read at most about this many changes per run (whole transactions); null: all."
+    )
+
+
 class SourceConfig(_Strict):
     """``source:`` — where data comes from."""
 
@@ -192,6 +213,7 @@ class SourceConfig(_Strict):
     format: str | None = None
     cast_to_text: list[str] = Field(default_factory=list)
     incremental: IncrementalSpec | None = None
+    cdc: CdcSpec | None = None
     parallelism: int | None = Field(
         None,
         gt=0,
@@ -215,6 +237,8 @@ class SourceConfig(_Strict):
             raise ValueError("connector 'custom' has no default reader: name one under 'reader:'")
         if self.table is not None and self.query is not None:
             raise ValueError("give either 'table' or 'query', not both")
+        if self.cdc is not None and (self.connector != "postgres" or self.table is None or self.incremental):
+            raise ValueError("'cdc' needs connector 'postgres' and a 'table' (not a query), without 'incremental'")
         return self
 
 

@@ -104,6 +104,10 @@ def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | 
     the writer is aborted, both plugins are closed, ``summary.status`` is set to
     ``failed`` and the exception propagates.
     """
+    if plan.job.config.source.cdc is not None:  # change data capture: docs/cdc.md
+        from dativo.engine.cdc import run_changes
+
+        return run_changes(plan, progress, summary)
     summary = summary or new_summary(plan)
     started = time.perf_counter()
     reader: DataReader | None = None
@@ -276,6 +280,10 @@ def check(plan: Plan) -> list[tuple[str, str]]:
 
     Returns ``(side, what was verified)`` pairs; raises the first failure.
     """
+    if plan.job.config.source.cdc is not None:
+        from dativo.engine.cdc import check_changes
+
+        return [*check_changes(plan), *_check_target(plan)]
     results: list[tuple[str, str]] = []
     reader = host_reader(plan.reader)
     try:
@@ -283,6 +291,11 @@ def check(plan: Plan) -> list[tuple[str, str]]:
         results.append(("source", f"reachable; {len(schema)} columns"))
     finally:
         _close(reader, plan.reader.ref.name)
+    return results + _check_target(plan)
+
+
+def _check_target(plan: Plan) -> list[tuple[str, str]]:
+    results: list[tuple[str, str]] = []
     writer = host_writer(plan.writer)
     try:
         _call(writer.check, plan.writer.ref.name, "check")

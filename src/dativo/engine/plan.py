@@ -58,10 +58,12 @@ def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
     run_id_given = run_id is not None
     run_id = run_id or uuid.uuid4().hex
     job_info = {"name": job.name, "dir": str(job.dir), "run_id": run_id}
+    # Change data capture has its own default reader (issue 17, docs/cdc.md).
+    default_reader = "postgres-cdc" if source.cdc is not None else SOURCE_CONNECTORS[source.connector]
     reader = _plugin_plan(
         "reader",
         source.reader,
-        SOURCE_CONNECTORS[source.connector],
+        default_reader,
         source.model_dump(exclude={"reader"}),
         job_info,
         job,
