@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from dativo import SDK_API_VERSION
 from dativo.scaffold import generate
 
 from support.cli import dativo
@@ -122,7 +123,7 @@ def test_generated_plugin_passes_the_registry_api_version_check(tmp_path):
         pip("install", "--no-deps", "--force-reinstall", str(project), cwd=tmp_path)
         refused = dativo("plugins", "certify", "kit-range")
         assert refused.returncode == 2
-        assert "supports plugin SDK >=2.0,<3" in refused.stderr and "provides SDK 1.1.0" in refused.stderr
+        assert "supports plugin SDK >=2.0,<3" in refused.stderr and f"provides SDK {SDK_API_VERSION}" in refused.stderr
     finally:
         pip("uninstall", "-y", "kit-range", cwd=tmp_path)
 
