@@ -27,7 +27,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     NamespaceNotEmptyError,
@@ -48,25 +47,24 @@ from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.locations import load_location_provider
-from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.typedef import Record
-from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo._secrets import redact, register_secret
-from dativo.errors import ConfigError, SchemaError, TargetError, TypeMappingError
+from dativo._secrets import redact
+from dativo.errors import ConfigError, TargetError
 from dativo.sdk import DataWriter, PluginConfig
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
+from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
+from dativo.targets.iceberg.schema import evolve, iceberg_type_of, small_types, to_file_schema
+from dativo.targets.iceberg.state import RESET_PROPERTY, latest_job_state, writer_of
 
-__all__ = ["IcebergWriter", "iceberg_type_of", "job_snapshots"]
+__all__ = ["IcebergWriter"]
 
 log = logging.getLogger("dativo.targets.iceberg")
 
-_SECRET_PROPERTY_MARKERS = ("secret", "password", "token", "credential", "key-id")
 _COMMIT_ATTEMPTS = 5
-RESET_PROPERTY = "dativo.state-reset."
 
 
 class IcebergWriter(DataWriter):
@@ -91,7 +89,7 @@ class IcebergWriter(DataWriter):
         self._merge = MergeSettings.from_config(config.get("merge")) if self._mode == "merge" else None
         self._evolution = str((config.get("schema_evolution") or {}).get("mode", "evolve"))
         self._settings = ParquetSettings.from_options(config.get("options") or {})
-        self._catalog = _open_catalog(dict(config.get("catalog") or {}), self._job_dir)
+        self._catalog = open_catalog(dict(config.get("catalog") or {}), self._job_dir)
         self._rolling: RollingParquetWriter | None = None
         self._merge_keys: MergeKeys | None = None
         self._deduplicated: list[str] = []
@@ -107,7 +105,7 @@ class IcebergWriter(DataWriter):
     def load_state(self) -> dict[str, Any] | None:
         """The state in the newest snapshot this job committed (after any reset), or None."""
         table = self._load_table()
-        found = _latest_job_state(table, self._job_name) if table is not None else None
+        found = latest_job_state(table, self._job_name) if table is not None else None
         self._state_snapshot = found[0] if found else None
         return found[1] if found else None
 
@@ -124,7 +122,7 @@ class IcebergWriter(DataWriter):
         table = self._load_table()
         if table is None:
             return f"table {self._name} does not exist; there is no state to reset"
-        writers = {_writer_of(snapshot) for snapshot in table.snapshots()}
+        writers = {writer_of(snapshot) for snapshot in table.snapshots()}
         others = sorted(f"job '{w}'" if w else "tools other than dativo" for w in writers if w != self._job_name)
         if others and not force:
             raise TargetError(
@@ -183,7 +181,7 @@ class IcebergWriter(DataWriter):
                     f"iceberg table {self._name} is partitioned; dativo writes unpartitioned tables only for now"
                 )
             self._transaction = table.transaction()
-            _evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
+            evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
             self._table = table
             self._base_snapshot = table.metadata.current_snapshot_id
         metadata = self._transaction.table_metadata
@@ -197,7 +195,7 @@ class IcebergWriter(DataWriter):
         self._table_properties = metadata.properties
         self._spec_id = metadata.default_spec_id
         if self._rolling is None:
-            self._file_schema = _small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
+            self._file_schema = small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
             self._io = load_file_io({**self._catalog.properties, **metadata.properties}, metadata.location)
             self._locations = load_location_provider(metadata.location, metadata.properties)
             # Merge resolves duplicates by row order across this run's files: one lane keeps that order.
@@ -213,7 +211,7 @@ class IcebergWriter(DataWriter):
         assert self._rolling is not None, "prepare() was not called"
         if self._merge_keys is not None:
             batch = self._merge_keys.add(batch)
-        self._rolling.write(_to_file_schema(batch, self._file_schema))
+        self._rolling.write(to_file_schema(batch, self._file_schema))
 
     def finalize(self) -> dict[str, Any]:
         """Commit every data file of the run in one snapshot; returns table, snapshot id, files, rows, bytes.
@@ -312,7 +310,7 @@ class IcebergWriter(DataWriter):
                     continue
                 removed.append(task.file)
                 for batch in kept.to_batches():
-                    rewrite.write(_to_file_schema(batch, self._file_schema))
+                    rewrite.write(to_file_schema(batch, self._file_schema))
             return removed, rewrite.close()
         finally:
             self._rewritten = list(rewrite.paths)
@@ -363,7 +361,7 @@ class IcebergWriter(DataWriter):
         """After a conflict: reload the table, make sure no other run of this job committed, reopen the transaction."""
         table = self._load_table()
         if table is not None:
-            found = _latest_job_state(table, self._job_name)
+            found = latest_job_state(table, self._job_name)
             latest = found[0] if found else None
             if latest != self._state_snapshot:
                 raise TargetError(
@@ -407,8 +405,7 @@ class IcebergWriter(DataWriter):
         try:
             self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
         except NoSuchNamespaceError:
-            self._catalog.create_namespace(namespace)
-            self._created_namespace = True
+            self._created_namespace = ensure_namespace(self._catalog, namespace)
             self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
 
     def _drop_created_namespace(self) -> None:
@@ -436,179 +433,3 @@ class IcebergWriter(DataWriter):
             key_metadata=None,
             **statistics.to_serialized_dict(),
         )
-
-
-def job_snapshots(table: Table) -> list[tuple[Snapshot, str | None]]:
-    """The table's snapshots on its current branch, newest first, with the dativo job that wrote each (or None)."""
-    by_id = {snapshot.snapshot_id: snapshot for snapshot in table.snapshots()}
-    chain: list[tuple[Snapshot, str | None]] = []
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        chain.append((snapshot, _writer_of(snapshot)))
-        snapshot = by_id.get(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id is not None else None
-    return chain
-
-
-def _writer_of(snapshot: Snapshot) -> str | None:
-    summary = snapshot.summary
-    return summary.get("dativo.job") if summary is not None else None
-
-
-def _latest_job_state(table: Table, job: str) -> tuple[int, dict[str, Any]] | None:
-    """``(snapshot id, state)`` of the newest snapshot of ``job`` on the current branch, newer than any reset."""
-    reset = table.properties.get(RESET_PROPERTY + job)
-    for snapshot, writer in job_snapshots(table):
-        if reset is not None and str(snapshot.snapshot_id) == reset:
-            return None
-        if writer == job and snapshot.summary is not None:
-            raw = snapshot.summary.get("dativo.state")
-            state = json.loads(raw) if raw else {"run_id": snapshot.summary.get("dativo.run-id")}
-            return snapshot.snapshot_id, state
-    return None
-
-
-def iceberg_type_of(field: pa.Field) -> IcebergType:
-    """The Iceberg type PyIceberg gives an Arrow field; raises TypeMappingError naming the column."""
-    try:
-        # PyIceberg's own Arrow -> Iceberg conversion, so created tables match what it would create.
-        schema = Catalog._convert_schema_if_needed(pa.schema([field]))
-    except Exception as exc:
-        raise TypeMappingError(
-            f"column '{field.name}': Arrow type {field.type} has no Iceberg equivalent ({exc}); "
-            "cast it in the source query or list it under source.cast_to_text"
-        ) from None
-    return schema.fields[0].field_type
-
-
-def _open_catalog(properties: dict[str, Any], job_dir: Path) -> Catalog:
-    name = str(properties.pop("name", "dativo"))
-    properties = {key: str(value) for key, value in properties.items()}
-    for key, value in properties.items():
-        if any(marker in key.lower() for marker in _SECRET_PROPERTY_MARKERS):
-            register_secret(value)
-    if not properties or (properties.get("type", "sql") == "sql" and "uri" not in properties):
-        warehouse = job_dir / "warehouse"
-        warehouse.mkdir(parents=True, exist_ok=True)
-        properties = {
-            "type": "sql",
-            "uri": f"sqlite:///{warehouse / 'catalog.db'}",
-            "warehouse": warehouse.as_uri(),
-            **properties,
-        }
-    warehouse_value = properties.get("warehouse", "")
-    if warehouse_value and "://" not in warehouse_value:
-        local = Path(warehouse_value).expanduser()
-        local = local if local.is_absolute() else (job_dir / local).resolve()
-        local.mkdir(parents=True, exist_ok=True)
-        properties["warehouse"] = local.as_uri()
-    for attempt in range(3):
-        try:
-            return load_catalog(name, **properties)
-        except Exception as exc:
-            # Two processes creating a new embedded catalog's tables at once: the loser sees them appear.
-            if "already exists" in str(exc) and attempt < 2:
-                continue
-            raise TargetError(f"iceberg catalog '{name}' cannot be opened: {redact(str(exc))}") from None
-    raise AssertionError("unreachable")
-
-
-# Promotions Iceberg allows: a value of the first type can be stored in a column of the second.
-def _fits(source: IcebergType, table: IcebergType) -> bool:
-    if source == table:
-        return True
-    if isinstance(source, IntegerType) and isinstance(table, LongType):
-        return True
-    if isinstance(source, FloatType) and isinstance(table, DoubleType):
-        return True
-    return (
-        isinstance(source, DecimalType)
-        and isinstance(table, DecimalType)
-        and source.scale == table.scale
-        and source.precision <= table.precision
-    )
-
-
-def _evolve(name: str, table_schema: Schema, source: pa.Schema, mode: str, transaction: Any) -> None:
-    """Apply the schema-evolution policy; stages changes in ``transaction`` (evolve) or raises SchemaError.
-
-    evolve: new source columns are added as optional, and a table column is widened
-    where Iceberg allows (int -> long, float -> double, decimal precision up).
-    freeze: the table schema is kept; new source columns are not written.
-    fail: any change the table would need stops the run.
-    Any other type change (text -> int, say) stops the run in every mode.
-    """
-    table_fields = {field.name: field for field in table_schema.fields}
-    added: list[str] = []
-    widened: list[str] = []
-    for field in source:
-        target = table_fields.get(field.name)
-        source_type = iceberg_type_of(field)
-        if target is None:
-            added.append(field.name)
-        elif _fits(source_type, target.field_type):
-            continue
-        elif _fits(target.field_type, source_type):
-            widened.append(f"{field.name} ({target.field_type} -> {source_type})")
-        else:
-            raise SchemaError(
-                f"iceberg table {name}: column '{field.name}' is {target.field_type} in the table but "
-                f"{source_type} at the source, and Iceberg cannot change one into the other; cast it in the "
-                "source query or write to a new table"
-            )
-    if mode == "fail" and (added or widened):
-        changes = [f"new column(s) {', '.join(added)}"] if added else []
-        changes += [f"wider type(s) {', '.join(widened)}"] if widened else []
-        raise SchemaError(
-            f"iceberg table {name}: the source schema differs ({'; '.join(changes)}) and "
-            "target.schema_evolution.mode is 'fail'"
-        )
-    if mode == "freeze":
-        if widened:
-            raise SchemaError(
-                f"iceberg table {name}: {', '.join(widened)} would need a wider column, and "
-                "target.schema_evolution.mode is 'freeze'"
-            )
-        if added:
-            log.warning("schema frozen: source column(s) %s are not written to %s", ", ".join(added), name)
-        return
-    names = set(source.names)
-    for target in table_schema.fields:
-        if target.name not in names and target.required:
-            raise SchemaError(f"iceberg table {name}: required column '{target.name}' is missing from the source")
-    if added or widened:
-        log.info("evolving %s: added %s; widened %s", name, added or "-", widened or "-")
-        with transaction.update_schema() as update:
-            update.union_by_name(source)
-
-
-def _small_types(schema: pa.Schema) -> pa.Schema:
-    """PyIceberg asks for large string/binary/list; the 32-bit variants store the same and avoid a copy."""
-    return pa.schema([_small_field(field) for field in schema], metadata=schema.metadata)
-
-
-def _small_field(field: pa.Field) -> pa.Field:
-    kind = field.type
-    if pa.types.is_large_string(kind):
-        kind = pa.string()
-    elif pa.types.is_large_binary(kind):
-        kind = pa.binary()
-    elif pa.types.is_large_list(kind) or pa.types.is_list(kind):
-        kind = pa.list_(_small_field(kind.value_field))
-    elif pa.types.is_struct(kind):
-        kind = pa.struct([_small_field(child) for child in kind])
-    elif pa.types.is_map(kind):
-        kind = pa.map_(_small_field(kind.key_field), _small_field(kind.item_field))
-    return field.with_type(kind)
-
-
-def _to_file_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """Cast ``batch`` to the data-file schema (with field ids); table columns the source lacks are null."""
-    arrays = []
-    for field in schema:
-        index = batch.schema.get_field_index(field.name)
-        if index < 0:
-            arrays.append(pa.nulls(batch.num_rows, field.type))
-            continue
-        column = batch.column(index)
-        arrays.append(column if column.type == field.type else column.cast(field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
