@@ -27,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     NamespaceNotEmptyError,
@@ -44,7 +45,8 @@ from pyiceberg.io.pyarrow import (
     schema_to_pyarrow,
 )
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-from pyiceberg.schema import Schema
+from pyiceberg.partitioning import PartitionKey
+from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.typedef import Record
@@ -57,6 +59,13 @@ from dativo.sdk import DataWriter, PluginConfig
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
+from dativo.targets.iceberg.partitioning import (
+    PartitionedFiles,
+    build_sort_order,
+    build_spec,
+    check_writable,
+    parse_partition_by,
+)
 from dativo.targets.iceberg.schema import evolve, iceberg_type_of, small_types, to_file_schema
 from dativo.targets.iceberg.state import RESET_PROPERTY, latest_job_state, writer_of
 
@@ -90,7 +99,7 @@ class IcebergWriter(DataWriter):
         self._evolution = str((config.get("schema_evolution") or {}).get("mode", "evolve"))
         self._settings = ParquetSettings.from_options(config.get("options") or {})
         self._catalog = open_catalog(dict(config.get("catalog") or {}), self._job_dir)
-        self._rolling: RollingParquetWriter | None = None
+        self._rolling: RollingParquetWriter | PartitionedFiles | None = None
         self._merge_keys: MergeKeys | None = None
         self._deduplicated: list[str] = []
         self._rewritten: list[str] = []
@@ -99,6 +108,11 @@ class IcebergWriter(DataWriter):
         self._state: dict[str, Any] | None = None
         self._state_snapshot: int | None = None
         self._created_namespace = False
+        self._partition_by = [str(entry) for entry in config.get("partition_by") or []]
+        self._sort_by = [str(column) for column in config.get("sort_by") or []]
+        parse_partition_by(self._partition_by)  # syntax errors now, columns at prepare
+        self._placement: dict[str, tuple[Record, int]] = {}  # file path -> (partition, spec id)
+        self._files_opened = 0
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -148,8 +162,21 @@ class IcebergWriter(DataWriter):
             raise TargetError(f"iceberg catalog unreachable: {redact(str(exc))}") from None
 
     def describe_types(self, schema: pa.Schema) -> list[tuple[str, str]]:
-        """Return the Iceberg type each column becomes; raises TypeMappingError for one that cannot be mapped."""
-        return [(field.name, str(iceberg_type_of(field))) for field in schema]
+        """Return the Iceberg type each column becomes.
+
+        Raises TypeMappingError for a column that cannot be mapped, and ConfigError for a
+        partition transform (of ``partition_by`` or of the existing table) the writer cannot
+        compute, naming the field and the transform.
+        """
+        types = [(field.name, str(iceberg_type_of(field))) for field in schema]
+        table = self._load_table()
+        if table is not None:
+            check_writable(table.spec(), table.schema(), f"table {self._name}")
+        elif self._partition_by or self._sort_by:
+            converted = assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema))
+            build_spec(self._partition_by, converted)
+            build_sort_order(self._sort_by, converted)
+        return types
 
     # -- the run ----------------------------------------------------------------------------------------
 
@@ -176,10 +203,7 @@ class IcebergWriter(DataWriter):
             self._table = None
             self._base_snapshot = None
         else:
-            if len(table.spec().fields) > 0:
-                raise TargetError(
-                    f"iceberg table {self._name} is partitioned; dativo writes unpartitioned tables only for now"
-                )
+            check_writable(table.spec(), table.schema(), f"table {self._name}")
             self._transaction = table.transaction()
             evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
             self._table = table
@@ -194,13 +218,30 @@ class IcebergWriter(DataWriter):
         self._iceberg_schema: Schema = metadata.schema()
         self._table_properties = metadata.properties
         self._spec_id = metadata.default_spec_id
+        self._spec = metadata.spec()
         if self._rolling is None:
             self._file_schema = small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
             self._io = load_file_io({**self._catalog.properties, **metadata.properties}, metadata.location)
             self._locations = load_location_provider(metadata.location, metadata.properties)
             # Merge resolves duplicates by row order across this run's files: one lane keeps that order.
             lanes = 1 if self._merge is not None else None
-            self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings, lanes=lanes)
+            if self._spec.fields:
+                self._rolling = PartitionedFiles(
+                    self._file_schema,
+                    self._spec,
+                    self._iceberg_schema,
+                    self._open_partition_file,
+                    self._settings,
+                    self._sort_by,
+                )
+            else:
+                self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings, lanes=lanes)
+
+    def _open_partition_file(self, index: int, key: PartitionKey) -> tuple[str, Any]:
+        self._files_opened += 1
+        path = self._locations.new_data_location(f"00000-{self._files_opened}-{self._run_id}.parquet", key)
+        self._placement[path] = (key.partition, self._spec_id)
+        return path, self._io.new_output(path).create(overwrite=False)
 
     def _open_file(self, index: int) -> tuple[str, Any]:
         path = self._locations.new_data_location(f"00000-{index}-{self._run_id}.parquet")
@@ -211,6 +252,8 @@ class IcebergWriter(DataWriter):
         assert self._rolling is not None, "prepare() was not called"
         if self._merge_keys is not None:
             batch = self._merge_keys.add(batch)
+        if self._sort_by and not self._spec.fields:
+            batch = batch.sort_by([(column, "ascending") for column in self._sort_by])
         self._rolling.write(to_file_schema(batch, self._file_schema))
 
     def finalize(self) -> dict[str, Any]:
@@ -301,6 +344,7 @@ class IcebergWriter(DataWriter):
         removed: list[DataFile] = []
         self._discard(self._rewritten)  # survivors rewritten by an attempt that then conflicted
         rewrite = RollingParquetWriter(self._file_schema, self._open_rewrite, self._settings)
+        beside: list[WrittenFile] = []
         scan = ArrowScan(self._transaction.table_metadata, self._io, self._iceberg_schema, AlwaysTrue())
         try:
             for task in tasks:
@@ -309,11 +353,34 @@ class IcebergWriter(DataWriter):
                 if kept.num_rows == rows.num_rows:
                     continue
                 removed.append(task.file)
+                if len(task.file.partition) > 0:
+                    beside.extend(self._rewrite_beside(task.file, kept))
+                    continue
                 for batch in kept.to_batches():
                     rewrite.write(to_file_schema(batch, self._file_schema))
-            return removed, rewrite.close()
+            return removed, [*beside, *rewrite.close()]
         finally:
-            self._rewritten = list(rewrite.paths)
+            self._rewritten = [*rewrite.paths, *(file.path for file in beside)]
+
+    def _rewrite_beside(self, old: DataFile, kept: pa.Table) -> list[WrittenFile]:
+        """The surviving rows of a partitioned table's data file, in new files beside it (same partition and spec)."""
+        folder = old.file_path.rsplit("/", 1)[0]
+
+        def open_file(index: int) -> tuple[str, Any]:
+            self._rewrites_opened += 1
+            path = f"{folder}/00001-{self._rewrites_opened}-{self._run_id}.parquet"
+            self._placement[path] = (old.partition, old.spec_id)
+            self._rewritten.append(path)
+            return path, self._io.new_output(path).create(overwrite=False)
+
+        writer = RollingParquetWriter(self._file_schema, open_file, self._settings, lanes=1)
+        try:
+            for batch in kept.to_batches():
+                writer.write(to_file_schema(batch, self._file_schema))
+            return writer.close() if kept.num_rows else []
+        except BaseException:
+            writer.abandon()
+            raise
 
     def _open_rewrite(self, index: int) -> tuple[str, Any]:
         self._rewrites_opened += 1
@@ -340,6 +407,11 @@ class IcebergWriter(DataWriter):
         drop, keep = self._merge_keys.resolve()
         if keep is None:
             return drop, written
+        if self._spec.fields:
+            raise ConfigError(
+                f"iceberg table {self._name} is partitioned: target.merge.duplicates: last_wins is not supported "
+                "there; make the key unique in the source (duplicates: fail)"
+            )
         # last_wins: rewrite this run's own files without the superseded rows.
         rewrite = RollingParquetWriter(self._file_schema, self._open_rewrite, self._settings)
         try:
@@ -402,11 +474,17 @@ class IcebergWriter(DataWriter):
         is dropped again by ``abort`` so a failed run leaves the catalog as it was.
         """
         namespace = self._identifier[:-1]
+        converted = assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema))
+        layout: dict[str, Any] = {}
+        if self._partition_by:
+            layout["partition_spec"] = build_spec(self._partition_by, converted)
+        if self._sort_by:
+            layout["sort_order"] = build_sort_order(self._sort_by, converted)
         try:
-            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
+            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=converted, **layout)
         except NoSuchNamespaceError:
             self._created_namespace = ensure_namespace(self._catalog, namespace)
-            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
+            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=converted, **layout)
 
     def _drop_created_namespace(self) -> None:
         if self._created_namespace:
@@ -416,6 +494,7 @@ class IcebergWriter(DataWriter):
             self._created_namespace = False
 
     def _data_file(self, file: WrittenFile) -> DataFile:
+        placement = self._placement.get(file.path, (Record(), self._spec_id))
         statistics = data_file_statistics_from_parquet_metadata(
             parquet_metadata=file.metadata,
             stats_columns=compute_statistics_plan(self._iceberg_schema, self._table_properties),
@@ -425,10 +504,10 @@ class IcebergWriter(DataWriter):
             content=DataFileContent.DATA,
             file_path=file.path,
             file_format=FileFormat.PARQUET,
-            partition=Record(),
+            partition=placement[0],
             file_size_in_bytes=file.size,
             sort_order_id=None,
-            spec_id=self._spec_id,
+            spec_id=placement[1],
             equality_ids=None,
             key_metadata=None,
             **statistics.to_serialized_dict(),
