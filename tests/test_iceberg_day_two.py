@@ -37,12 +37,24 @@ CASES = [(r, e, False) for r in READERS for e in EVOLUTION] + [(r, "evolve", Tru
 CASES += [("adbc", e, True) for e in EVOLUTION if e != "evolve"]
 
 
-def write_job(job_dir: Path, db: Any, catalog: dict[str, Any], table: str, reader: str, evolution: str, mode: str,
-              partitioned: bool) -> Path:
+def write_job(
+    job_dir: Path,
+    db: Any,
+    catalog: dict[str, Any],
+    table: str,
+    reader: str,
+    evolution: str,
+    mode: str,
+    partitioned: bool,
+) -> Path:
     connection = dict(db.connection, options="-c TimeZone=America/Los_Angeles")
     names = ", ".join(c.name for c in FIDELITY)
-    target: dict[str, Any] = {"connector": "iceberg", "table": table, "mode": mode,
-                              "schema_evolution": {"mode": evolution}}
+    target: dict[str, Any] = {
+        "connector": "iceberg",
+        "table": table,
+        "mode": mode,
+        "schema_evolution": {"mode": evolution},
+    }
     if catalog:
         target["catalog"] = catalog
     if mode == "merge":
@@ -70,8 +82,9 @@ def assert_equals_postgres(table: Any, copies: int) -> None:
         assert got == norm([value for value in col.expected for _ in range(copies)]), col.name
 
 
-@pytest.mark.parametrize(("reader", "evolution", "partitioned"), CASES,
-                         ids=[f"{r}-{e}{'-partitioned' if p else ''}" for r, e, p in CASES])
+@pytest.mark.parametrize(
+    ("reader", "evolution", "partitioned"), CASES, ids=[f"{r}-{e}{'-partitioned' if p else ''}" for r, e, p in CASES]
+)
 def test_type_table_append_twice_overwrite_merge(tmp_path, pg_db, iceberg_catalog, reader, evolution, partitioned):
     create_fidelity_table(pg_db)
     properties, open_catalog = iceberg_catalog

@@ -10,7 +10,8 @@ moto S3 server through Iceberg's ``S3FileIO``.
 * :class:`RestCatalogServer` — start/stop one server; :meth:`catalog` gives the job's
   ``catalog:`` properties for it (``uri`` and the S3 settings the client needs).
 * :class:`DropResponseProxy` — a small HTTP proxy that forwards every request and, when
-  armed, forwards the next table commit and then closes the connection without answering.
+  armed, forwards the next table commit and then closes the connection without answering
+  (or, armed with ``forward=False``, drops that commit before the server sees it).
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class DropResponseProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.armed = False
+        self.forward = True
         self.forwarded_commits = 0
         self.dropped = 0
         proxy = self
@@ -159,6 +161,13 @@ class DropResponseProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if _is_commit(self.command, self.path) and proxy.armed and not proxy.forward:
+                    proxy.armed = False
+                    proxy.dropped += 1
+                    # Lost on the way: the server never sees the commit, the client never hears back.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -196,7 +205,9 @@ class DropResponseProxy:
         self._thread.start()
         return self
 
-    def arm(self) -> None:
+    def arm(self, forward: bool = True) -> None:
+        """Drop the next commit's response (``forward``: after the server applied it; else the request itself)."""
+        self.forward = forward
         self.armed = True
 
     def stop(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from dativo.sdk import DataWriter, PluginConfig
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
+from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown
 from dativo.targets.iceberg.partitioning import (
     PartitionedFiles,
     build_sort_order,
@@ -113,6 +115,9 @@ class IcebergWriter(DataWriter):
         parse_partition_by(self._partition_by)  # syntax errors now, columns at prepare
         self._placement: dict[str, tuple[Record, int]] = {}  # file path -> (partition, spec id)
         self._files_opened = 0
+        self._keep_files = False
+        self._commit_id = ""
+        self._outcome_wait_s = float((config.get("options") or {}).get("commit_outcome_wait_s", 30))
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -286,11 +291,39 @@ class IcebergWriter(DataWriter):
             except TargetError:
                 raise
             except Exception as exc:
-                raise TargetError(f"iceberg table {self._name}: commit failed: {redact(str(exc))}") from exc
+                if not outcome_unknown(exc):
+                    raise TargetError(f"iceberg table {self._name}: commit failed: {redact(str(exc))}") from exc
+                table, snapshot_id = self._resolve_unknown(exc, written)
+                self._created_namespace = False
+                return self._result(snapshot_id, written, removed)
         crash_point("after_commit")
         self._created_namespace = False
         snapshot = table.current_snapshot()
         return self._result(snapshot.snapshot_id if snapshot is not None else None, written, removed)
+
+    def _resolve_unknown(self, exc: BaseException, written: list[WrittenFile]) -> tuple[Table, int]:
+        """The commit's answer was lost: succeed if its snapshot shows up, else fail keeping every file."""
+        log.warning(
+            "the outcome of the commit to %s is unknown (%s); looking for its snapshot (%s=%s) for up to %ss",
+            self._name,
+            redact(str(exc)),
+            COMMIT_ID,
+            self._commit_id,
+            self._outcome_wait_s,
+        )
+        found = find_commit(self._load_table, self._commit_id, self._outcome_wait_s)
+        if found is not None:
+            log.info("the commit to %s landed as snapshot %s", self._name, found[1].snapshot_id)
+            return found[0], found[1].snapshot_id
+        # The commit may still land later: never delete a file the table might reference.
+        self._keep_files = True
+        raise TargetError(
+            f"iceberg table {self._name}: the outcome of this run's commit is unknown ({redact(str(exc))}) and its "
+            f"snapshot ({COMMIT_ID}={self._commit_id}) did not appear within {self._outcome_wait_s:g}s; the run is "
+            f"reported failed and its {len(written)} data file(s) are left in place in case the commit lands "
+            "later. Check the table's history, then run the job again; `dativo maintain` removes the files "
+            "once they are unreferenced and older than its safety age"
+        ) from None
 
     def _needs_commit(self, drop: pa.Table | None) -> bool:
         if self._table is None:
@@ -312,7 +345,13 @@ class IcebergWriter(DataWriter):
         }
 
     def _summary_properties(self) -> dict[str, str]:
-        properties = {"dativo.run-id": self._run_id, "dativo.job": self._job_name, "dativo.version": __version__}
+        self._commit_id = str(uuid.uuid4())
+        properties = {
+            "dativo.run-id": self._run_id,
+            "dativo.job": self._job_name,
+            "dativo.version": __version__,
+            COMMIT_ID: self._commit_id,
+        }
         if self._state is not None:
             properties["dativo.state"] = json.dumps(self._state, sort_keys=True, default=str)
         return properties
@@ -449,7 +488,16 @@ class IcebergWriter(DataWriter):
         self._begin(table)
 
     def abort(self) -> None:
-        """Delete every data file this run wrote; nothing was committed, so the table is as before."""
+        """Delete every data file this run wrote; nothing was committed, so the table is as before.
+
+        After a commit whose outcome stayed unknown, nothing is deleted: the table may
+        reference the files (``dativo maintain`` removes them once they are orphans).
+        """
+        if self._keep_files:
+            if self._rolling is not None:
+                self._rolling.abandon()
+            self._rolling = None
+            return
         self._drop_created_namespace()
         if self._rolling is None:
             return
