@@ -17,10 +17,9 @@ import pytest
 
 from dativo.config.loader import load_job
 from dativo.engine.retry import run_job
-
-from support.iceberg_fixtures import iceberg_catalog, rest_server  # noqa: F401 - fixtures
-from support.process_plugins import GO_READER
 from test_postgres_readers import FIDELITY, create_fidelity_table, norm
+
+from support.process_plugins import GO_READER
 
 READERS: dict[str, str] = {
     "adbc": "  reader: {implementation: postgres-adbc}\n",

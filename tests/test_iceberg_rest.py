@@ -14,12 +14,12 @@ from dativo.config.loader import load_job
 from dativo.engine.retry import run_job
 from dativo.errors import TargetError
 
-from support.iceberg_fixtures import rest_catalog, rest_server  # noqa: F401 - fixtures
+from support.iceberg_fixtures import rest_catalog
 from support.iceberg_rest import DropResponseProxy, RestCatalogServer
 
 
 @pytest.fixture
-def proxy(rest_server: RestCatalogServer) -> Iterator[DropResponseProxy]:  # noqa: F811 - the fixture above
+def proxy(rest_server: RestCatalogServer) -> Iterator[DropResponseProxy]:
     server = DropResponseProxy(rest_server.port).start()
     try:
         yield server

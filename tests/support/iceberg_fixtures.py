@@ -1,6 +1,6 @@
 """pytest fixtures for Iceberg catalogs: the embedded SQL catalog and a real REST catalog server.
 
-Import into a test module (``from support.iceberg_fixtures import rest_server, catalog_kind  # noqa: F401``).
+Registered in ``tests/conftest.py`` (``pytest_plugins``).
 
 * ``rest_server`` (session): one :class:`support.iceberg_rest.RestCatalogServer` with an S3
   warehouse on the session's moto server.

@@ -155,7 +155,7 @@ class DropResponseProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
             def _forward(self) -> None:
@@ -191,7 +191,7 @@ class DropResponseProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815 - http.server's names
+            do_GET = do_POST = do_DELETE = do_HEAD = _forward
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
