@@ -26,6 +26,7 @@ from dativo import __version__
 from dativo._logging import configure_logging
 from dativo._secrets import redact
 from dativo.cli_audit import audit_app, decrypt, kms_app
+from dativo.cli_maintain import maintain
 from dativo.config.loader import load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import Plan, build_plan
@@ -52,6 +53,7 @@ app.add_typer(kms_app, name="kms")
 init_app = typer.Typer(help="Generate a new project from dativo's templates.", no_args_is_help=True)
 app.add_typer(init_app, name="init")
 app.command("decrypt")(decrypt)
+app.command("maintain")(maintain)  # iceberg: expire snapshots, remove orphans, compact
 
 out = Console()
 err = Console(stderr=True)

@@ -8,10 +8,20 @@ from typing import Any
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-__all__ = ["RESET_PROPERTY", "RUN_ID", "job_snapshots", "latest_job_state", "writer_of"]
+__all__ = [
+    "MAINTENANCE",
+    "RESET_PROPERTY",
+    "RUN_ID",
+    "is_maintenance",
+    "job_snapshots",
+    "latest_job_state",
+    "writer_of",
+]
 
 RESET_PROPERTY = "dativo.state-reset."
 RUN_ID = "dativo.run-id"
+#: ``dativo.maintenance`` in a snapshot summary: written by ``dativo maintain``, not by a job.
+MAINTENANCE = "compact"
 
 
 def job_snapshots(table: Table) -> list[tuple[Snapshot, str | None]]:
@@ -25,7 +35,13 @@ def job_snapshots(table: Table) -> list[tuple[Snapshot, str | None]]:
     return chain
 
 
+def is_maintenance(snapshot: Snapshot) -> bool:
+    """True for a snapshot ``dativo maintain`` committed (a compaction): it changes no job's data or state."""
+    return snapshot.summary is not None and snapshot.summary.get("dativo.maintenance") is not None
+
+
 def writer_of(snapshot: Snapshot) -> str | None:
+    """The dativo job that committed ``snapshot``, or None (another tool, or maintenance)."""
     summary = snapshot.summary
     return summary.get("dativo.job") if summary is not None else None
 

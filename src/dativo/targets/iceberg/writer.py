@@ -40,12 +40,9 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io import load_file_io
 from pyiceberg.io.pyarrow import (
     ArrowScan,
-    compute_statistics_plan,
-    data_file_statistics_from_parquet_metadata,
-    parquet_path_to_id_mapping,
     schema_to_pyarrow,
 )
-from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionKey
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import FileScanTask, Table
@@ -61,6 +58,7 @@ from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
 from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown
+from dativo.targets.iceberg.files import data_file
 from dativo.targets.iceberg.partitioning import (
     PartitionedFiles,
     build_sort_order,
@@ -69,7 +67,7 @@ from dativo.targets.iceberg.partitioning import (
     parse_partition_by,
 )
 from dativo.targets.iceberg.schema import evolve, iceberg_type_of, small_types, to_file_schema
-from dativo.targets.iceberg.state import RESET_PROPERTY, latest_job_state, writer_of
+from dativo.targets.iceberg.state import RESET_PROPERTY, is_maintenance, latest_job_state, writer_of
 
 __all__ = ["IcebergWriter"]
 
@@ -141,7 +139,7 @@ class IcebergWriter(DataWriter):
         table = self._load_table()
         if table is None:
             return f"table {self._name} does not exist; there is no state to reset"
-        writers = {writer_of(snapshot) for snapshot in table.snapshots()}
+        writers = {writer_of(snapshot) for snapshot in table.snapshots() if not is_maintenance(snapshot)}
         others = sorted(f"job '{w}'" if w else "tools other than dativo" for w in writers if w != self._job_name)
         if others and not force:
             raise TargetError(
@@ -542,21 +540,5 @@ class IcebergWriter(DataWriter):
             self._created_namespace = False
 
     def _data_file(self, file: WrittenFile) -> DataFile:
-        placement = self._placement.get(file.path, (Record(), self._spec_id))
-        statistics = data_file_statistics_from_parquet_metadata(
-            parquet_metadata=file.metadata,
-            stats_columns=compute_statistics_plan(self._iceberg_schema, self._table_properties),
-            parquet_column_mapping=parquet_path_to_id_mapping(self._iceberg_schema),
-        )
-        return DataFile.from_args(
-            content=DataFileContent.DATA,
-            file_path=file.path,
-            file_format=FileFormat.PARQUET,
-            partition=placement[0],
-            file_size_in_bytes=file.size,
-            sort_order_id=None,
-            spec_id=placement[1],
-            equality_ids=None,
-            key_metadata=None,
-            **statistics.to_serialized_dict(),
-        )
+        partition, spec_id = self._placement.get(file.path, (Record(), self._spec_id))
+        return data_file(file, self._iceberg_schema, self._table_properties, partition, spec_id)
