@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 import pyarrow.fs as pafs
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, schema_to_pyarrow
 from pyiceberg.manifest import DataFile
@@ -319,7 +319,8 @@ def _commit_compaction(
                         data_file(file, table.schema(), table.metadata.properties, like.partition, like.spec_id)
                     )
             return
-        except CommitFailedException as exc:
+        except (CommitFailedException, ValidationException) as exc:
+            # ValidationException: PyIceberg's own retry saw files added meanwhile; ours re-checks what we replace.
             if attempt == _ATTEMPTS:
                 raise TargetError(f"iceberg table {name}: compaction kept conflicting ({exc})", transient=True) from exc
             log.info("compaction of %s conflicted (%s); retrying on the refreshed table", name, exc)

@@ -35,6 +35,7 @@ from pyiceberg.exceptions import (
     NoSuchNamespaceError,
     NoSuchTableError,
     TableAlreadyExistsError,
+    ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io import load_file_io
@@ -278,7 +279,7 @@ class IcebergWriter(DataWriter):
                 crash_point("before_commit")
                 table = self._transaction.commit_transaction()
                 break
-            except (CommitFailedException, TableAlreadyExistsError) as exc:
+            except (CommitFailedException, TableAlreadyExistsError, ValidationException) as exc:
                 if attempt == _COMMIT_ATTEMPTS:
                     raise TargetError(
                         f"iceberg table {self._name}: commit kept conflicting with other writers ({exc})",
