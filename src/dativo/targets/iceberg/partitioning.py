@@ -139,7 +139,7 @@ def check_writable(spec: PartitionSpec, schema: Schema, where: str) -> None:
         column = schema.find_column_name(field.source_id) or str(field.source_id)
         problem = None
         if not field.transform.can_transform(source.field_type):
-            problem = f"it does not apply to {source.field_type}"
+            problem = f"PyIceberg cannot compute {field.transform} on {source.field_type}"
         else:
             try:
                 kernel = field.transform.pyarrow_transform(source.field_type)
@@ -150,7 +150,7 @@ def check_writable(spec: PartitionSpec, schema: Schema, where: str) -> None:
             raise ConfigError(
                 f"iceberg {where}: partition field '{field.name}' ({field.transform} of column '{column}', "
                 f"{source.field_type}) cannot be written: {problem}. Writable transforms: identity, year, month, "
-                "day, hour, bucket, truncate (not on binary), void; write to a table partitioned differently"
+                "day, hour, bucket, truncate, void; write to a table partitioned differently"
             )
 
 
