@@ -44,7 +44,7 @@ from pyiceberg.io.pyarrow import (
     schema_to_pyarrow,
 )
 from pyiceberg.manifest import DataFile
-from pyiceberg.partitioning import PartitionKey
+from pyiceberg.partitioning import PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.locations import load_location_provider
@@ -214,15 +214,17 @@ class IcebergWriter(DataWriter):
             self._base_snapshot = table.metadata.current_snapshot_id
         metadata = self._transaction.table_metadata
         schema_changed = self._rolling is not None and metadata.schema() != self._iceberg_schema
-        if schema_changed:
+        spec_changed = self._rolling is not None and metadata.spec() != self._spec
+        if schema_changed or spec_changed:
+            what = "schema" if schema_changed else "partition spec"
             raise TargetError(
-                f"iceberg table {self._name}: its schema changed while this run was writing; retry the run",
+                f"iceberg table {self._name}: its {what} changed while this run was writing; retry the run",
                 transient=True,
             )
         self._iceberg_schema: Schema = metadata.schema()
         self._table_properties = metadata.properties
         self._spec_id = metadata.default_spec_id
-        self._spec = metadata.spec()
+        self._spec: PartitionSpec = metadata.spec()
         if self._rolling is None:
             self._file_schema = small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
             self._io = load_file_io({**self._catalog.properties, **metadata.properties}, metadata.location)
@@ -256,7 +258,9 @@ class IcebergWriter(DataWriter):
         assert self._rolling is not None, "prepare() was not called"
         if self._merge_keys is not None:
             batch = self._merge_keys.add(batch)
-        if self._sort_by and not self._spec.fields:
+        # last_wins resolves duplicates by arrival order, which sorting would change.
+        keeps_order = self._merge is not None and self._merge.last_wins
+        if self._sort_by and not self._spec.fields and not keeps_order:
             batch = batch.sort_by([(column, "ascending") for column in self._sort_by])
         self._rolling.write(to_file_schema(batch, self._file_schema))
 
