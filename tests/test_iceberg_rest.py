@@ -14,6 +14,7 @@ from dativo.config.loader import load_job
 from dativo.engine.retry import run_job
 from dativo.errors import TargetError
 
+from support.cli import dativo
 from support.iceberg_fixtures import rest_catalog
 from support.iceberg_rest import DropResponseProxy, RestCatalogServer
 
@@ -54,7 +55,8 @@ def data_objects(server: RestCatalogServer, table: Any) -> set[str]:
     bucket, _, prefix = table.location().removeprefix("s3://").partition("/")
     client = server.s3.client()
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/data/")
-    return {f"s3://{bucket}/{item['Key']}" for page in pages for item in page.get("Contents", [])}
+    keys = (item["Key"] for page in pages for item in page.get("Contents", []))
+    return {f"s3://{bucket}/{key}" for key in keys if not key.endswith("/")}  # not pyarrow's folder markers
 
 
 def referenced(table: Any) -> set[str]:
@@ -96,3 +98,30 @@ def test_commit_lost_before_the_server_fails_clearly_and_keeps_the_files(tmp_pat
     left = data_objects(rest_server, table) - before
     assert left, "the run's data files must stay for maintenance, not be deleted"
     assert not left & referenced(table)
+
+
+def test_maintain_on_the_rest_catalog_with_an_s3_warehouse(tmp_path, items, rest_server):
+    name = f"maint_{uuid.uuid4().hex[:8]}.items"
+    path = job(tmp_path, items, rest_server.catalog(), name)
+    for _ in range(3):
+        run_job(load_job(path))
+    table = rest_catalog(rest_server).load_table(name)
+    assert len(referenced(table)) == 3
+    result = dativo("maintain", path, "--expire-older-than", "0s", "--retain-last", "1", "--orphan-age", "0s", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["compacted_files"]) == 3 and report["compacted_into"] == 1
+    table = rest_catalog(rest_server).load_table(name)
+    assert len(referenced(table)) == 1
+    assert sorted(row["id"] for row in table.scan().to_arrow().to_pylist()) == sorted(list(range(1, 101)) * 3)
+    # The snapshot holding the job's state still references the small files; once the job commits
+    # again, the next maintain expires it and deletes them from S3.
+    assert len(data_objects(rest_server, table)) == 4
+    run_job(load_job(path))
+    again = dativo(
+        "maintain", path, "--no-compact", "--expire-older-than", "0s", "--retain-last", "1", "--orphan-age", "0s"
+    )
+    assert again.returncode == 0, again.stderr
+    table = rest_catalog(rest_server).load_table(name)
+    assert data_objects(rest_server, table) == referenced(table)  # replaced files deleted, nothing else
+    assert sorted(row["id"] for row in table.scan().to_arrow().to_pylist()) == sorted(list(range(1, 101)) * 4)
