@@ -63,12 +63,13 @@ def referenced(table: Any) -> set[str]:
     return {task.file.file_path for task in table.scan().plan_files()}
 
 
-def test_dropped_commit_response_commits_exactly_once_and_deletes_nothing(tmp_path, items, rest_server, proxy):
+@pytest.mark.parametrize("status", [None, 502], ids=["dropped", "bad-gateway"])
+def test_dropped_commit_response_commits_exactly_once_and_deletes_nothing(tmp_path, items, rest_server, proxy, status):
     name = f"lost_{uuid.uuid4().hex[:8]}.items"
     path = job(tmp_path, items, rest_server.catalog(proxy.uri), name)
     first = run_job(load_job(path))
     assert first.rows == 100
-    proxy.arm()  # the next commit reaches the server; its answer never reaches dativo
+    proxy.arm(status=status)  # the next commit reaches the server; its answer never reaches dativo
     second = run_job(load_job(path))
     assert proxy.dropped == 1
     assert second.rows == 100

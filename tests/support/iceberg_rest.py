@@ -148,6 +148,7 @@ class DropResponseProxy:
         self.upstream_port = upstream_port
         self.armed = False
         self.forward = True
+        self.status: int | None = None
         self.forwarded_commits = 0
         self.dropped = 0
         proxy = self
@@ -179,6 +180,9 @@ class DropResponseProxy:
                 if commit and proxy.armed:
                     proxy.armed = False
                     proxy.dropped += 1
+                    if proxy.status is not None:  # the server committed; a gateway answers with an error
+                        self._answer(proxy.status, b'{"error": {"message": "bad gateway", "code": 502}}')
+                        return
                     # The server committed; the client never hears about it.
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -187,6 +191,13 @@ class DropResponseProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _answer(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -205,9 +216,13 @@ class DropResponseProxy:
         self._thread.start()
         return self
 
-    def arm(self, forward: bool = True) -> None:
-        """Drop the next commit's response (``forward``: after the server applied it; else the request itself)."""
+    def arm(self, forward: bool = True, status: int | None = None) -> None:
+        """Lose the next commit's response (``forward``: after the server applied it; else the request itself).
+
+        With ``status`` (e.g. 502), the applied commit is answered with that error instead of silence.
+        """
         self.forward = forward
+        self.status = status
         self.armed = True
 
     def stop(self) -> None:
