@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,31 @@ def test_maintain_refuses_a_parquet_target(tmp_path):
 def test_maintain_bad_duration_names_the_option(tmp_path, items):
     result = dativo("maintain", write_job(tmp_path, items), "--orphan-age", "soon")
     assert_one_line_error(result, "--orphan-age: 'soon' is not a duration", code=2)
+
+
+def test_expiry_racing_a_run_keeps_the_run_and_its_state(tmp_path, items, monkeypatch):
+    job = write_job(tmp_path, items)
+    for first in (1001, 1101, 1201):
+        run_job(load_job(job))
+        add_rows(items, first, first + 99)
+    original = maintenance.expirable
+    ran = []
+
+    def run_meanwhile(*args: Any, **kwargs: Any) -> list[int]:
+        ids = original(*args, **kwargs)
+        if not ran:  # a run commits after the expiry planned and before it commits
+            ran.append(run_job(load_job(job)))
+        return ids
+
+    monkeypatch.setattr(maintenance, "expirable", run_meanwhile)
+    catalog = embedded_catalog(tmp_path)
+    report = maintenance.maintain(
+        lambda: catalog.load_table("raw.items"),
+        "raw.items",
+        MaintainOptions(compact=False, retain_last=1, older_than=timedelta(0), orphan_age=timedelta(0)),
+    )
+    assert ran and ran[0].rows == 100 and len(report.expired) == 2
+    table = catalog.load_table("raw.items")
+    assert table.current_snapshot().summary["dativo.run-id"] == ran[0].run_id  # the concurrent run is current
+    assert table_ids(tmp_path) == list(range(1, 1301))
+    assert pipeline.load_state(build_plan(load_job(job)))["cursor"] == 1300
