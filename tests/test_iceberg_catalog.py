@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from pyiceberg.exceptions import NoSuchNamespaceError
 
+from dativo.errors import TargetError
 from dativo.targets.iceberg import IcebergWriter
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
 
@@ -79,3 +81,19 @@ def test_concurrent_ensure_namespace_all_succeed_and_one_creates(tmp_path):
     assert errors == []
     assert sorted(results) == [False] * 5 + [True]
     assert ("raced",) in embedded_catalog(tmp_path).list_namespaces()
+
+
+def test_a_run_whose_state_was_overtaken_before_prepare_commits_nothing(tmp_path):
+    """Run A loads the job's state; run B of the same job commits (creating the table); A must not append."""
+    late = writer(tmp_path, "raw.items")
+    assert late.load_state() is None
+    early = writer(tmp_path, "raw.items")
+    assert early.load_state() is None
+    early.stage_state({"cursor": 3})
+    early.prepare(SCHEMA)
+    early.write_batch(pa.record_batch([pa.array([1, 2, 3])], schema=SCHEMA))
+    early.finalize()
+    with pytest.raises(TargetError, match=r"another run of job 'items' committed .* this run committed nothing"):
+        late.prepare(SCHEMA)
+    late.abort()
+    assert embedded_catalog(tmp_path).load_table("raw.items").scan().to_arrow().num_rows == 3

@@ -115,6 +115,7 @@ class IcebergWriter(DataWriter):
         self._placement: dict[str, tuple[Record, int]] = {}  # file path -> (partition, spec id)
         self._files_opened = 0
         self._keep_files = False
+        self._state_loaded = False
         self._commit_id = ""
         self._outcome_wait_s = float((config.get("options") or {}).get("commit_outcome_wait_s", 30))
 
@@ -125,6 +126,7 @@ class IcebergWriter(DataWriter):
         table = self._load_table()
         found = latest_job_state(table, self._job_name) if table is not None else None
         self._state_snapshot = found[0] if found else None
+        self._state_loaded = True
         return found[1] if found else None
 
     def stage_state(self, state: dict[str, Any]) -> None:
@@ -211,6 +213,9 @@ class IcebergWriter(DataWriter):
             self._table = None
             self._base_snapshot = None
         else:
+            if self._state_loaded:
+                # Another run of this job may have committed (even created the table) since load_state.
+                self._check_no_other_run(table)
             check_writable(table.spec(), table.schema(), f"table {self._name}")
             self._transaction = table.transaction()
             evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
@@ -475,17 +480,21 @@ class IcebergWriter(DataWriter):
         self._discard([file.path for file in written])
         return drop, deduplicated
 
+    def _check_no_other_run(self, table: Table) -> None:
+        """Raise TargetError if another run of this job committed since this run loaded its state."""
+        found = latest_job_state(table, self._job_name)
+        latest = found[0] if found else None
+        if latest != self._state_snapshot:
+            raise TargetError(
+                f"another run of job '{self._job_name}' committed to iceberg table {self._name} while this run "
+                "was in progress; this run committed nothing (run the job again to continue from that state)"
+            )
+
     def _rebase(self) -> None:
         """After a conflict: reload the table, make sure no other run of this job committed, reopen the transaction."""
         table = self._load_table()
         if table is not None:
-            found = latest_job_state(table, self._job_name)
-            latest = found[0] if found else None
-            if latest != self._state_snapshot:
-                raise TargetError(
-                    f"another run of job '{self._job_name}' committed to iceberg table {self._name} while this run "
-                    "was in progress; this run committed nothing (run the job again to continue from that state)"
-                )
+            self._check_no_other_run(table)
         if self._table is None and table is not None:
             raise TargetError(
                 f"iceberg table {self._name} was created by another writer while this run was in progress; "
