@@ -49,6 +49,11 @@ step "building plugins/go-postgres-reader (go build)"
 # The process-plugin sandbox tests need bubblewrap.
 command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 
+# Apache Iceberg's reference REST catalog server (Java 17; jars from Maven Central, cached per version).
+command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
+step "fetching Apache Iceberg's REST catalog server (Maven Central; cached after the first time)"
+./scripts/install-iceberg-rest.sh >/dev/null
+
 workers="${DATIVO_TEST_WORKERS:-auto}"
 step "running the test suite (pytest, $workers workers; each worker starts its own PostgreSQL and S3 servers)"
 set +e

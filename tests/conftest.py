@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["support.pg_fixtures", "support.s3_fixtures", "support.kms_fixtures"]
+pytest_plugins = ["support.pg_fixtures", "support.s3_fixtures", "support.kms_fixtures", "support.iceberg_fixtures"]
 
 _skipped: list[str] = []
 

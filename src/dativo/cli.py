@@ -28,6 +28,7 @@ from dativo._logging import configure_logging
 from dativo._secrets import redact
 from dativo.cli_audit import audit_app, decrypt, kms_app
 from dativo.cli_cdc import cdc_app
+from dativo.cli_maintain import maintain
 from dativo.config.loader import LoadedJob, load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import Plan, build_plan
@@ -55,6 +56,7 @@ app.add_typer(cdc_app, name="cdc")  # change data capture: dativo cdc status|dro
 init_app = typer.Typer(help="Generate a new project from dativo's templates.", no_args_is_help=True)
 app.add_typer(init_app, name="init")
 app.command("decrypt")(decrypt)
+app.command("maintain")(maintain)  # iceberg: expire snapshots, remove orphans, compact
 
 
 def _flags_take_no_value() -> None:

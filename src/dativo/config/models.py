@@ -276,6 +276,11 @@ class TargetConfig(_Strict):
     mode: Literal["append", "overwrite", "merge"] = "append"
     merge: MergeSpec | None = None
     schema_evolution: SchemaEvolutionSpec = Field(default_factory=SchemaEvolutionSpec)  # type: ignore[arg-type]  # pydantic fills defaults
+    partition_by: list[str] = Field(
+        default_factory=list,
+        description="iceberg: partition spec of a new table, e.g. [day(created_at), bucket(16, id), identity(region)].",
+    )
+    sort_by: list[str] = Field(default_factory=list, description="iceberg: columns each written file is sorted by.")
     writer: PluginSpec | None = None
 
     @field_validator("connector")

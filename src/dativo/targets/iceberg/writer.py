@@ -21,52 +21,60 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     NamespaceNotEmptyError,
     NoSuchNamespaceError,
     NoSuchTableError,
     TableAlreadyExistsError,
+    ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io import load_file_io
 from pyiceberg.io.pyarrow import (
     ArrowScan,
-    compute_statistics_plan,
-    data_file_statistics_from_parquet_metadata,
-    parquet_path_to_id_mapping,
     schema_to_pyarrow,
 )
-from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-from pyiceberg.schema import Schema
+from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionKey, PartitionSpec
+from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.locations import load_location_provider
-from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.typedef import Record
-from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo._secrets import redact, register_secret
-from dativo.errors import ConfigError, SchemaError, TargetError, TypeMappingError
+from dativo._secrets import redact
+from dativo.errors import ConfigError, TargetError
 from dativo.sdk import DataWriter, PluginConfig
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
+from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
+from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown
+from dativo.targets.iceberg.files import data_file
+from dativo.targets.iceberg.partitioning import (
+    PartitionedFiles,
+    build_sort_order,
+    build_spec,
+    check_writable,
+    parse_partition_by,
+)
+from dativo.targets.iceberg.schema import evolve, iceberg_type_of, small_types, to_file_schema
+from dativo.targets.iceberg.state import RESET_PROPERTY, is_maintenance, latest_job_state, writer_of
 
-__all__ = ["IcebergWriter", "iceberg_type_of", "job_snapshots"]
+__all__ = ["IcebergWriter"]
 
 log = logging.getLogger("dativo.targets.iceberg")
 
-_SECRET_PROPERTY_MARKERS = ("secret", "password", "token", "credential", "key-id")
 _COMMIT_ATTEMPTS = 5
-RESET_PROPERTY = "dativo.state-reset."
 
 
 class IcebergWriter(DataWriter):
@@ -91,8 +99,8 @@ class IcebergWriter(DataWriter):
         self._merge = MergeSettings.from_config(config.get("merge")) if self._mode == "merge" else None
         self._evolution = str((config.get("schema_evolution") or {}).get("mode", "evolve"))
         self._settings = ParquetSettings.from_options(config.get("options") or {})
-        self._catalog = _open_catalog(dict(config.get("catalog") or {}), self._job_dir)
-        self._rolling: RollingParquetWriter | None = None
+        self._catalog = open_catalog(dict(config.get("catalog") or {}), self._job_dir)
+        self._rolling: RollingParquetWriter | PartitionedFiles | None = None
         self._merge_keys: MergeKeys | None = None
         self._deduplicated: list[str] = []
         self._rewritten: list[str] = []
@@ -101,14 +109,24 @@ class IcebergWriter(DataWriter):
         self._state: dict[str, Any] | None = None
         self._state_snapshot: int | None = None
         self._created_namespace = False
+        self._partition_by = [str(entry) for entry in config.get("partition_by") or []]
+        self._sort_by = [str(column) for column in config.get("sort_by") or []]
+        parse_partition_by(self._partition_by)  # syntax errors now, columns at prepare
+        self._placement: dict[str, tuple[Record, int]] = {}  # file path -> (partition, spec id)
+        self._files_opened = 0
+        self._keep_files = False
+        self._state_loaded = False
+        self._commit_id = ""
+        self._outcome_wait_s = float((config.get("options") or {}).get("commit_outcome_wait_s", 30))
 
     # -- state ------------------------------------------------------------------------------------------
 
     def load_state(self) -> dict[str, Any] | None:
         """The state in the newest snapshot this job committed (after any reset), or None."""
         table = self._load_table()
-        found = _latest_job_state(table, self._job_name) if table is not None else None
+        found = latest_job_state(table, self._job_name) if table is not None else None
         self._state_snapshot = found[0] if found else None
+        self._state_loaded = True
         return found[1] if found else None
 
     def stage_state(self, state: dict[str, Any]) -> None:
@@ -124,7 +142,7 @@ class IcebergWriter(DataWriter):
         table = self._load_table()
         if table is None:
             return f"table {self._name} does not exist; there is no state to reset"
-        writers = {_writer_of(snapshot) for snapshot in table.snapshots()}
+        writers = {writer_of(snapshot) for snapshot in table.snapshots() if not is_maintenance(snapshot)}
         others = sorted(f"job '{w}'" if w else "tools other than dativo" for w in writers if w != self._job_name)
         if others and not force:
             raise TargetError(
@@ -150,8 +168,25 @@ class IcebergWriter(DataWriter):
             raise TargetError(f"iceberg catalog unreachable: {redact(str(exc))}") from None
 
     def describe_types(self, schema: pa.Schema) -> list[tuple[str, str]]:
-        """Return the Iceberg type each column becomes; raises TypeMappingError for one that cannot be mapped."""
-        return [(field.name, str(iceberg_type_of(field))) for field in schema]
+        """Return the Iceberg type each column becomes.
+
+        Raises TypeMappingError for a column that cannot be mapped, and ConfigError for a
+        partition transform (of ``partition_by`` or of the existing table) the writer cannot
+        compute, naming the field and the transform.
+        """
+        types = [(field.name, str(iceberg_type_of(field))) for field in schema]
+        try:
+            table = self._load_table()
+        except TargetError as exc:  # discover needs no reachable catalog; the run checks the table again
+            log.debug("partition check skipped: %s", exc)
+            table = None
+        if table is not None:
+            check_writable(table.spec(), table.schema(), f"table {self._name}")
+        elif self._partition_by or self._sort_by:
+            converted = assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema))
+            build_spec(self._partition_by, converted)
+            build_sort_order(self._sort_by, converted)
+        return types
 
     # -- the run ----------------------------------------------------------------------------------------
 
@@ -178,31 +213,50 @@ class IcebergWriter(DataWriter):
             self._table = None
             self._base_snapshot = None
         else:
-            if len(table.spec().fields) > 0:
-                raise TargetError(
-                    f"iceberg table {self._name} is partitioned; dativo writes unpartitioned tables only for now"
-                )
+            if self._state_loaded:
+                # Another run of this job may have committed (even created the table) since load_state.
+                self._check_no_other_run(table)
+            check_writable(table.spec(), table.schema(), f"table {self._name}")
             self._transaction = table.transaction()
-            _evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
+            evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
             self._table = table
             self._base_snapshot = table.metadata.current_snapshot_id
         metadata = self._transaction.table_metadata
         schema_changed = self._rolling is not None and metadata.schema() != self._iceberg_schema
-        if schema_changed:
+        spec_changed = self._rolling is not None and metadata.spec() != self._spec
+        if schema_changed or spec_changed:
+            what = "schema" if schema_changed else "partition spec"
             raise TargetError(
-                f"iceberg table {self._name}: its schema changed while this run was writing; retry the run",
+                f"iceberg table {self._name}: its {what} changed while this run was writing; retry the run",
                 transient=True,
             )
         self._iceberg_schema: Schema = metadata.schema()
         self._table_properties = metadata.properties
         self._spec_id = metadata.default_spec_id
+        self._spec: PartitionSpec = metadata.spec()
         if self._rolling is None:
-            self._file_schema = _small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
+            self._file_schema = small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
             self._io = load_file_io({**self._catalog.properties, **metadata.properties}, metadata.location)
             self._locations = load_location_provider(metadata.location, metadata.properties)
             # Merge resolves duplicates by row order across this run's files: one lane keeps that order.
             lanes = 1 if self._merge is not None else None
-            self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings, lanes=lanes)
+            if self._spec.fields:
+                self._rolling = PartitionedFiles(
+                    self._file_schema,
+                    self._spec,
+                    self._iceberg_schema,
+                    self._open_partition_file,
+                    self._settings,
+                    self._sort_by,
+                )
+            else:
+                self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings, lanes=lanes)
+
+    def _open_partition_file(self, index: int, key: PartitionKey) -> tuple[str, Any]:
+        self._files_opened += 1
+        path = self._locations.new_data_location(f"00000-{self._files_opened}-{self._run_id}.parquet", key)
+        self._placement[path] = (key.partition, self._spec_id)
+        return path, self._io.new_output(path).create(overwrite=False)
 
     def _open_file(self, index: int) -> tuple[str, Any]:
         path = self._locations.new_data_location(f"00000-{index}-{self._run_id}.parquet")
@@ -213,7 +267,11 @@ class IcebergWriter(DataWriter):
         assert self._rolling is not None, "prepare() was not called"
         if self._merge_keys is not None:
             batch = self._merge_keys.add(batch)
-        self._rolling.write(_to_file_schema(batch, self._file_schema))
+        # last_wins resolves duplicates by arrival order, which sorting would change.
+        keeps_order = self._merge is not None and self._merge.last_wins
+        if self._sort_by and not self._spec.fields and not keeps_order:
+            batch = batch.sort_by([(column, "ascending") for column in self._sort_by])
+        self._rolling.write(to_file_schema(batch, self._file_schema))
 
     def finalize(self) -> dict[str, Any]:
         """Commit every data file of the run in one snapshot; returns table, snapshot id, files, rows, bytes.
@@ -234,7 +292,7 @@ class IcebergWriter(DataWriter):
                 crash_point("before_commit")
                 table = self._transaction.commit_transaction()
                 break
-            except (CommitFailedException, TableAlreadyExistsError) as exc:
+            except (CommitFailedException, TableAlreadyExistsError, ValidationException) as exc:
                 if attempt == _COMMIT_ATTEMPTS:
                     raise TargetError(
                         f"iceberg table {self._name}: commit kept conflicting with other writers ({exc})",
@@ -245,11 +303,39 @@ class IcebergWriter(DataWriter):
             except TargetError:
                 raise
             except Exception as exc:
-                raise TargetError(f"iceberg table {self._name}: commit failed: {redact(str(exc))}") from exc
+                if not outcome_unknown(exc):
+                    raise TargetError(f"iceberg table {self._name}: commit failed: {redact(str(exc))}") from exc
+                table, snapshot_id = self._resolve_unknown(exc, written)
+                self._created_namespace = False
+                return self._result(snapshot_id, written, removed)
         crash_point("after_commit")
         self._created_namespace = False
         snapshot = table.current_snapshot()
         return self._result(snapshot.snapshot_id if snapshot is not None else None, written, removed)
+
+    def _resolve_unknown(self, exc: BaseException, written: list[WrittenFile]) -> tuple[Table, int]:
+        """The commit's answer was lost: succeed if its snapshot shows up, else fail keeping every file."""
+        log.warning(
+            "the outcome of the commit to %s is unknown (%s); looking for its snapshot (%s=%s) for up to %ss",
+            self._name,
+            redact(str(exc)),
+            COMMIT_ID,
+            self._commit_id,
+            self._outcome_wait_s,
+        )
+        found = find_commit(self._load_table, self._commit_id, self._outcome_wait_s)
+        if found is not None:
+            log.info("the commit to %s landed as snapshot %s", self._name, found[1].snapshot_id)
+            return found[0], found[1].snapshot_id
+        # The commit may still land later: never delete a file the table might reference.
+        self._keep_files = True
+        raise TargetError(
+            f"iceberg table {self._name}: the outcome of this run's commit is unknown ({redact(str(exc))}) and its "
+            f"snapshot ({COMMIT_ID}={self._commit_id}) did not appear within {self._outcome_wait_s:g}s; the run is "
+            f"reported failed and its {len(written)} data file(s) are left in place in case the commit lands "
+            "later. Check the table's history, then run the job again; `dativo maintain` removes the files "
+            "once they are unreferenced and older than its safety age"
+        ) from None
 
     def _needs_commit(self, drop: pa.Table | None) -> bool:
         if self._table is None:
@@ -271,7 +357,13 @@ class IcebergWriter(DataWriter):
         }
 
     def _summary_properties(self) -> dict[str, str]:
-        properties = {"dativo.run-id": self._run_id, "dativo.job": self._job_name, "dativo.version": __version__}
+        self._commit_id = str(uuid.uuid4())
+        properties = {
+            "dativo.run-id": self._run_id,
+            "dativo.job": self._job_name,
+            "dativo.version": __version__,
+            COMMIT_ID: self._commit_id,
+        }
         if self._state is not None:
             properties["dativo.state"] = json.dumps(self._state, sort_keys=True, default=str)
         return properties
@@ -303,6 +395,7 @@ class IcebergWriter(DataWriter):
         removed: list[DataFile] = []
         self._discard(self._rewritten)  # survivors rewritten by an attempt that then conflicted
         rewrite = RollingParquetWriter(self._file_schema, self._open_rewrite, self._settings)
+        beside: list[WrittenFile] = []
         scan = ArrowScan(self._transaction.table_metadata, self._io, self._iceberg_schema, AlwaysTrue())
         try:
             for task in tasks:
@@ -311,11 +404,34 @@ class IcebergWriter(DataWriter):
                 if kept.num_rows == rows.num_rows:
                     continue
                 removed.append(task.file)
+                if len(task.file.partition) > 0:
+                    beside.extend(self._rewrite_beside(task.file, kept))
+                    continue
                 for batch in kept.to_batches():
-                    rewrite.write(_to_file_schema(batch, self._file_schema))
-            return removed, rewrite.close()
+                    rewrite.write(to_file_schema(batch, self._file_schema))
+            return removed, [*beside, *rewrite.close()]
         finally:
-            self._rewritten = list(rewrite.paths)
+            self._rewritten = [*rewrite.paths, *(file.path for file in beside)]
+
+    def _rewrite_beside(self, old: DataFile, kept: pa.Table) -> list[WrittenFile]:
+        """The surviving rows of a partitioned table's data file, in new files beside it (same partition and spec)."""
+        folder = old.file_path.rsplit("/", 1)[0]
+
+        def open_file(index: int) -> tuple[str, Any]:
+            self._rewrites_opened += 1
+            path = f"{folder}/00001-{self._rewrites_opened}-{self._run_id}.parquet"
+            self._placement[path] = (old.partition, old.spec_id)
+            self._rewritten.append(path)
+            return path, self._io.new_output(path).create(overwrite=False)
+
+        writer = RollingParquetWriter(self._file_schema, open_file, self._settings, lanes=1)
+        try:
+            for batch in kept.to_batches():
+                writer.write(to_file_schema(batch, self._file_schema))
+            return writer.close() if kept.num_rows else []
+        except BaseException:
+            writer.abandon()
+            raise
 
     def _open_rewrite(self, index: int) -> tuple[str, Any]:
         self._rewrites_opened += 1
@@ -342,6 +458,11 @@ class IcebergWriter(DataWriter):
         drop, keep = self._merge_keys.resolve()
         if keep is None:
             return drop, written
+        if self._spec.fields:
+            raise ConfigError(
+                f"iceberg table {self._name} is partitioned: target.merge.duplicates: last_wins is not supported "
+                "there; make the key unique in the source (duplicates: fail)"
+            )
         # last_wins: rewrite this run's own files without the superseded rows.
         rewrite = RollingParquetWriter(self._file_schema, self._open_rewrite, self._settings)
         try:
@@ -359,17 +480,21 @@ class IcebergWriter(DataWriter):
         self._discard([file.path for file in written])
         return drop, deduplicated
 
+    def _check_no_other_run(self, table: Table) -> None:
+        """Raise TargetError if another run of this job committed since this run loaded its state."""
+        found = latest_job_state(table, self._job_name)
+        latest = found[0] if found else None
+        if latest != self._state_snapshot:
+            raise TargetError(
+                f"another run of job '{self._job_name}' committed to iceberg table {self._name} while this run "
+                "was in progress; this run committed nothing (run the job again to continue from that state)"
+            )
+
     def _rebase(self) -> None:
         """After a conflict: reload the table, make sure no other run of this job committed, reopen the transaction."""
         table = self._load_table()
         if table is not None:
-            found = _latest_job_state(table, self._job_name)
-            latest = found[0] if found else None
-            if latest != self._state_snapshot:
-                raise TargetError(
-                    f"another run of job '{self._job_name}' committed to iceberg table {self._name} while this run "
-                    "was in progress; this run committed nothing (run the job again to continue from that state)"
-                )
+            self._check_no_other_run(table)
         if self._table is None and table is not None:
             raise TargetError(
                 f"iceberg table {self._name} was created by another writer while this run was in progress; "
@@ -379,7 +504,16 @@ class IcebergWriter(DataWriter):
         self._begin(table)
 
     def abort(self) -> None:
-        """Delete every data file this run wrote; nothing was committed, so the table is as before."""
+        """Delete every data file this run wrote; nothing was committed, so the table is as before.
+
+        After a commit whose outcome stayed unknown, nothing is deleted: the table may
+        reference the files (``dativo maintain`` removes them once they are orphans).
+        """
+        if self._keep_files:
+            if self._rolling is not None:
+                self._rolling.abandon()
+            self._rolling = None
+            return
         self._drop_created_namespace()
         if self._rolling is None:
             return
@@ -404,12 +538,17 @@ class IcebergWriter(DataWriter):
         is dropped again by ``abort`` so a failed run leaves the catalog as it was.
         """
         namespace = self._identifier[:-1]
+        converted = assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema))
+        layout: dict[str, Any] = {}
+        if self._partition_by:
+            layout["partition_spec"] = build_spec(self._partition_by, converted)
+        if self._sort_by:
+            layout["sort_order"] = build_sort_order(self._sort_by, converted)
         try:
-            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
+            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=converted, **layout)
         except NoSuchNamespaceError:
-            self._catalog.create_namespace(namespace)
-            self._created_namespace = True
-            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
+            self._created_namespace = ensure_namespace(self._catalog, namespace)
+            self._transaction = self._catalog.create_table_transaction(self._identifier, schema=converted, **layout)
 
     def _drop_created_namespace(self) -> None:
         if self._created_namespace:
@@ -419,196 +558,5 @@ class IcebergWriter(DataWriter):
             self._created_namespace = False
 
     def _data_file(self, file: WrittenFile) -> DataFile:
-        statistics = data_file_statistics_from_parquet_metadata(
-            parquet_metadata=file.metadata,
-            stats_columns=compute_statistics_plan(self._iceberg_schema, self._table_properties),
-            parquet_column_mapping=parquet_path_to_id_mapping(self._iceberg_schema),
-        )
-        return DataFile.from_args(
-            content=DataFileContent.DATA,
-            file_path=file.path,
-            file_format=FileFormat.PARQUET,
-            partition=Record(),
-            file_size_in_bytes=file.size,
-            sort_order_id=None,
-            spec_id=self._spec_id,
-            equality_ids=None,
-            key_metadata=None,
-            **statistics.to_serialized_dict(),
-        )
-
-
-def job_snapshots(table: Table) -> list[tuple[Snapshot, str | None]]:
-    """The table's snapshots on its current branch, newest first, with the dativo job that wrote each (or None)."""
-    by_id = {snapshot.snapshot_id: snapshot for snapshot in table.snapshots()}
-    chain: list[tuple[Snapshot, str | None]] = []
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        chain.append((snapshot, _writer_of(snapshot)))
-        snapshot = by_id.get(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id is not None else None
-    return chain
-
-
-def _writer_of(snapshot: Snapshot) -> str | None:
-    summary = snapshot.summary
-    return summary.get("dativo.job") if summary is not None else None
-
-
-def _latest_job_state(table: Table, job: str) -> tuple[int, dict[str, Any]] | None:
-    """``(snapshot id, state)`` of the newest snapshot of ``job`` on the current branch, newer than any reset."""
-    reset = table.properties.get(RESET_PROPERTY + job)
-    for snapshot, writer in job_snapshots(table):
-        if reset is not None and str(snapshot.snapshot_id) == reset:
-            return None
-        if writer == job and snapshot.summary is not None:
-            raw = snapshot.summary.get("dativo.state")
-            state = json.loads(raw) if raw else {"run_id": snapshot.summary.get("dativo.run-id")}
-            return snapshot.snapshot_id, state
-    return None
-
-
-def iceberg_type_of(field: pa.Field) -> IcebergType:
-    """The Iceberg type PyIceberg gives an Arrow field; raises TypeMappingError naming the column."""
-    try:
-        # PyIceberg's own Arrow -> Iceberg conversion, so created tables match what it would create.
-        schema = Catalog._convert_schema_if_needed(pa.schema([field]))
-    except Exception as exc:
-        raise TypeMappingError(
-            f"column '{field.name}': Arrow type {field.type} has no Iceberg equivalent ({exc}); "
-            "cast it in the source query or list it under source.cast_to_text"
-        ) from None
-    return schema.fields[0].field_type
-
-
-def _open_catalog(properties: dict[str, Any], job_dir: Path) -> Catalog:
-    name = str(properties.pop("name", "dativo"))
-    properties = {key: str(value) for key, value in properties.items()}
-    for key, value in properties.items():
-        if any(marker in key.lower() for marker in _SECRET_PROPERTY_MARKERS):
-            register_secret(value)
-    if not properties or (properties.get("type", "sql") == "sql" and "uri" not in properties):
-        warehouse = job_dir / "warehouse"
-        warehouse.mkdir(parents=True, exist_ok=True)
-        properties = {
-            "type": "sql",
-            "uri": f"sqlite:///{warehouse / 'catalog.db'}",
-            "warehouse": warehouse.as_uri(),
-            **properties,
-        }
-    warehouse_value = properties.get("warehouse", "")
-    if warehouse_value and "://" not in warehouse_value:
-        local = Path(warehouse_value).expanduser()
-        local = local if local.is_absolute() else (job_dir / local).resolve()
-        local.mkdir(parents=True, exist_ok=True)
-        properties["warehouse"] = local.as_uri()
-    for attempt in range(3):
-        try:
-            return load_catalog(name, **properties)
-        except Exception as exc:
-            # Two processes creating a new embedded catalog's tables at once: the loser sees them appear.
-            if "already exists" in str(exc) and attempt < 2:
-                continue
-            raise TargetError(f"iceberg catalog '{name}' cannot be opened: {redact(str(exc))}") from None
-    raise AssertionError("unreachable")
-
-
-# Promotions Iceberg allows: a value of the first type can be stored in a column of the second.
-def _fits(source: IcebergType, table: IcebergType) -> bool:
-    if source == table:
-        return True
-    if isinstance(source, IntegerType) and isinstance(table, LongType):
-        return True
-    if isinstance(source, FloatType) and isinstance(table, DoubleType):
-        return True
-    return (
-        isinstance(source, DecimalType)
-        and isinstance(table, DecimalType)
-        and source.scale == table.scale
-        and source.precision <= table.precision
-    )
-
-
-def _evolve(name: str, table_schema: Schema, source: pa.Schema, mode: str, transaction: Any) -> None:
-    """Apply the schema-evolution policy; stages changes in ``transaction`` (evolve) or raises SchemaError.
-
-    evolve: new source columns are added as optional, and a table column is widened
-    where Iceberg allows (int -> long, float -> double, decimal precision up).
-    freeze: the table schema is kept; new source columns are not written.
-    fail: any change the table would need stops the run.
-    Any other type change (text -> int, say) stops the run in every mode.
-    """
-    table_fields = {field.name: field for field in table_schema.fields}
-    added: list[str] = []
-    widened: list[str] = []
-    for field in source:
-        target = table_fields.get(field.name)
-        source_type = iceberg_type_of(field)
-        if target is None:
-            added.append(field.name)
-        elif _fits(source_type, target.field_type):
-            continue
-        elif _fits(target.field_type, source_type):
-            widened.append(f"{field.name} ({target.field_type} -> {source_type})")
-        else:
-            raise SchemaError(
-                f"iceberg table {name}: column '{field.name}' is {target.field_type} in the table but "
-                f"{source_type} at the source, and Iceberg cannot change one into the other; cast it in the "
-                "source query or write to a new table"
-            )
-    if mode == "fail" and (added or widened):
-        changes = [f"new column(s) {', '.join(added)}"] if added else []
-        changes += [f"wider type(s) {', '.join(widened)}"] if widened else []
-        raise SchemaError(
-            f"iceberg table {name}: the source schema differs ({'; '.join(changes)}) and "
-            "target.schema_evolution.mode is 'fail'"
-        )
-    if mode == "freeze":
-        if widened:
-            raise SchemaError(
-                f"iceberg table {name}: {', '.join(widened)} would need a wider column, and "
-                "target.schema_evolution.mode is 'freeze'"
-            )
-        if added:
-            log.warning("schema frozen: source column(s) %s are not written to %s", ", ".join(added), name)
-        return
-    names = set(source.names)
-    for target in table_schema.fields:
-        if target.name not in names and target.required:
-            raise SchemaError(f"iceberg table {name}: required column '{target.name}' is missing from the source")
-    if added or widened:
-        log.info("evolving %s: added %s; widened %s", name, added or "-", widened or "-")
-        with transaction.update_schema() as update:
-            update.union_by_name(source)
-
-
-def _small_types(schema: pa.Schema) -> pa.Schema:
-    """PyIceberg asks for large string/binary/list; the 32-bit variants store the same and avoid a copy."""
-    return pa.schema([_small_field(field) for field in schema], metadata=schema.metadata)
-
-
-def _small_field(field: pa.Field) -> pa.Field:
-    kind = field.type
-    if pa.types.is_large_string(kind):
-        kind = pa.string()
-    elif pa.types.is_large_binary(kind):
-        kind = pa.binary()
-    elif pa.types.is_large_list(kind) or pa.types.is_list(kind):
-        kind = pa.list_(_small_field(kind.value_field))
-    elif pa.types.is_struct(kind):
-        kind = pa.struct([_small_field(child) for child in kind])
-    elif pa.types.is_map(kind):
-        kind = pa.map_(_small_field(kind.key_field), _small_field(kind.item_field))
-    return field.with_type(kind)
-
-
-def _to_file_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """Cast ``batch`` to the data-file schema (with field ids); table columns the source lacks are null."""
-    arrays = []
-    for field in schema:
-        index = batch.schema.get_field_index(field.name)
-        if index < 0:
-            arrays.append(pa.nulls(batch.num_rows, field.type))
-            continue
-        column = batch.column(index)
-        arrays.append(column if column.type == field.type else column.cast(field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+        partition, spec_id = self._placement.get(file.path, (Record(), self._spec_id))
+        return data_file(file, self._iceberg_schema, self._table_properties, partition, spec_id)

@@ -1,0 +1,62 @@
+"""Commits whose outcome is unknown: recognising them, and finding out whether they landed.
+
+A catalog commit can reach the server and change the table while its answer is
+lost (a dropped connection, a timeout, a 5xx from a proxy, PyIceberg's
+``CommitStateUnknownException``). Deleting the run's files then could delete data
+the table now references. Instead the writer reloads the table and looks for the
+snapshot carrying this attempt's ``dativo.commit-id``: found, the run succeeded;
+not found within a bounded wait, the run fails and its files stay for
+``dativo maintain`` (orphan removal, after its safety age) to collect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from pyiceberg.exceptions import CommitStateUnknownException, ServerError
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+
+__all__ = ["COMMIT_ID", "find_commit", "outcome_unknown"]
+
+log = logging.getLogger("dativo.targets.iceberg")
+
+#: Summary property naming one commit attempt (a fresh UUID per attempt).
+COMMIT_ID = "dativo.commit-id"
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """True when ``exc`` from a commit call leaves it unknown whether the commit was applied."""
+    if isinstance(exc, CommitStateUnknownException | ServerError | TimeoutError | ConnectionError):
+        return True
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - PyIceberg's REST catalog depends on it
+        return False
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
+
+
+def find_commit(
+    load: Callable[[], Table | None], commit_id: str, wait_s: float, interval_s: float = 1.0
+) -> tuple[Table, Snapshot] | None:
+    """Reload the table until a snapshot whose summary has ``commit_id`` appears, for at most ``wait_s`` seconds.
+
+    Returns ``(table, snapshot)`` or None. A failing reload (the catalog still
+    unreachable) counts as "not seen yet" and is retried until the deadline.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            table = load()
+        except Exception as exc:  # the catalog may still be failing; keep looking until the deadline
+            log.info("reloading the table to check the commit failed (%s); retrying", exc)
+            table = None
+        if table is not None:
+            for snapshot in table.snapshots():
+                if snapshot.summary is not None and snapshot.summary.get(COMMIT_ID) == commit_id:
+                    return table, snapshot
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
