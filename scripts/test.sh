@@ -49,8 +49,7 @@ step "building plugins/go-postgres-reader (go build)"
 # The process-plugin sandbox tests need bubblewrap.
 command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 
-# Apache Iceberg's reference REST catalog server (Java 17; jars from Maven Central, cached per version).
-command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
+# Apache Iceberg's reference REST catalog server (Java 17 and Maven from Debian when missing; jars from Maven Central, cached per version).
 step "fetching Apache Iceberg's REST catalog server (Maven Central; cached after the first time)"
 ./scripts/install-iceberg-rest.sh >/dev/null
 
