@@ -13,6 +13,8 @@ from dativo._secrets import redact
 from dativo.config.loader import load_job, parse_job
 from dativo.errors import ConfigError
 
+pytestmark = pytest.mark.unit  # pure: parsing and validation only
+
 MINIMAL = """\
 source:
   connector: files
