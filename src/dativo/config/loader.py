@@ -174,20 +174,24 @@ def _stream_entry(
         line = _line_for(where, lines)
         problems.append((line, f"{source}:{line}: {_dotted(where)}: {message}"))
 
+    bad_template = False
     try:
         job, templates = merged_stream(config, key, config.name or file.stem)
     except (KeyError, ValueError) as exc:
+        bad_template = True
         problem(
             ("target", "table"),
             f"bad placeholder {exc} in the target name; use {{schema}}, {{table}}, {{stream}} or {{job}} "
             "({{ and }} for literal braces)",
         )
-        return None
+        job, templates = merged_stream(config, key, config.name or file.stem, fill=False)
     try:
         job_config = JobConfig.model_validate(job)
     except ValidationError as exc:
         for path, message in _problems(exc, JobConfig):
             problem(path, message)
+        return None
+    if bad_template:
         return None
     spec = config.streams[key]
     exclude = tuple(spec.exclude) if spec is not None and not isinstance(spec, str) else ()

@@ -181,8 +181,13 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def merged_stream(config: StreamsJobConfig, key: str, job_name: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The single-table job dict of stream ``key`` and its target templates; raises ConfigError for a bad template."""
+def merged_stream(
+    config: StreamsJobConfig, key: str, job_name: str, *, fill: bool = True
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The single-table job dict of stream ``key`` and its target templates (filled unless ``fill`` is False).
+
+    Raises KeyError naming a placeholder the template may not use.
+    """
     spec = config.streams[key]
     override = spec if isinstance(spec, StreamSpec) else StreamSpec()
     source = deep_merge(config.defaults.source, override.source)
@@ -196,6 +201,7 @@ def merged_stream(config: StreamsJobConfig, key: str, job_name: str) -> tuple[di
         value = target.get(name)
         if isinstance(value, str) and "{" in value:
             templates[name] = value
-            target[name] = fill_template(value, key, job_name)
+            if fill:
+                target[name] = fill_template(value, key, job_name)
     job = {"version": 1, "name": job_name, "source": source, "target": target, "engine": config.engine.model_dump()}
     return job, templates

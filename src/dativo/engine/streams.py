@@ -243,7 +243,8 @@ def _run_one(
         run_job(stream.job, run_id=run_id, progress=progress, attempts=attempts, on_retry=on_retry, stop=stop)
     except Exception as exc:
         error = exc
-        log.warning("stream %s failed: %s", stream.name, exc, extra={"job": stream.job.name, "stream": stream.name})
+        if stream.job.stream is not None:  # a single-table job's error is the command's error, printed once
+            log.info("stream %s failed: %s", stream.name, exc, extra={"job": stream.job.name, "stream": stream.name})
     except KeyboardInterrupt as exc:  # aborted: report it, then stop everything
         if on_done is not None:
             on_done(StreamOutcome(stream, attempts[-1] if attempts else None, exc, len(attempts)))

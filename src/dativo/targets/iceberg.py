@@ -407,8 +407,12 @@ class IcebergWriter(DataWriter):
         try:
             self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
         except NoSuchNamespaceError:
-            self._catalog.create_namespace(namespace)
-            self._created_namespace = True
+            try:
+                self._catalog.create_namespace(namespace)
+                self._created_namespace = True
+            except Exception:
+                # A concurrent run (another stream of the job) created it between the check and the insert.
+                self._catalog.load_namespace_properties(namespace)  # raises if it really is missing
             self._transaction = self._catalog.create_table_transaction(self._identifier, schema=schema)
 
     def _drop_created_namespace(self) -> None:
