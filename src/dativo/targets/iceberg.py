@@ -50,7 +50,16 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.typedef import Record
-from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
+from pyiceberg.types import (
+    DecimalType,
+    DoubleType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    ListType,
+    LongType,
+    MapType,
+)
 
 from dativo import __version__
 from dativo._faults import crash_point
@@ -520,6 +529,17 @@ def _open_catalog(properties: dict[str, Any], job_dir: Path) -> Catalog:
 def _fits(source: IcebergType, table: IcebergType) -> bool:
     if source == table:
         return True
+    # Nested types compare by structure: the source's element/key/value field ids are new on every run.
+    if isinstance(source, ListType) and isinstance(table, ListType):
+        return _fits(source.element_type, table.element_type) and (
+            source.element_required or not table.element_required
+        )
+    if isinstance(source, MapType) and isinstance(table, MapType):
+        return (
+            _fits(source.key_type, table.key_type)
+            and _fits(source.value_type, table.value_type)
+            and (source.value_required or not table.value_required)
+        )
     if isinstance(source, IntegerType) and isinstance(table, LongType):
         return True
     if isinstance(source, FloatType) and isinstance(table, DoubleType):
