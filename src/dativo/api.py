@@ -29,7 +29,7 @@ import pyarrow as pa
 from dativo.config.loader import LoadedJob, LoadedStreams, load_job_file
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
-from dativo.engine.streams import Stream, StreamOutcome, plan_streams, run_streams
+from dativo.engine.streams import Stream, StreamOutcome, plan_streams, run_streams, windowed
 from dativo.errors import DativoError
 
 __all__ = [
@@ -251,6 +251,7 @@ def run(
     on_retry: RetryHook | None = None,
     max_concurrent_streams: int | None = None,
     on_stream_done: Callable[[StreamResult], None] | None = None,
+    window: tuple[Any, Any] | None = None,
 ) -> RunResult:
     """Run a job: every stream (or those ``streams`` names or matches) reads its source and commits once.
 
@@ -264,6 +265,11 @@ def run(
     each stream ends (serialized, from the stream's thread), also for a stream aborted by
     KeyboardInterrupt (status ``failed``), before the interrupt propagates.
 
+    ``window=(start, end)`` reads only rows whose ``source.incremental.cursor`` is in
+    ``[start, end)`` (a scheduler's time partition) instead of those past the committed
+    mark, which is then neither used nor advanced; give the partition's run id so that a
+    retried partition is applied once. It needs SQL table sources (postgres, sqlite).
+
     Raises ConfigError/PluginError for the job itself (nothing runs). A stream's failure
     does not raise: it is in the result (``result.ok``, ``result.failed``,
     ``result.raise_for_failures()``). KeyboardInterrupt aborts the running streams
@@ -272,6 +278,8 @@ def run(
     job = _job(job_or_path)
     started = time.perf_counter()
     planned = plan_streams(job.loaded, streams)
+    if window is not None:
+        planned = [windowed(stream, *window) for stream in planned]
     if len(planned) == 1 and not job.has_streams:
         build_plan(planned[0].job)  # a plugin that cannot be loaded is the job's error, not the stream's
     outcomes = run_streams(

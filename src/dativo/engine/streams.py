@@ -25,7 +25,7 @@ from dativo.engine.retry import run_job
 from dativo.errors import ConfigError, DativoError, SourceError, is_transient
 from dativo.sdk import ListsTables
 
-__all__ = ["Stream", "StreamOutcome", "plan_streams", "run_streams", "stream_name"]
+__all__ = ["Stream", "StreamOutcome", "plan_streams", "run_streams", "stream_name", "windowed"]
 
 log = logging.getLogger("dativo.engine")
 
@@ -168,6 +168,39 @@ def _select(streams: list[Stream], select: Sequence[str] | None, file: str) -> l
             raise ConfigError(f"--stream {wanted}: {file} has no such stream ({hint}streams: {listed})")
         chosen.update(hits)
     return [s for s in streams if s.name in chosen]
+
+
+_SQL_SOURCES = ("postgres", "sqlite")
+
+
+def windowed(stream: Stream, start: Any, end: Any) -> Stream:
+    """The stream reading only rows whose incremental cursor is in ``[start, end)`` (an orchestrator's partition).
+
+    The table becomes ``SELECT * FROM table WHERE cursor >= start AND cursor < end`` and the
+    committed high-water mark is neither used nor advanced. Raises ConfigError for a stream
+    without ``source.incremental``, a query stream, or a source that is not SQL (postgres, sqlite).
+    """
+    source = stream.job.config.source
+    if source.incremental is None or source.table is None or source.connector not in _SQL_SOURCES:
+        raise ConfigError(
+            f"stream {stream.name}: a time window needs a SQL table source (postgres, sqlite) with "
+            "source.incremental.cursor, the column the window filters on"
+        )
+    cursor = '"' + source.incremental.cursor.replace('"', '""') + '"'
+
+    def literal(value: Any) -> str:
+        text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+        return "'" + text.replace("'", "''") + "'"
+
+    query = f"SELECT * FROM {source.table} WHERE {cursor} >= {literal(start)} AND {cursor} < {literal(end)}"
+    config = stream.job.config
+    job = config.model_copy(
+        update={"source": source.model_copy(update={"table": None, "query": query, "incremental": None})}
+    )
+    loaded = LoadedJob(
+        config=job, path=stream.job.path, dir=stream.job.dir, lines=stream.job.lines, stream=stream.job.stream
+    )
+    return Stream(stream.name, loaded)
 
 
 class _LockedProgress:
