@@ -155,10 +155,10 @@ def test_yaml_component_builds_assets_for_each_job(job):
 def test_run_id_of_a_reexecution_is_its_root_run(job):
     class Run:
         root_run_id = "first"
+        run_id = "second"
 
     class Context:
         run = Run()
-        run_id = "second"
         has_partition_key = True
         partition_key = "2024-01-02"
 

@@ -68,7 +68,8 @@ def write_job(tmp_path: Path, connection: dict) -> Path:
 
 def rows_in(job_dir: Path, table: str) -> int:
     warehouse = job_dir / "warehouse"
-    catalog = load_catalog("dativo", type="sql", uri=f"sqlite:///{warehouse / 'catalog.db'}", warehouse=warehouse.as_uri())
+    uri = f"sqlite:///{warehouse / 'catalog.db'}"
+    catalog = load_catalog("dativo", type="sql", uri=uri, warehouse=warehouse.as_uri())
     return catalog.load_table(table).scan().to_arrow().num_rows
 
 

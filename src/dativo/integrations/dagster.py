@@ -77,7 +77,7 @@ class DativoTranslator:
 def dagster_run_id(context: Any) -> str:
     """The dativo run id of a Dagster step: its root run (re-executions share it) plus the partition key."""
     dagster_run = context.run
-    root = getattr(dagster_run, "root_run_id", None) or context.run_id
+    root = getattr(dagster_run, "root_run_id", None) or dagster_run.run_id
     key = context.partition_key if context.has_partition_key else None
     return f"dagster-{root}" + (f"-{key}" if key else "")
 
