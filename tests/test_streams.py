@@ -198,6 +198,11 @@ def test_validate_discover_and_state_per_stream(lake):
     assert states["orders"]["run_id"] == "s1" and states["order_items"] is None
     discovered = cli("discover", lake, "--json", "--stream", "orders")
     assert [c["column"] for c in json.loads(discovered.stdout)["orders"]] == ["id", "name", "amount"]
+    reset = cli("state", "reset", lake, "--yes", "--stream", "orders")
+    assert reset.returncode == 0 and reset.stdout.startswith("orders: state of job 'lake' on raw.orders reset"), reset
+    assert json.loads(cli("state", "show", lake, "--stream", "orders").stdout) == {"orders": None}
+    offline = cli("validate", lake, "--offline")  # the wildcard stays a pattern: no connection to the source
+    assert offline.returncode == 0 and "[*]: reader sqlite" in offline.stdout, offline.stderr
 
 
 def test_import_dativo_does_not_load_the_engine():

@@ -29,7 +29,7 @@ import pyarrow as pa
 from dativo.config.loader import LoadedJob, LoadedStreams, load_job_file
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
-from dativo.engine.streams import Stream, StreamOutcome, plan_streams, run_streams, windowed
+from dativo.engine.streams import Stream, StreamOutcome, plan_streams, run_streams, select_streams, windowed
 from dativo.errors import DativoError
 
 __all__ = [
@@ -353,8 +353,8 @@ def validate(
     """
     job = _job(job_or_path)
     if offline and isinstance(job.loaded, LoadedStreams):
-        planned = [Stream(e.key, e.job) for e in job.loaded.entries]
-        planned = [s for s in planned if not streams or s.name in streams] or planned
+        entries = [Stream(e.key, e.job) for e in job.loaded.entries]
+        planned = select_streams(entries, streams, job.path.name)
     else:
         planned = plan_streams(job.loaded, streams)
     out: list[ValidatedStream] = []

@@ -217,7 +217,8 @@ def validate(
         return
     for item in results:
         if item.ok:
-            out.print(f"[green]ok[/green] {escape(f'{job} [{item.name}]: reader {item.reader}, writer {item.writer}')}")
+            line = escape(f"{job} [{item.name}]: reader {item.reader}, writer {item.writer}")
+            out.print(f"[green]ok[/green] {line}", soft_wrap=True)
     failures = [(item.name, item.exception) for item in results if item.exception is not None]
     _print_stream_errors(failures, loaded)
     if failures:

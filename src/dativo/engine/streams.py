@@ -25,7 +25,7 @@ from dativo.engine.retry import run_job
 from dativo.errors import ConfigError, DativoError, SourceError, is_transient
 from dativo.sdk import ListsTables
 
-__all__ = ["Stream", "StreamOutcome", "plan_streams", "run_streams", "stream_name", "windowed"]
+__all__ = ["Stream", "StreamOutcome", "plan_streams", "run_streams", "select_streams", "stream_name", "windowed"]
 
 log = logging.getLogger("dativo.engine")
 
@@ -64,7 +64,7 @@ def plan_streams(loaded: LoadedJob | LoadedStreams, select: Sequence[str] | None
     """
     if isinstance(loaded, LoadedJob):
         streams = [Stream(stream_name(loaded), loaded)]
-        return _select(streams, select, loaded.path.name)
+        return select_streams(streams, select, loaded.path.name)
     explicit = {entry.key for entry in loaded.entries if not entry.wildcard}
     # A selection of explicit streams only needs no connection to the source.
     needs_listing = select is None or any(name not in explicit for name in select)
@@ -78,7 +78,7 @@ def plan_streams(loaded: LoadedJob | LoadedStreams, select: Sequence[str] | None
                 out.setdefault(table, Stream(table, _instantiate(entry, table, loaded.name)))
     streams = list(out.values())
     _no_shared_targets(loaded, streams)
-    return _select(streams, select, loaded.path.name)
+    return select_streams(streams, select, loaded.path.name)
 
 
 def _matches(
@@ -154,7 +154,8 @@ def _no_shared_targets(loaded: LoadedStreams, streams: list[Stream]) -> None:
         seen[where] = stream.name
 
 
-def _select(streams: list[Stream], select: Sequence[str] | None, file: str) -> list[Stream]:
+def select_streams(streams: list[Stream], select: Sequence[str] | None, file: str) -> list[Stream]:
+    """The streams ``select`` names or matches (all when it is empty); ConfigError for a name matching none."""
     if not select:
         return streams
     names = [s.name for s in streams]
