@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,33 @@ def test_import_dativo_does_not_load_the_engine():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_sigterm_aborts_running_streams_and_keeps_finished_ones(tmp_path):
+    plugin = Path(__file__).parent / "support" / "plugins.py"
+    marker = tmp_path / "slow-started"
+    job = write(
+        tmp_path,
+        f"""\
+        defaults:
+          source: {{connector: custom, reader: {{implementation: "{plugin}:GeneratedReader"}}}}
+          target: {{connector: iceberg, table: "raw.{{table}}"}}
+        streams:
+          quick: {{source: {{options: {{rows: 100}}}}}}
+          slow: {{source: {{options: {{rows: 1000000, sleep: 0.05, marker_file: "{marker}"}}}}}}
+        engine: {{max_concurrent_streams: 2, batch_size: 1000}}
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dativo", "run", str(job), "--quiet"], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and catalog(tmp_path).table_exists("raw.quick")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the slow stream has written some batches
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; streams that finished before stay committed" in stderr
+    assert catalog(tmp_path).load_table("raw.quick").scan().to_arrow().num_rows == 100
+    assert not catalog(tmp_path).table_exists("raw.slow")
