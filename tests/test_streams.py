@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog import load_catalog
 
@@ -244,3 +245,27 @@ def test_sigterm_aborts_running_streams_and_keeps_finished_ones(tmp_path):
     assert "interrupted; streams that finished before stay committed" in stderr
     assert catalog(tmp_path).load_table("raw.quick").scan().to_arrow().num_rows == 100
     assert not catalog(tmp_path).table_exists("raw.slow")
+
+
+def test_parquet_target_path_template_and_check_per_stream(tmp_path):
+    make_db(tmp_path / "app.db", {"orders": 3, "items": 4})
+    job = write(
+        tmp_path,
+        """\
+        defaults:
+          source: {connector: sqlite, connection: {path: app.db}}
+          target: {connector: parquet, path: "lake/{job}/{table}"}
+        streams:
+          "*": {}
+        """,
+    )
+    checked = cli("check", job, "--stream", "orders")
+    assert checked.returncode == 0, checked.stderr
+    assert "ok orders source: reachable; 3 columns" in checked.stdout
+    result = dativo.run(job)
+    assert {s.name: (s.rows, s.target) for s in result.streams} == {
+        "items": (4, "lake/job/items"),
+        "orders": (3, "lake/job/orders"),
+    }
+    assert pq.read_table(tmp_path / "lake" / "job" / "orders").num_rows == 3
+    assert pq.read_table(tmp_path / "lake" / "job" / "items").num_rows == 4
