@@ -163,6 +163,11 @@ def test_one_failed_stream_leaves_the_others_committed(lake):
     assert summary["failed"] == ["customers"]
     assert catalog(lake.parent).load_table("raw.orders").scan().to_arrow().num_rows == 7
     assert not catalog(lake.parent).table_exists("raw.clients")
+    result = dativo.run(lake, streams=["customers", "orders"], run_id="api")
+    assert result.failed == ["customers"] and result.stream("orders").ok
+    with pytest.raises(dativo.StreamsFailed, match=r"1 of 2 streams of job 'lake' failed \(customers\)") as info:
+        result.raise_for_failures()
+    assert info.value.result is result
 
 
 def test_python_api_run_result(lake):
