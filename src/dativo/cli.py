@@ -24,16 +24,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dativo import __version__
+from dativo import api as python_api
 from dativo._logging import configure_logging
 from dativo._secrets import redact
 from dativo.cli_audit import audit_app, decrypt, kms_app
 from dativo.cli_cdc import cdc_app
 from dativo.cli_maintain import maintain
-from dativo.config.loader import LoadedJob, load_job
+from dativo.cli_streams import print_discovered, print_streams_summary, stream_errors
+from dativo.config.loader import LoadedJob, LoadedStreams
 from dativo.engine import pipeline
-from dativo.engine.plan import Plan, build_plan
+from dativo.engine.plan import build_plan
 from dativo.engine.registry import list_plugins
-from dativo.engine.retry import run_job
+from dativo.engine.streams import Stream, plan_streams
 from dativo.errors import ConfigError, DativoError, PluginError
 from dativo.sdk import SDK_API_VERSION
 
@@ -81,6 +83,10 @@ _state: dict[str, Any] = {"debug": False, "job": None}
 T = TypeVar("T")
 JobArg = Annotated[Path, typer.Argument(help="The job file (YAML).", show_default=False)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+StreamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--stream", help="Jobs with streams: only this stream (a name or pattern; repeatable)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -114,29 +120,63 @@ def run(
         typer.Option(help="Name this run (e.g. the scheduler's run id); a run already committed is not applied again."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
+    stream: StreamOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run a job: read the source, write the target, commit once at the end (transient failures are retried)."""
     _state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
-    attempts: list[pipeline.RunSummary] = []
+    done: list[python_api.StreamResult] = []
     try:
         with _progress(quiet) as progress, _sigterm_as_interrupt():
-            _guard(lambda: run_job(loaded, run_id=run_id, progress=progress, attempts=attempts, on_retry=_print_retry))
+            result = _guard(
+                lambda: python_api.run(
+                    loaded,
+                    streams=stream,
+                    run_id=run_id,
+                    progress=progress,
+                    on_retry=_print_retry,
+                    on_stream_done=done.append,
+                ),
+                streams=loaded.has_streams,
+            )
     finally:
-        if summary_json is not None and attempts:
-            summary_json.write_text(redact(json.dumps(attempts[-1].to_dict(), indent=2, default=str)) + "\n")
+        if summary_json is not None and done:
+            data = _streams_json(loaded, done) if loaded.has_streams else done[-1].summary
+            summary_json.write_text(redact(json.dumps(data, indent=2, default=str)) + "\n")
+    if not loaded.has_streams:
+        if not result.ok:
+            _guard(result.raise_for_failures)
+        if not quiet:
+            _print_summary(result.streams[0].summary)
+        return
     if not quiet:
-        _print_summary(attempts[-1].to_dict())
+        print_streams_summary(out, result)
+    _print_stream_errors([(s.name, s.exception) for s in result.streams if s.exception is not None], loaded)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _streams_json(job: python_api.Job, done: list[python_api.StreamResult]) -> dict[str, Any]:
+    failed = [s.name for s in done if not s.ok]
+    return {
+        "job": job.name,
+        "status": "failed" if failed else "succeeded",
+        "failed": failed,
+        "rows": sum(s.rows for s in done),
+        "streams": [s.to_dict() for s in done],
+    }
 
 
 @state_app.command("show")
-def state_show(job: JobArg, debug: DebugOpt = False) -> None:
-    """Print the state the job's last successful run committed with its data (JSON)."""
+def state_show(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> None:
+    """Print the state the job's last successful run committed with its data (JSON; one per stream)."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(_load(job)))
-    state = _guard(lambda: pipeline.load_state(plan))
-    out.print_json(json.dumps(state, default=str) if state is not None else "null")
+    loaded = _guard(lambda: _load(job))
+    streams = _guard(lambda: plan_streams(loaded.loaded, stream))
+    states = {s.name: _guard(lambda s=s: pipeline.load_state(build_plan(s.job)), s) for s in streams}  # type: ignore[misc]
+    shown = states if loaded.has_streams else next(iter(states.values()))
+    out.print_json(json.dumps(shown, default=str) if shown is not None else "null")
 
 
 @state_app.command("reset")
@@ -144,14 +184,20 @@ def state_reset(
     job: JobArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     force: Annotated[bool, typer.Option(help="Reset even though other jobs or tools write the same target.")] = False,
+    stream: StreamOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Forget the job's state: its next run reads from source.incremental.initial again."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(_load(job)))
-    if not yes and not typer.confirm(f"Reset the state of job '{plan.job.name}'? Its next run re-reads the source"):
+    loaded = _guard(lambda: _load(job))
+    streams = _guard(lambda: plan_streams(loaded.loaded, stream))
+    plans = [(s, _guard(lambda s=s: build_plan(s.job), s)) for s in streams]  # type: ignore[misc]
+    what = f"job '{loaded.name}'" + (f" ({len(plans)} streams)" if loaded.has_streams else "")
+    if not yes and not typer.confirm(f"Reset the state of {what}? Its next run re-reads the source"):
         _fail(ConfigError("state reset cancelled; nothing changed"))
-    out.print(_guard(lambda: pipeline.reset_state(plan, force)))
+    for s, plan in plans:
+        message = _guard(lambda plan=plan: pipeline.reset_state(plan, force), s)  # type: ignore[misc]
+        out.print(f"{s.name}: {message}" if loaded.has_streams else message, markup=not loaded.has_streams)
 
 
 @app.command()
@@ -160,24 +206,50 @@ def validate(
     offline: Annotated[
         bool, typer.Option(help="Only check the file and the plugins; do not connect to the source.")
     ] = False,
+    stream: StreamOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Check a job file, its plugins and (unless --offline) the source's columns, the mode and the cursor."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(_load(job)))
-    if not offline:
-        _guard(lambda: pipeline.validate(plan))
-    sides = f"{job}: reader {plan.reader.ref.name}, writer {plan.writer.ref.name}"
-    out.print(f"[green]ok[/green] {escape(sides)}")
+    loaded = _guard(lambda: _load(job))
+    results = _guard(lambda: python_api.validate(loaded, streams=stream, offline=offline))
+    if not loaded.has_streams:
+        if results[0].exception is not None:
+            _fail(results[0].exception)
+        sides = f"{job}: reader {results[0].reader}, writer {results[0].writer}"
+        out.print(f"[green]ok[/green] {escape(sides)}")
+        return
+    for item in results:
+        if item.ok:
+            line = escape(f"{job} [{item.name}]: reader {item.reader}, writer {item.writer}")
+            out.print(f"[green]ok[/green] {line}", soft_wrap=True)
+    failures = [(item.name, item.exception) for item in results if item.exception is not None]
+    _print_stream_errors(failures, loaded)
+    if failures:
+        raise typer.Exit(2 if any(isinstance(e, ConfigError | PluginError) for _, e in failures) else 1)
 
 
 @app.command()
-def check(job: JobArg, debug: DebugOpt = False) -> None:
+def check(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> None:
     """Connect to the source and the target with the job's credentials."""
     _state["debug"] |= debug
-    plan = _guard(lambda: build_plan(_load(job)))
-    for side, result in _guard(lambda: pipeline.check(plan)):
-        out.print(f"[green]ok[/green] {side}: {escape(str(result))}")
+    loaded = _guard(lambda: _load(job))
+    streams = _guard(lambda: plan_streams(loaded.loaded, stream))
+    failures: list[tuple[str, BaseException]] = []
+    for s in streams:
+        try:
+            results = pipeline.check(build_plan(s.job))
+        except Exception as exc:
+            if not loaded.has_streams:
+                _fail(exc)
+            failures.append((s.name, exc))
+            continue
+        for side, result in results:
+            label = f"{s.name} {side}" if loaded.has_streams else side
+            out.print(f"[green]ok[/green] {escape(label)}: {escape(str(result))}")
+    _print_stream_errors(failures, loaded)
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
@@ -192,23 +264,14 @@ def serve(ctx: typer.Context) -> None:
 def discover(
     job: JobArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    stream: StreamOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Print the source schema as Arrow types and as the target types it will become."""
     _state["debug"] |= debug
-    plan: Plan = _guard(lambda: build_plan(_load(job)))
-    schema, target_types = _guard(lambda: pipeline.discover(plan))
-    targets = dict(target_types or [])
-    rows = [
-        {"column": f.name, "arrow": str(f.type), "nullable": f.nullable, "target": targets.get(f.name)} for f in schema
-    ]
-    if as_json:
-        out.print_json(json.dumps(rows))
-        return
-    table = Table("column", "arrow type", "target type")
-    for row in rows:
-        table.add_row(escape(row["column"]), escape(row["arrow"]), escape(row["target"] or "-"))
-    out.print(table)
+    loaded = _guard(lambda: _load(job))
+    found = _guard(lambda: python_api.discover(loaded, streams=stream))
+    print_discovered(out, found, as_json=as_json, per_stream=loaded.has_streams)
 
 
 @plugins_app.command("list")
@@ -290,21 +353,35 @@ def plugins_certify(
         raise typer.Exit(1)
 
 
-def _load(path: Path) -> LoadedJob:
+def _load(path: Path) -> python_api.Job:
     """Load the job file and remember it, so errors about a key can point at its line."""
-    job = load_job(path)
-    _state["job"] = job
+    job = python_api.load_job(path)
+    _state["job"] = job.loaded
     return job
 
 
-def _guard(action: Callable[[], T]) -> T:
+def _guard(action: Callable[[], T], stream: Stream | None = None, *, streams: bool = False) -> T:
+    """Run ``action``; an error ends the command with one line (naming ``stream``, if given) and its exit code."""
     try:
         return action()
     except KeyboardInterrupt:
-        err.print("[red]error:[/red] interrupted; nothing was committed", highlight=False)
+        committed = "streams that finished before stay committed" if streams else "nothing was committed"
+        err.print(f"[red]error:[/red] interrupted; {committed}", highlight=False)
         raise typer.Exit(130) from None
     except Exception as exc:
+        if stream is not None and stream.job.stream is not None:
+            _print_stream_errors([(stream.name, exc)], None)
+            raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1) from None
         _fail(exc)
+
+
+def _print_stream_errors(failures: list[tuple[str, BaseException]], job: python_api.Job | None) -> None:
+    """One ``error: stream NAME: ...`` line per problem of each failed stream."""
+    streams = (
+        {s.key: s.job for s in job.loaded.entries} if job is not None and isinstance(job.loaded, LoadedStreams) else {}
+    )
+    for line in stream_errors(failures, streams, debug=bool(_state["debug"])):
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _fail(exc: BaseException) -> NoReturn:

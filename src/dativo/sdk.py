@@ -32,6 +32,7 @@ __all__ = [
     "DataWriter",
     "DescribesTargetTypes",
     "IncrementalReader",
+    "ListsTables",
     "PartitionedReader",
     "PluginConfig",
     "ReadPartition",
@@ -44,7 +45,7 @@ __all__ = [
 #: in its ``api_version`` class attribute: a range such as ``">=1.0,<2"`` or a plain
 #: version such as ``"1.0"``, meaning ``">=1.0,<2"`` (same MAJOR, that MINOR or newer).
 #: The engine refuses a plugin whose range does not contain this version.
-SDK_API_VERSION = "1.2.0"
+SDK_API_VERSION = "1.3.0"
 
 #: What ``initialize`` receives: the job's ``source`` (for a reader) or
 #: ``target`` (for a writer) section with environment variables and secrets
@@ -213,6 +214,22 @@ class StatefulWriter(Protocol):
         """Forget this job's state (``dativo state reset``); return a sentence saying what was done.
 
         Raise TargetError when other jobs also write the target, unless ``force``.
+        """
+        ...
+
+
+@runtime_checkable
+class ListsTables(Protocol):
+    """Opt-in for readers: name the tables a source holds, so ``streams:`` wildcards (``public.*``) can be resolved.
+
+    Called on a reader instance that was **not** initialized (SDK 1.3).
+    """
+
+    def list_tables(self, config: PluginConfig) -> list[str]:
+        """Return every table and view ``config`` (the stream's source section) can read, as ``schema.table``.
+
+        Raise :class:`dativo.SourceError` when the source cannot be reached (``transient`` for a dropped
+        connection) and :class:`dativo.ConfigError` for a bad connection setting.
         """
         ...
 

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ValidationError
 
 from dativo._secrets import SECRET_KEY_PATTERN, register_secret
 from dativo.config.models import JobConfig
+from dativo.config.streams import LoadedStreams, StreamEntry, StreamLines, StreamsJobConfig, merged_stream
 from dativo.errors import ConfigError
 
-__all__ = ["LoadedJob", "load_job", "parse_job"]
+__all__ = ["LoadedJob", "LoadedStreams", "load_job", "load_job_file", "parse_job"]
 
 KeyPath = tuple[str | int, ...]
 
@@ -40,6 +41,8 @@ class LoadedJob:
     dir: Path
     #: The line of every key path in the file (``("source", "table")`` -> 5).
     lines: Mapping[KeyPath, int] = field(default_factory=dict, repr=False, compare=False)
+    #: The stream's name when this job is one stream of a ``streams:`` file, else None.
+    stream: str | None = None
 
     def locate(self, key: str) -> str:
         """``FILE:LINE`` of a dotted job key (``"source.table"``), or of its closest parent present."""
@@ -53,11 +56,27 @@ class LoadedJob:
 
 
 def load_job(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> LoadedJob:
-    """Load and validate the job file at ``path``.
+    """Load and validate the single-table job file at ``path``.
 
     Raises ConfigError (with file, line and key path) for a missing or unreadable
     file, malformed YAML, an unknown or missing key, a bad value, or an
-    environment variable or secret file that ``${...}`` names but does not exist.
+    environment variable or secret file that ``${...}`` names but does not exist;
+    also for a file with ``streams:`` (load it with :func:`load_job_file`).
+    """
+    loaded = load_job_file(path, env)
+    if isinstance(loaded, LoadedStreams):
+        raise ConfigError(
+            f"{loaded.locate('streams')}: streams: this job holds {len(loaded.entries)} streams and this command "
+            "takes a single-table job (dativo run, validate, check, discover and state take --stream NAME)"
+        )
+    return loaded
+
+
+def load_job_file(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> LoadedJob | LoadedStreams:
+    """Load and validate a job file: a single-table job, or a job with ``streams:`` (docs/many-tables.md).
+
+    Raises ConfigError as :func:`load_job` does; for a streams file every stream is
+    validated and every problem listed, each at the line that caused it.
     """
     file = Path(path)
     try:
@@ -67,8 +86,10 @@ def load_job(path: str | os.PathLike[str], env: dict[str, str] | None = None) ->
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"job file {file} cannot be read: {exc}") from None
     job_dir = file.resolve().parent
-    config, lines = _parse(text, source=str(file), base_dir=job_dir, env=env)
-    return LoadedJob(config=config, path=file, dir=job_dir, lines=lines)
+    data, lines = _resolved(text, source=str(file), base_dir=job_dir, env=env)
+    if "streams" in data or "defaults" in data:
+        return _streams(data, lines, file, job_dir)
+    return LoadedJob(config=_validate(data, str(file), lines), path=file, dir=job_dir, lines=lines)
 
 
 def parse_job(
@@ -81,15 +102,101 @@ def parse_job(
 def _parse(
     text: str, *, source: str, base_dir: Path | None, env: dict[str, str] | None
 ) -> tuple[JobConfig, dict[KeyPath, int]]:
+    data, lines = _resolved(text, source=source, base_dir=base_dir, env=env)
+    return _validate(data, source, lines), lines
+
+
+def _resolved(
+    text: str, *, source: str, base_dir: Path | None, env: dict[str, str] | None
+) -> tuple[dict[str, Any], dict[KeyPath, int]]:
     data, lines = _compose(text, source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: a job must be a mapping with 'source' and 'target' keys")
     resolver = _Interpolator(env if env is not None else dict(os.environ), base_dir or Path.cwd(), source, lines)
-    data = resolver.resolve(data, ())
+    return resolver.resolve(data, ()), lines
+
+
+def _validate(data: dict[str, Any], source: str, lines: dict[KeyPath, int]) -> JobConfig:
     try:
-        return JobConfig.model_validate(data), lines
+        return JobConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, source, lines)) from None
+
+
+def _streams(data: dict[str, Any], lines: dict[KeyPath, int], file: Path, job_dir: Path) -> LoadedStreams:
+    """Validate a streams file, then every stream's merged job; all problems at once, each at its line."""
+    source = str(file)
+    misplaced = [
+        f"{source}:{_line_for((key,), lines)}: {key}: with streams:, settings shared by the streams go under "
+        f"defaults: (defaults.{key})"
+        for key in ("source", "target")
+        if key in data
+    ]
+    rest = {key: value for key, value in data.items() if key not in ("source", "target")}
+    try:
+        config = StreamsJobConfig.model_validate(rest)
+    except ValidationError as exc:
+        raise ConfigError(
+            "\n".join([*misplaced, _describe_validation_error(exc, source, lines, StreamsJobConfig)])
+        ) from None
+    problems: list[tuple[int, str]] = [(_line_for(("source",), lines), text) for text in misplaced]
+    for shared in ("table", "query"):
+        if shared in config.defaults.source:
+            path: KeyPath = ("defaults", "source", shared)
+            problems.append(
+                (lines[path], f"{source}:{lines[path]}: {_dotted(path)}: set it per stream, not in defaults")
+            )
+    entries: list[StreamEntry] = []
+    for key in config.streams:
+        entry = _stream_entry(config, key, file, job_dir, lines, problems)
+        if entry is not None:
+            entries.append(entry)
+    if problems:
+        unique = dict.fromkeys(message for _, message in sorted(problems, key=lambda item: item[0]))
+        raise ConfigError("\n".join(unique))
+    return LoadedStreams(config=config, path=file, dir=job_dir, entries=tuple(entries), lines=lines)
+
+
+def _stream_entry(
+    config: StreamsJobConfig,
+    key: str,
+    file: Path,
+    job_dir: Path,
+    lines: dict[KeyPath, int],
+    problems: list[tuple[int, str]],
+) -> StreamEntry | None:
+    """Merge and validate one stream; its problems are appended to ``problems`` (then None is returned)."""
+    source = str(file)
+    stream_lines = StreamLines(lines, key)
+
+    def problem(path: KeyPath, message: str) -> None:
+        where = stream_lines.origin(path)
+        line = _line_for(where, lines)
+        problems.append((line, f"{source}:{line}: {_dotted(where)}: {message}"))
+
+    bad_template = False
+    try:
+        job, templates = merged_stream(config, key, config.name or file.stem)
+    except (KeyError, ValueError) as exc:
+        bad_template = True
+        problem(
+            ("target", "table"),
+            f"bad placeholder {exc} in the target name; use {{schema}}, {{table}}, {{stream}} or {{job}} "
+            "({{ and }} for literal braces)",
+        )
+        job, templates = merged_stream(config, key, config.name or file.stem, fill=False)
+    try:
+        job_config = JobConfig.model_validate(job)
+    except ValidationError as exc:
+        for path, message in _problems(exc, JobConfig):
+            problem(path, message)
+        return None
+    if bad_template:
+        return None
+    spec = config.streams[key]
+    exclude = tuple(spec.exclude) if spec is not None and not isinstance(spec, str) else ()
+    loaded = LoadedJob(config=job_config, path=file, dir=job_dir, lines=stream_lines, stream=key)
+    return StreamEntry(key=key, job=loaded, exclude=exclude, templates=templates)
 
 
 def _compose(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
@@ -241,8 +348,17 @@ def _dotted(path: KeyPath) -> str:
     return out or "(top level)"
 
 
-def _describe_validation_error(exc: ValidationError, source: str, lines: dict[KeyPath, int]) -> str:
+def _describe_validation_error(
+    exc: ValidationError, source: str, lines: Mapping[KeyPath, int], root: type[BaseModel] = JobConfig
+) -> str:
     """Every problem pydantic found, one ``FILE:LINE: key.path: message`` line each, in file order."""
+    problems = _problems(exc, root)
+    problems.sort(key=lambda item: (_line_for(item[0], lines), _dotted(item[0])))
+    return "\n".join(f"{source}:{_line_for(path, lines)}: {_dotted(path)}: {message}" for path, message in problems)
+
+
+def _problems(exc: ValidationError, root: type[BaseModel]) -> list[tuple[KeyPath, str]]:
+    """``(key path, message)`` of every problem, unknown keys paired with the required key they misspell."""
     problems: list[tuple[KeyPath, str]] = []
     for error in exc.errors(include_url=False):
         # pydantic puts union-member and validator names such as "function-after[...]" into loc.
@@ -253,12 +369,10 @@ def _describe_validation_error(exc: ValidationError, source: str, lines: dict[Ke
             problems.append((path, "required key is missing"))
         else:
             problems.append((path, error["msg"].removeprefix("Value error, ")))
-    problems = _pair_typos(problems)
-    problems.sort(key=lambda item: (_line_for(item[0], lines), _dotted(item[0])))
-    return "\n".join(f"{source}:{_line_for(path, lines)}: {_dotted(path)}: {message}" for path, message in problems)
+    return _pair_typos(problems, root)
 
 
-def _pair_typos(problems: list[tuple[KeyPath, str]]) -> list[tuple[KeyPath, str]]:
+def _pair_typos(problems: list[tuple[KeyPath, str]], root: type[BaseModel]) -> list[tuple[KeyPath, str]]:
     """Turn "unknown key" into "did you mean ..." and drop the "missing" it explains.
 
     ``conector:`` is one mistake, not two: the unknown key names the missing one it
@@ -278,16 +392,16 @@ def _pair_typos(problems: list[tuple[KeyPath, str]]) -> list[tuple[KeyPath, str]
             explained.add((*parent, close[0]))
             out.append((path, f"unknown key; did you mean '{close[0]}' (a required key)?"))
             continue
-        allowed = _allowed_keys(parent)
+        allowed = _allowed_keys(parent, root)
         close = difflib.get_close_matches(path[-1], allowed, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else "check its spelling"
         out.append((path, f"unknown key; {hint} (the job reference is docs/configuration.md)"))
     return [(path, message) for path, message in out if path not in explained]
 
 
-def _allowed_keys(path: KeyPath) -> list[str]:
+def _allowed_keys(path: KeyPath, root: type[BaseModel] = JobConfig) -> list[str]:
     """The keys the job schema allows at ``path`` (empty when it is not a fixed model)."""
-    model: Any = JobConfig
+    model: Any = root
     for part in path:
         if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []

@@ -318,6 +318,9 @@ class EngineConfig(_Strict):
 
     batch_size: int = Field(16_384, gt=0, le=10_000_000, description="Rows per batch asked of the reader.")
     queue_size: int = Field(4, gt=0, le=64, description="Batches the reader may run ahead of the writer.")
+    max_concurrent_streams: int = Field(
+        4, gt=0, le=64, description="Jobs with streams: how many streams run at once in the one process."
+    )
     retry: RetrySpec = Field(default_factory=RetrySpec)  # type: ignore[arg-type]  # pydantic fills defaults
 
 

@@ -377,6 +377,30 @@ class SqliteReader(DataReader):
             untyped = None
         self._settle_columns(names, declared, untyped, set(text_columns))
 
+    def list_tables(self, config: PluginConfig) -> list[str]:
+        """The database's tables and views (dativo.ListsTables); SQLite names have no schema part.
+
+        Raises SourceError when the file is missing or is not a SQLite database.
+        """
+        connection = config.get("connection") or {}
+        raw_path = connection.get("path") if isinstance(connection, Mapping) else None
+        if not isinstance(raw_path, str) or not raw_path.strip():
+            raise ConfigError("sqlite reader: source.connection.path is missing")
+        path = Path(raw_path).expanduser()
+        if not path.is_absolute():
+            path = Path(str((config.get("job") or {}).get("dir") or ".")) / path
+        if not path.is_file():
+            raise SourceError(f"sqlite reader: database file {path} does not exist")
+        try:
+            with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+                rows = db.execute(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceError(f"sqlite reader: cannot list the tables of {path}: {exc}") from None
+        return [str(row[0]) for row in rows]
+
     def get_schema(self) -> pa.Schema:
         """Return the schema settled by :meth:`initialize` (every field nullable).
 

@@ -68,6 +68,10 @@ class RunSummary:
     target: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     attempt: int = 1
+    #: The state committed with the data (cursor, run id), once the run staged it; not in ``to_dict``.
+    state: dict[str, Any] | None = None
+    #: The source's Arrow schema, once the reader declared it; not in ``to_dict``.
+    schema: pa.Schema | None = None
 
     @property
     def files(self) -> int:
@@ -97,12 +101,18 @@ class RunSummary:
         }
 
 
-def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | None = None) -> RunSummary:
+def run(
+    plan: Plan,
+    progress: ProgressSink | None = None,
+    summary: RunSummary | None = None,
+    stop: threading.Event | None = None,
+) -> RunSummary:
     """Run the plan once. The target changes only if this returns.
 
     On any failure — in the reader, the writer, the commit, or KeyboardInterrupt —
     the writer is aborted, both plugins are closed, ``summary.status`` is set to
-    ``failed`` and the exception propagates.
+    ``failed`` and the exception propagates. ``stop`` set by another thread aborts
+    the run the same way (as KeyboardInterrupt) at the next batch or before the commit.
     """
     if plan.job.config.source.cdc is not None:  # change data capture: docs/cdc.md
         from dativo.engine.cdc import run_changes
@@ -117,7 +127,7 @@ def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | 
     log.info("run started", extra={"job": summary.job, "run_id": plan.run_id, "reader": summary.reader})
     try:
         reader = host_reader(plan.reader)
-        schema = _declared_schema(reader, plan.reader.ref.name)
+        schema = summary.schema = _declared_schema(reader, plan.reader.ref.name)
         writer = host_writer(plan.writer)
         state = _prior_state(plan, writer)
         if plan.run_id_given and state is not None and state.get("run_id") == plan.run_id:
@@ -134,6 +144,8 @@ def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | 
             pump = _ReaderPump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size)
         pump.start()
         for batch in pump:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
             _call(writer.write_batch, plan.writer.ref.name, "write_batch", batch)
             crash_point("batch")
             if tracker is not None:
@@ -145,7 +157,10 @@ def run(plan: Plan, progress: ProgressSink | None = None, summary: RunSummary | 
             if progress is not None:
                 progress.advance(batch.num_rows, nbytes)
         if isinstance(writer, StatefulWriter):
-            writer.stage_state(_new_state(plan, summary, tracker))
+            summary.state = _new_state(plan, summary, tracker)
+            writer.stage_state(summary.state)
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         crash_point("before_finalize")
         metadata = _call(writer.finalize, plan.writer.ref.name, "finalize")
         published = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 
@@ -29,13 +30,14 @@ def run_job(
     progress: pipeline.ProgressSink | None = None,
     attempts: list[pipeline.RunSummary] | None = None,
     on_retry: Callable[[int, int, float, BaseException], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> pipeline.RunSummary:
     """Run ``job`` until it succeeds, fails terminally, or ``engine.retry.max_attempts`` is used up.
 
     Every attempt's summary is appended to ``attempts`` (if given), so a caller can
     report the last one even when this raises. ``on_retry(attempt, max_attempts, delay_s, error)``
     is called before each wait (the CLI prints it as one line on a terminal). Raises the last
-    attempt's error.
+    attempt's error. ``stop`` aborts the run from another thread (see :func:`pipeline.run`).
     """
     policy = job.config.engine.retry
     attempt = 1
@@ -46,7 +48,7 @@ def run_job(
         if attempts is not None:
             attempts.append(summary)
         try:
-            return pipeline.run(plan, progress, summary)
+            return pipeline.run(plan, progress, summary, stop)
         except Exception as exc:
             if attempt >= policy.max_attempts or not is_transient(exc):
                 raise
@@ -62,5 +64,9 @@ def run_job(
             )
             if on_retry is not None:
                 on_retry(attempt, policy.max_attempts, delay, exc)
-            time.sleep(delay)
+            if stop is not None:
+                if stop.wait(delay):
+                    raise KeyboardInterrupt from exc
+            else:
+                time.sleep(delay)
             attempt += 1
