@@ -164,7 +164,8 @@ def _hello(out: Any, schema: pa.Schema | None = None) -> None:
 
 
 def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([pa.array([], type=field.type) for field in schema], schema=schema)
+    # pa.nulls, not pa.array([]): pyarrow cannot build an empty list<uuid> (an extension child) from a sequence.
+    return pa.RecordBatch.from_arrays([pa.nulls(0, field.type) for field in schema], schema=schema)
 
 
 def schema_stream(schema: pa.Schema) -> bytes:
