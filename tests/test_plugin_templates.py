@@ -112,14 +112,16 @@ def test_generated_plugin_passes_the_registry_api_version_check(tmp_path):
     project = tmp_path / "kit-range"
     generate("kit-range", "reader", "python", project)
     source = (project / "src" / "kit_range" / "reader.py").read_text()
-    assert 'api_version = ">=1.1,<2"' in source
+    major, minor = SDK_API_VERSION.split(".")[:2]
+    declared = f">={major}.{minor},<{int(major) + 1}"  # this SDK's MINOR up to the next MAJOR
+    assert f'api_version = "{declared}"' in source
     pip("install", "--no-deps", str(project), cwd=tmp_path)
     try:
         listed = dativo("plugins", "list", "--json")
         rows = {row["name"]: row for row in json.loads(listed.stdout)}
-        assert rows["kit-range"]["api_version"] == ">=1.1,<2" and rows["kit-range"]["problem"] is None
+        assert rows["kit-range"]["api_version"] == declared and rows["kit-range"]["problem"] is None
         # the same plugin asking for a future SDK is refused with both versions in the message
-        (project / "src" / "kit_range" / "reader.py").write_text(source.replace(">=1.1,<2", ">=2.0,<3"))
+        (project / "src" / "kit_range" / "reader.py").write_text(source.replace(declared, ">=2.0,<3"))
         pip("install", "--no-deps", "--force-reinstall", str(project), cwd=tmp_path)
         refused = dativo("plugins", "certify", "kit-range")
         assert refused.returncode == 2
