@@ -234,9 +234,10 @@ def _check_class(kind: PluginKind, spec: str, cls: type) -> None:
         raise PluginError(f"{kind} '{spec}': class {cls.__qualname__} does not implement {', '.join(abstract)}")
     missing = [(module, how) for module, how in getattr(cls, "requires", {}).items() if not _importable(module)]
     if missing:
-        modules = ", ".join(f"'{module}'" for module, _ in missing)
+        modules = " and ".join(f"'{module}'" for module, _ in missing)
         installs = "; ".join(dict.fromkeys(how for _, how in missing))
-        raise PluginError(f"{kind} '{spec}' needs the Python module {modules}, which is not installed: {installs}")
+        noun = "module" if len(missing) == 1 else "modules"
+        raise PluginError(f"{kind} '{spec}' needs the Python {noun} {modules}, not installed here: {installs}")
 
 
 def _importable(module: str) -> bool:
