@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,14 +27,15 @@ from dativo._logging import configure_logging
 from dativo._secrets import redact
 from dativo.cli_audit import audit_app, decrypt, kms_app
 from dativo.cli_cdc import cdc_app
+from dativo.cli_common import err, fail, out, state
 from dativo.cli_maintain import maintain
 from dativo.cli_streams import print_discovered, print_streams_summary, stream_errors
-from dativo.config.loader import LoadedJob, LoadedStreams
+from dativo.config.loader import LoadedStreams
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
 from dativo.engine.registry import list_plugins
 from dativo.engine.streams import Stream, plan_streams
-from dativo.errors import ConfigError, DativoError, PluginError
+from dativo.errors import ConfigError, PluginError
 from dativo.sdk import SDK_API_VERSION
 
 __all__ = ["app", "main"]
@@ -76,9 +75,6 @@ def _flags_take_no_value() -> None:
 
 
 _flags_take_no_value()
-out = Console()
-err = Console(stderr=True)
-_state: dict[str, Any] = {"debug": False, "job": None}
 
 T = TypeVar("T")
 JobArg = Annotated[Path, typer.Argument(help="The job file (YAML).", show_default=False)]
@@ -105,9 +101,9 @@ def _main(
     ] = False,
 ) -> None:
     """dativo: config-driven ingestion with pluggable readers and writers."""
-    _state["debug"] = debug
+    state["debug"] = debug
     if log_format not in {"text", "json"}:
-        _fail(ConfigError(f"--log-format must be 'text' or 'json', not '{log_format}'"))
+        fail(ConfigError(f"--log-format must be 'text' or 'json', not '{log_format}'"))
     configure_logging("debug" if debug else log_level, log_format)
 
 
@@ -124,7 +120,7 @@ def run(
     debug: DebugOpt = False,
 ) -> None:
     """Run a job: read the source, write the target, commit once at the end (transient failures are retried)."""
-    _state["debug"] |= debug
+    state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     done: list[python_api.StreamResult] = []
     try:
@@ -171,7 +167,7 @@ def _streams_json(job: python_api.Job, done: list[python_api.StreamResult]) -> d
 @state_app.command("show")
 def state_show(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> None:
     """Print the state the job's last successful run committed with its data (JSON; one per stream)."""
-    _state["debug"] |= debug
+    state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
     states = {s.name: _guard(lambda s=s: pipeline.load_state(build_plan(s.job)), s) for s in streams}  # type: ignore[misc]
@@ -188,13 +184,13 @@ def state_reset(
     debug: DebugOpt = False,
 ) -> None:
     """Forget the job's state: its next run reads from source.incremental.initial again."""
-    _state["debug"] |= debug
+    state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
     plans = [(s, _guard(lambda s=s: build_plan(s.job), s)) for s in streams]  # type: ignore[misc]
     what = f"job '{loaded.name}'" + (f" ({len(plans)} streams)" if loaded.has_streams else "")
     if not yes and not typer.confirm(f"Reset the state of {what}? Its next run re-reads the source"):
-        _fail(ConfigError("state reset cancelled; nothing changed"))
+        fail(ConfigError("state reset cancelled; nothing changed"))
     for s, plan in plans:
         message = _guard(lambda plan=plan: pipeline.reset_state(plan, force), s)  # type: ignore[misc]
         out.print(f"{s.name}: {message}" if loaded.has_streams else message, markup=not loaded.has_streams)
@@ -210,12 +206,12 @@ def validate(
     debug: DebugOpt = False,
 ) -> None:
     """Check a job file, its plugins and (unless --offline) the source's columns, the mode and the cursor."""
-    _state["debug"] |= debug
+    state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     results = _guard(lambda: python_api.validate(loaded, streams=stream, offline=offline))
     if not loaded.has_streams:
         if results[0].exception is not None:
-            _fail(results[0].exception)
+            fail(results[0].exception)
         sides = f"{job}: reader {results[0].reader}, writer {results[0].writer}"
         out.print(f"[green]ok[/green] {escape(sides)}")
         return
@@ -232,7 +228,7 @@ def validate(
 @app.command()
 def check(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> None:
     """Connect to the source and the target with the job's credentials."""
-    _state["debug"] |= debug
+    state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
     failures: list[tuple[str, BaseException]] = []
@@ -241,7 +237,7 @@ def check(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> Non
             results = pipeline.check(build_plan(s.job))
         except Exception as exc:
             if not loaded.has_streams:
-                _fail(exc)
+                fail(exc)
             failures.append((s.name, exc))
             continue
         for side, result in results:
@@ -268,7 +264,7 @@ def discover(
     debug: DebugOpt = False,
 ) -> None:
     """Print the source schema as Arrow types and as the target types it will become."""
-    _state["debug"] |= debug
+    state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     found = _guard(lambda: python_api.discover(loaded, streams=stream))
     print_discovered(out, found, as_json=as_json, per_stream=loaded.has_streams)
@@ -333,9 +329,9 @@ def plugins_certify(
     """Run the conformance suite against a plugin; exit 0 only when every required rule passes."""
     from dativo.testing.cli import run_certification  # the suite imports pytest helpers only when asked for
 
-    _state["debug"] |= debug
+    state["debug"] |= debug
     if kind not in (None, "reader", "writer") or runtime not in ("custom", "process", "flight"):
-        _fail(ConfigError(f"--kind takes reader or writer, --runtime custom, process or flight ({kind}, {runtime})"))
+        fail(ConfigError(f"--kind takes reader or writer, --runtime custom, process or flight ({kind}, {runtime})"))
     report = _guard(
         lambda: run_certification(implementation, kind, runtime, config, rule, sandbox=sandbox)  # type: ignore[arg-type]
     )
@@ -356,7 +352,7 @@ def plugins_certify(
 def _load(path: Path) -> python_api.Job:
     """Load the job file and remember it, so errors about a key can point at its line."""
     job = python_api.load_job(path)
-    _state["job"] = job.loaded
+    state["job"] = job.loaded
     return job
 
 
@@ -372,7 +368,7 @@ def _guard(action: Callable[[], T], stream: Stream | None = None, *, streams: bo
         if stream is not None and stream.job.stream is not None:
             _print_stream_errors([(stream.name, exc)], None)
             raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1) from None
-        _fail(exc)
+        fail(exc)
 
 
 def _print_stream_errors(failures: list[tuple[str, BaseException]], job: python_api.Job | None) -> None:
@@ -380,24 +376,8 @@ def _print_stream_errors(failures: list[tuple[str, BaseException]], job: python_
     streams = (
         {s.key: s.job for s in job.loaded.entries} if job is not None and isinstance(job.loaded, LoadedStreams) else {}
     )
-    for line in stream_errors(failures, streams, debug=bool(_state["debug"])):
+    for line in stream_errors(failures, streams, debug=bool(state["debug"])):
         err.print(line, highlight=False, markup=False, soft_wrap=True)
-
-
-def _fail(exc: BaseException) -> NoReturn:
-    if _state["debug"]:
-        err.print(redact("".join(traceback.format_exception(exc))), highlight=False, markup=False)
-    if isinstance(exc, DativoError):
-        message = str(exc)
-        job = _state.get("job")
-        if exc.config_key and isinstance(job, LoadedJob):
-            message = f"{job.locate(exc.config_key)}: {exc.config_key}: {message}"
-    else:
-        message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
-    # One line per problem (a job file with three mistakes shows all three).
-    for line in redact(message).splitlines() or [""]:
-        err.print("error: " + line, highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1)
 
 
 class _Bar:

@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
-from rich.console import Console
 
 from dativo._secrets import redact
 from dativo.audit_verify import verify
+from dativo.cli_common import err, fail, guard, out
 from dativo.config.loader import load_job
-from dativo.errors import ConfigError, DativoError, PluginError
+from dativo.errors import ConfigError, DativoError
 from dativo.kms import load_kms, scrub
 from dativo.kms.local import new_key_file
 from dativo.storage import S3_CONNECTION_KEYS
@@ -30,8 +30,6 @@ from dativo.storage import S3_CONNECTION_KEYS
 __all__ = ["audit_app", "decrypt", "kms_app"]
 
 T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
 
 audit_app = typer.Typer(help="Check audit logs written by the encrypted-parquet writer.", no_args_is_help=True)
 kms_app = typer.Typer(help="Key management helpers for the encrypted-parquet writer.", no_args_is_help=True)
@@ -50,16 +48,11 @@ RegionOpt = Annotated[str | None, typer.Option(help="S3 region (else the job's o
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    message = str(exc) if isinstance(exc, DativoError) else f"unexpected {type(exc).__name__}: {exc}"
-    err.print("error: " + scrub(message).replace("\n", " "), highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1)
+    fail(exc, scrub)
 
 
 def _guard(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except Exception as exc:
-        _fail(exc)
+    return guard(action, scrub)
 
 
 def _target(job: Path | None) -> tuple[Mapping[str, Any], Mapping[str, Any], Path]:

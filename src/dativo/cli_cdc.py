@@ -12,13 +12,12 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from dativo._secrets import redact
+from dativo.cli_common import fail, guard, out
 from dativo.config.loader import LoadedJob, load_job
 from dativo.connectors.postgres.cdc.slot import CdcSettings, drop_slot, slot_info
 from dativo.connectors.postgres.connection import build_connection, connect_psycopg, import_psycopg, translate_error
@@ -26,29 +25,14 @@ from dativo.connectors.postgres.types import quote_ident
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
 from dativo.engine.retry import run_job
-from dativo.errors import ConfigError, DativoError, PluginError
+from dativo.errors import ConfigError, DativoError
 
 __all__ = ["cdc_app"]
 
 T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
 
 cdc_app = typer.Typer(help="Inspect or drop the replication slot of a change-capture job.", no_args_is_help=True)
 JobArg = Annotated[Path, typer.Argument(help="The job file (YAML) with source.cdc.", show_default=False)]
-
-
-def _fail(exc: BaseException) -> NoReturn:
-    message = str(exc) if isinstance(exc, DativoError) else f"unexpected {type(exc).__name__}: {exc}"
-    err.print("error: " + redact(message).replace("\n", " "), highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1)
-
-
-def _guard(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except Exception as exc:
-        _fail(exc)
 
 
 def _settings(loaded: LoadedJob) -> CdcSettings:
@@ -100,7 +84,7 @@ def status_of(job: Path) -> dict[str, Any]:
 @cdc_app.command("status")
 def status(job: JobArg, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the job's slot: confirmed and committed LSN, lag in bytes and time, retained WAL."""
-    facts = _guard(lambda: status_of(job))
+    facts = guard(lambda: status_of(job))
     if as_json:
         out.print_json(json.dumps(facts))
         return
@@ -109,7 +93,7 @@ def status(job: JobArg, as_json: Annotated[bool, typer.Option("--json", help="Pr
         table.add_row(key.replace("_", " "), "-" if value is None else str(value))
     out.print(table)
     if not facts["exists"] and facts["committed_lsn"]:
-        _fail(DativoError(f"replication slot '{facts['slot']}' is gone; see docs/cdc.md (a lost slot)"))
+        fail(DativoError(f"replication slot '{facts['slot']}' is gone; see docs/cdc.md (a lost slot)"))
 
 
 @cdc_app.command("drop")
@@ -119,10 +103,10 @@ def drop(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Drop the job's replication slot (the server stops keeping WAL for it); the next run must load again."""
-    loaded = _guard(lambda: load_job(job))
-    settings = _guard(lambda: _settings(loaded))
+    loaded = guard(lambda: load_job(job))
+    settings = guard(lambda: _settings(loaded))
     if not yes and not typer.confirm(f"Drop replication slot '{settings.slot}'? Changes not yet read are lost"):
-        _fail(ConfigError("cdc drop cancelled; nothing changed"))
+        fail(ConfigError("cdc drop cancelled; nothing changed"))
 
     def act(conn: Any) -> list[str]:
         done = [f"dropped slot '{settings.slot}'" if drop_slot(conn, settings.slot) else f"no slot '{settings.slot}'"]
@@ -131,7 +115,7 @@ def drop(
             done.append(f"dropped publication '{settings.publication}'")
         return done
 
-    out.print("; ".join(_guard(lambda: _on_server(loaded, act))))
+    out.print("; ".join(guard(lambda: _on_server(loaded, act))))
     out.print("run 'dativo state reset' before the next run to load the table again")
 
 
@@ -149,16 +133,16 @@ def follow(
     exits 0. A failed run (after the job's retries) exits 1 with its error; kill -9 is safe at any
     moment (the next run or follow continues from the committed position).
     """
-    loaded = _guard(lambda: load_job(job))
+    loaded = guard(lambda: load_job(job))
     cdc = loaded.config.source.cdc
     if cdc is None:
-        _fail(ConfigError(f"job '{loaded.name}' has no source.cdc section"))
+        fail(ConfigError(f"job '{loaded.name}' has no source.cdc section"))
     period = interval if interval is not None else cdc.commit_interval_s
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     while not stop.is_set():
-        summary = _guard(lambda: run_job(loaded))
+        summary = guard(lambda: run_job(loaded))
         if not quiet:
             facts = summary.target.get("cdc", {})
             out.print(f"committed {summary.rows} change(s) up to {facts.get('position', {}).get('lsn')}")

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
 
 from dativo._secrets import redact
+from dativo.cli_common import fail, guard, out
 from dativo.config.loader import load_job
-from dativo.errors import ConfigError, DativoError, PluginError, TargetError
+from dativo.errors import ConfigError, TargetError
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["maintain"]
 
 T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -40,19 +37,6 @@ def parse_age(option: str, value: str) -> timedelta:
     if match is None:
         raise ConfigError(f"{option}: '{value}' is not a duration (use e.g. 90s, 15m, 2h, 7d, 1w)")
     return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2).lower()])
-
-
-def _fail(exc: BaseException) -> NoReturn:
-    message = str(exc) if isinstance(exc, DativoError) else f"unexpected {type(exc).__name__}: {exc}"
-    err.print("error: " + redact(message).replace("\n", " "), highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(2 if isinstance(exc, ConfigError | PluginError) else 1)
-
-
-def _guard(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except Exception as exc:
-        _fail(exc)
 
 
 def maintain(
@@ -80,11 +64,11 @@ def maintain(
     from dativo.targets.iceberg.maintain import MaintainOptions
     from dativo.targets.iceberg.maintain import maintain as run_maintenance
 
-    loaded = _guard(lambda: load_job(job))
+    loaded = guard(lambda: load_job(job))
     target = loaded.config.target
     if target.connector != "iceberg" or target.writer is not None:
-        _fail(ConfigError(f"{job}: maintain works on iceberg targets; this job's target is '{target.connector}'"))
-    options = _guard(
+        fail(ConfigError(f"{job}: maintain works on iceberg targets; this job's target is '{target.connector}'"))
+    options = guard(
         lambda: MaintainOptions(
             expire=expire,
             retain_last=retain_last,
@@ -99,7 +83,7 @@ def maintain(
     )
     name = str(target.table)
     identifier = tuple(part for part in name.split(".") if part)
-    catalog = _guard(lambda: open_catalog(dict(target.catalog), loaded.dir))
+    catalog = guard(lambda: open_catalog(dict(target.catalog), loaded.dir))
 
     def load() -> Table | None:
         from pyiceberg.exceptions import NoSuchTableError
@@ -111,7 +95,7 @@ def maintain(
         except Exception as exc:
             raise TargetError(f"iceberg table {name} cannot be loaded: {redact(str(exc))}") from exc
 
-    report = _guard(lambda: run_maintenance(load, name, options))
+    report = guard(lambda: run_maintenance(load, name, options))
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return
