@@ -14,6 +14,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from dativo._sdk_version import SDK_API_VERSION
 from dativo.errors import (
     ConfigError,
     DativoError,
@@ -23,28 +24,13 @@ from dativo.errors import (
     TargetError,
     TypeMappingError,
 )
-from dativo.sdk import (
-    SDK_API_VERSION,
-    BatchLike,
-    ChangeReader,
-    DataReader,
-    DataWriter,
-    DescribesTargetTypes,
-    IncrementalReader,
-    ListsTables,
-    PartitionedReader,
-    PluginConfig,
-    ReadPartition,
-    StatefulWriter,
-    WriteMode,
-)
 
 try:
     __version__ = version("dativo")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-if TYPE_CHECKING:  # the Python API imports the engine: loaded lazily by __getattr__ below
+if TYPE_CHECKING:  # the SDK needs pyarrow and the Python API the engine: both loaded by __getattr__ below
     from dativo.api import (
         DiscoveredStream,
         Job,
@@ -58,6 +44,20 @@ if TYPE_CHECKING:  # the Python API imports the engine: loaded lazily by __getat
         load_job,
         run,
         validate,
+    )
+    from dativo.sdk import (
+        BatchLike,
+        ChangeReader,
+        DataReader,
+        DataWriter,
+        DescribesTargetTypes,
+        IncrementalReader,
+        ListsTables,
+        PartitionedReader,
+        PluginConfig,
+        ReadPartition,
+        StatefulWriter,
+        WriteMode,
     )
 
 #: Names of the Python API (dativo.api), imported on first access (PEP 562) so ``import dativo`` stays cheap.
@@ -79,16 +79,36 @@ _API = frozenset(
 )
 
 
+#: The plugin SDK's names (dativo.sdk imports pyarrow): ``import dativo`` and ``dativo --version`` stay cheap.
+_SDK = frozenset(
+    {
+        "BatchLike",
+        "ChangeReader",
+        "DataReader",
+        "DataWriter",
+        "DescribesTargetTypes",
+        "IncrementalReader",
+        "ListsTables",
+        "PartitionedReader",
+        "PluginConfig",
+        "ReadPartition",
+        "StatefulWriter",
+        "WriteMode",
+    }
+)
+
+
 def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(import_module("dativo.api"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dativo' has no attribute {name!r}")
+    module = "dativo.api" if name in _API else "dativo.sdk" if name in _SDK else None
+    if module is None:
+        raise AttributeError(f"module 'dativo' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, *_SDK})
 
 
 __all__ = [

@@ -1,5 +1,5 @@
 """python -m dativo"""
 
-from dativo.cli import main
+from dativo._entry import main
 
 main()

@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Literal, Protocol, TypeAlias, runtime_checkabl
 
 import pyarrow as pa
 
+from dativo._sdk_version import SDK_API_VERSION as _SDK_API_VERSION
+
 __all__ = [
     "CHANGE_COLUMNS",
     "SDK_API_VERSION",
@@ -45,7 +47,7 @@ __all__ = [
 #: in its ``api_version`` class attribute: a range such as ``">=1.0,<2"`` or a plain
 #: version such as ``"1.0"``, meaning ``">=1.0,<2"`` (same MAJOR, that MINOR or newer).
 #: The engine refuses a plugin whose range does not contain this version.
-SDK_API_VERSION = "1.3.0"
+SDK_API_VERSION = _SDK_API_VERSION
 
 #: What ``initialize`` receives: the job's ``source`` (for a reader) or
 #: ``target`` (for a writer) section with environment variables and secrets
