@@ -130,11 +130,18 @@ def wait_for(condition, timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
-def test_follow_commits_changes_and_stops_cleanly(tmp_path, pg_db, stop):
+@pytest.mark.parametrize(
+    ("stop", "how"),
+    [
+        (signal.SIGTERM, ["cdc", "follow", "--interval", "0.2"]),
+        (signal.SIGKILL, ["cdc", "follow"]),
+        (signal.SIGTERM, ["run", "--follow"]),  # the spelling of the same loop
+    ],
+)
+def test_follow_commits_changes_and_stops_cleanly(tmp_path, pg_db, stop, how):
     items(pg_db, 20)
-    path = job_file(tmp_path, pg_db)
-    command = [sys.executable, "-m", "dativo", "cdc", "follow", str(path), "--interval", "0.2"]
+    path = job_file(tmp_path, pg_db, cdc="{commit_interval_s: 0.2}")
+    command = [sys.executable, "-m", "dativo", *how[:2], str(path), *how[2:]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: target_rows(tmp_path) == source_rows(pg_db))

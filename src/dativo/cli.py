@@ -117,10 +117,23 @@ def run(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
     stream: StreamOpt = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", help="source.cdc jobs: keep running, one commit per cdc.commit_interval_s (as 'cdc follow')."
+        ),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run a job: read the source, write the target, commit once at the end (transient failures are retried)."""
     state["debug"] |= debug
+    if follow:
+        from dativo.cli_cdc import follow as follow_changes
+
+        if summary_json is not None or run_id is not None or stream:
+            fail(ConfigError("--follow takes no --summary-json, --run-id or --stream (each commit is its own run)"))
+        follow_changes(job, interval=None, quiet=quiet)
+        return
     loaded = _guard(lambda: _load(job))
     done: list[python_api.StreamResult] = []
     try:
