@@ -77,7 +77,7 @@ def scratch() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def user_python(scratch: Path) -> str:
     """A virtualenv of the system Python (which the unprivileged user can run) with dativo importable."""
-    python = make_venv(scratch / "user-venv", SYSTEM_PYTHON)
+    python = make_venv(scratch / "user-venv", SYSTEM_PYTHON, for_all_users=True)
     open_tree(scratch / "user-venv")
     return str(python)
 

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -35,8 +36,42 @@ def unprivileged() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def make_venv(where: Path, base_python: str = sys.executable, *, system_site: bool = False) -> Path:
-    """A real virtualenv at ``where`` in which ``import dativo`` works; returns its ``bin/python``."""
+def _readable_by_all(path: Path) -> bool:
+    """Whether any user can reach ``path`` (every folder above it traversable, itself readable)."""
+    path = path.resolve()
+    if not path.stat().st_mode & 0o004:
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in path.parents)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system: copy
+        shutil.copy2(source, target)
+
+
+def _shared(path: Path, where: Path) -> Path:
+    """``path`` itself when any user can read it, else a copy (hard links where possible) under ``where``.
+
+    A venv or a checkout under a private home (``/root`` is 0700) is out of an unprivileged
+    user's reach; the copy makes the same files reachable without touching the home's mode.
+    """
+    if _readable_by_all(path):
+        return path
+    mirror = where / "shared" / path.name  # "src" or "site-packages"
+    shutil.copytree(path, mirror, symlinks=True, copy_function=_link_or_copy)
+    return mirror
+
+
+def make_venv(
+    where: Path, base_python: str = sys.executable, *, system_site: bool = False, for_all_users: bool = False
+) -> Path:
+    """A real virtualenv at ``where`` in which ``import dativo`` works; returns its ``bin/python``.
+
+    ``for_all_users``: dativo's source and this interpreter's site-packages are copied next to
+    the venv when another user could not read them where they are.
+    """
     command = [base_python, "-m", "venv", "--without-pip", *(["--system-site-packages"] if system_site else [])]
     subprocess.run([*command, str(where)], check=True, capture_output=True, timeout=120)
     python = where / "bin" / "python"
@@ -49,7 +84,9 @@ def make_venv(where: Path, base_python: str = sys.executable, *, system_site: bo
     )
     site = Path(found.stdout.strip())
     source = Path(dativo.__file__).resolve().parent.parent
-    ours = sysconfig.get_paths()["purelib"]
+    ours = Path(sysconfig.get_paths()["purelib"])
+    if for_all_users:
+        source, ours = _shared(source, where), _shared(ours, where)
     (site / "dativo-test.pth").write_text(f"{source}\n{ours}\n")
     return python
 
