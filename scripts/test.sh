@@ -56,7 +56,7 @@ step "fetching Apache Iceberg's REST catalog server (Maven Central; cached after
 workers="${DATIVO_TEST_WORKERS:-auto}"
 step "running the test suite (pytest, $workers workers; each worker starts its own PostgreSQL and S3 servers)"
 set +e
-$python -m pytest -n "$workers" "$@"
+$python -m pytest -n "$workers" --durations=10 "$@"
 status=$?
 set -e
 step "done (pytest exit code $status)"
