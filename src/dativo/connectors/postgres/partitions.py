@@ -22,7 +22,7 @@ from dativo.connectors.postgres.connection import PgConnectionInfo, connect_psyc
 from dativo.connectors.postgres.types import SourcePlan, SourceSpec, _resolve_table
 from dativo.sdk import ReadPartition
 
-__all__ = ["MIN_PARTITION_BYTES", "SnapshotPartitioner", "snapshot_setup_sql"]
+__all__ = ["MIN_PARTITION_BYTES", "SnapshotPartitioner", "ctid_partitions", "snapshot_setup_sql"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,35 @@ def snapshot_setup_sql(snapshot: str) -> str:
     if not snapshot.replace("-", "").isalnum():
         raise ValueError(f"not a snapshot id: {snapshot!r}")
     return f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+
+
+def ctid_partitions(
+    sql: str, size: int, block: int, parallelism: int | None, extra: dict[str, Any] | None = None
+) -> list[ReadPartition]:
+    """Split ``sql`` (``SELECT ... FROM table``) into ctid page ranges of a table of ``size`` bytes.
+
+    ``parallelism`` None picks one range per core, at most one per ``MIN_PARTITION_BYTES``.
+    Returns no partitions when the table is too small to split (read it on one connection).
+    Each partition's spec is ``{"sql": ..., **extra}``.
+    """
+    pages = max(1, math.ceil(size / block))
+    if parallelism is None:
+        parallelism = min(os.cpu_count() or 1, max(1, size // MIN_PARTITION_BYTES))
+    count = max(1, min(parallelism, pages))
+    if count < 2:
+        return []
+    step = math.ceil(pages / count)
+    partitions: list[ReadPartition] = []
+    for index, start in enumerate(range(0, pages, step)):
+        end = start + step
+        last = end >= pages
+        # The last range is open-ended: pages added after the size was taken hold no row of the snapshot,
+        # but reading them is cheap and keeps the plan correct whatever the size estimate.
+        where = f"ctid >= '({start},0)'::tid" + ("" if last else f" AND ctid < '({end},0)'::tid")
+        label = f"ctid pages {start}-{'end' if last else end - 1}"
+        spec = {"sql": f"{sql} WHERE {where}", **(extra or {})}
+        partitions.append(ReadPartition(index=index, label=label, spec=spec))
+    return partitions
 
 
 class SnapshotPartitioner:
@@ -78,28 +107,7 @@ class SnapshotPartitioner:
                 size, block = int(size_row[0]), int(size_row[1])
         except psycopg.Error as exc:
             raise translate_error(exc, self._info, table=self._spec.table) from exc
-        pages = max(1, math.ceil(size / block))
-        if parallelism is None:
-            parallelism = min(os.cpu_count() or 1, max(1, size // MIN_PARTITION_BYTES))
-        count = max(1, min(parallelism, pages))
-        if count < 2:
-            return []
-        step = math.ceil(pages / count)
-        partitions: list[ReadPartition] = []
-        for index, start in enumerate(range(0, pages, step)):
-            end = start + step
-            last = end >= pages
-            # The last range is open-ended: pages added after the size was taken hold no row of the snapshot,
-            # but reading them is cheap and keeps the plan correct whatever the size estimate.
-            where = f"ctid >= '({start},0)'::tid" + ("" if last else f" AND ctid < '({end},0)'::tid")
-            partitions.append(
-                ReadPartition(
-                    index=index,
-                    label=f"ctid pages {start}-{'end' if last else end - 1}",
-                    spec={"sql": f"{self._plan.sql} WHERE {where}", "snapshot": snapshot},
-                )
-            )
-        return partitions
+        return ctid_partitions(self._plan.sql, size, block, parallelism, {"snapshot": snapshot})
 
     def close(self) -> None:
         """End the coordinating transaction and close its connection; idempotent."""

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
 import shutil
 import tempfile
 import time
@@ -55,7 +53,7 @@ from dativo.connectors.postgres.cdc.slot import (
     slot_info,
 )
 from dativo.connectors.postgres.connection import connect_psycopg, import_psycopg, translate_error
-from dativo.connectors.postgres.partitions import MIN_PARTITION_BYTES
+from dativo.connectors.postgres.partitions import ctid_partitions
 from dativo.connectors.postgres.psycopg import PsycopgPostgresReader
 from dativo.connectors.postgres.types import _resolve_table, quote_ident
 from dativo.errors import ConfigError, DativoError, SourceError
@@ -272,20 +270,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
             return int(row[0]), int(row[1])
 
         size, block = self._guard(measure)
-        pages = max(1, math.ceil(size / block))
-        if parallelism is None:
-            parallelism = min(os.cpu_count() or 1, max(1, size // MIN_PARTITION_BYTES))
-        count = max(1, min(parallelism, pages))
-        if count < 2:
-            return []
-        step = math.ceil(pages / count)
-        partitions = []
-        for index, start in enumerate(range(0, pages, step)):
-            last = start + step >= pages  # open-ended: see dativo.connectors.postgres.partitions
-            where = f"ctid >= '({start},0)'::tid" + ("" if last else f" AND ctid < '({start + step},0)'::tid")
-            label = f"ctid pages {start}-{'end' if last else start + step - 1}"
-            partitions.append(ReadPartition(index, label, {"sql": f"{plan.sql} WHERE {where}"}))
-        return partitions
+        return ctid_partitions(plan.sql, size, block, parallelism)
 
     def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Read one partition of the initial load on a connection of its own, in the slot's snapshot."""
