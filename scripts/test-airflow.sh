@@ -12,5 +12,5 @@ venv="${AIRFLOW_VENV:-.venv-airflow}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q -e '.[airflow]' pytest
+"$venv/bin/pip" install -q -e '.[airflow]' pytest pytest-timeout
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests_airflow "$@"
