@@ -51,6 +51,16 @@ def csv_source(directory: Path, rows: int = 5) -> dict:
     return {"connector": "files", "path": "patients.csv", "format": "csv"}
 
 
+def aws_target(s3_server, bucket: str, footer: str, column_keys: dict, kms_config: dict, **options) -> dict:
+    """An encrypted-parquet target on the moto S3 server under s3://BUCKET/phi, keys in (moto's) AWS KMS."""
+    return {
+        "connector": "encrypted-parquet",
+        "path": f"s3://{bucket}/phi",
+        "connection": s3_server.connection(),
+        "options": {"footer_key": footer, "column_keys": column_keys, "kms": kms_config, **options},
+    }
+
+
 def local_target(path: str = "out", **options) -> dict:
     return {
         "connector": "encrypted-parquet",
@@ -165,12 +175,7 @@ def test_postgres_to_s3_round_trip_every_type(tmp_path, pg_db, s3_server, s3_buc
 
 def test_a_file_key_is_bound_to_its_file_name(tmp_path, s3_server, s3_bucket, kms):
     footer, phi = kms.create_key("footer"), kms.create_key("phi")
-    target = {
-        "connector": "encrypted-parquet",
-        "path": f"s3://{s3_bucket}/phi",
-        "connection": s3_server.connection(),
-        "options": {"footer_key": footer, "column_keys": {phi: ["ssn"]}, "kms": kms.config()},
-    }
+    target = aws_target(s3_server, s3_bucket, footer, {phi: ["ssn"]}, kms.config())
     job = write_job(tmp_path, csv_source(tmp_path), target)
     assert dativo("run", job, "--quiet").returncode == 0
     (key,) = [k for k in s3_server.list_keys(s3_bucket, "phi/") if k.endswith(".parquet")]

@@ -23,7 +23,7 @@ from dativo.audit import AuditLog, canonical
 from dativo.kms.aws import AwsKms
 from dativo.kms.local import LocalKeyFileKms
 from dativo.targets.encrypted_parquet import read_encrypted
-from test_encrypted_parquet import audit_records, csv_source, local_target, write_job
+from test_encrypted_parquet import audit_records, aws_target, csv_source, local_target, write_job
 
 from support.cli import assert_one_line_error, dativo
 from support.kms_fixtures import write_key_file
@@ -130,18 +130,8 @@ def test_sigkill_with_external_key_material_leaves_no_orphaned_key_files(tmp_pat
 
 def test_sigkill_during_publish_to_s3_with_aws_kms(tmp_path, s3_server, s3_bucket, kms):
     footer, phi = kms.create_key("footer"), kms.create_key("phi")
-    target = {
-        "connector": "encrypted-parquet",
-        "path": f"s3://{s3_bucket}/phi",
-        "connection": s3_server.connection(),
-        "options": {
-            "footer_key": footer,
-            "column_keys": {phi: ["ssn"]},
-            "kms": kms.config(),
-            "audit": {"log": "audit.jsonl"},
-            **ROLLING,
-        },
-    }
+    audit = {"log": "audit.jsonl"}
+    target = aws_target(s3_server, s3_bucket, footer, {phi: ["ssn"]}, kms.config(), audit=audit, **ROLLING)
     job = write_job(tmp_path, csv_source(tmp_path, rows=ROWS), target, engine={"batch_size": 250})
     client = AwsKms(kms.config(), tmp_path)
 
@@ -366,12 +356,7 @@ def test_audit_copy_is_written_with_object_lock(tmp_path, key_file, s3_server):
 
 def test_files_still_decrypt_after_the_alias_moves_to_a_new_key(tmp_path, s3_server, s3_bucket, kms):
     footer, phi = kms.create_key("footer"), kms.create_key("phi")
-    target = {
-        "connector": "encrypted-parquet",
-        "path": f"s3://{s3_bucket}/phi",
-        "connection": s3_server.connection(),
-        "options": {"footer_key": footer, "column_keys": {phi: ["ssn"]}, "kms": kms.config()},
-    }
+    target = aws_target(s3_server, s3_bucket, footer, {phi: ["ssn"]}, kms.config())
     job = write_job(tmp_path, csv_source(tmp_path), target)
     assert run(job).returncode == 0
     aws = kms.client()
@@ -435,18 +420,8 @@ def test_kms_rewrap_moves_existing_files_to_a_new_master_key(tmp_path, key_file)
 
 def test_kms_rewrap_on_s3_with_aws_kms_then_the_old_key_is_disabled(tmp_path, s3_server, s3_bucket, kms):
     footer, phi, phi_new = kms.create_key("footer"), kms.create_key("phi"), kms.create_key("phi-new")
-    target = {
-        "connector": "encrypted-parquet",
-        "path": f"s3://{s3_bucket}/phi",
-        "connection": s3_server.connection(),
-        "options": {
-            "footer_key": footer,
-            "column_keys": {phi: ["ssn"]},
-            "key_material": "external",
-            "kms": kms.config(),
-            "audit": {"log": "audit.jsonl"},
-        },
-    }
+    options = {"key_material": "external", "audit": {"log": "audit.jsonl"}}
+    target = aws_target(s3_server, s3_bucket, footer, {phi: ["ssn"]}, kms.config(), **options)
     job = write_job(tmp_path, csv_source(tmp_path), target)
     assert run(job).returncode == 0
     (data_key,) = [k for k in s3_server.list_keys(s3_bucket, "phi/") if k.endswith(".parquet")]

@@ -28,3 +28,13 @@ def test_import_dativo_is_cheap_and_the_sdk_loads_on_first_use():
     assert "pyarrow" not in names and "dativo.sdk" not in names and "dativo.api" not in names
     names, stdout = imported_modules("-c", "from dativo import DataReader, SourceError; print(DataReader.__module__)")
     assert stdout.strip() == "dativo.sdk" and "pyarrow" in names
+
+
+def test_the_lazy_names_are_exactly_what_the_sdk_and_the_api_export():
+    import dativo
+    from dativo import api, sdk
+
+    protocols = {"ArrowArrayExportable", "ArrowStreamExportable"}  # typing aids, imported from dativo.sdk
+    assert set(dativo._SDK) | {"SDK_API_VERSION"} == set(sdk.__all__) - protocols
+    assert set(dativo._API) <= set(api.__all__)
+    assert {name for name in dativo.__all__ if not name.startswith("__")} >= set(dativo._SDK) | set(dativo._API)

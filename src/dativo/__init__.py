@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the SDK needs pyarrow and the Python API the engine: both l
         validate,
     )
     from dativo.sdk import (
+        CHANGE_COLUMNS,
         BatchLike,
         ChangeReader,
         DataReader,
@@ -82,6 +83,7 @@ _API = frozenset(
 #: The plugin SDK's names (dativo.sdk imports pyarrow): ``import dativo`` and ``dativo --version`` stay cheap.
 _SDK = frozenset(
     {
+        "CHANGE_COLUMNS",
         "BatchLike",
         "ChangeReader",
         "DataReader",
@@ -112,6 +114,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CHANGE_COLUMNS",
     "SDK_API_VERSION",
     "BatchLike",
     "ChangeReader",

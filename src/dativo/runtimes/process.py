@@ -26,7 +26,7 @@ from dativo.engine.plan import PluginPlan
 from dativo.errors import PluginError, SchemaError, SourceError
 from dativo.runtimes import protocol
 from dativo.runtimes._plugin_process import STOP_GRACE_S, PluginProcess, Stopped
-from dativo.runtimes.protocol import PROTOCOL_VERSION, ProtocolError, decode_line, open_ipc_stream
+from dativo.runtimes.protocol import PROTOCOL_VERSION, EofWatchingReader, ProtocolError, decode_line, open_ipc_stream
 from dativo.sdk import DataReader, DataWriter, PluginConfig
 
 __all__ = ["ProcessReader", "ProcessWriter", "host_reader", "host_writer"]
@@ -93,37 +93,20 @@ def _start(plan: PluginPlan, kind: str, config: PluginConfig) -> PluginProcess:
         raise
 
 
-class _StdoutFile:
+class _StdoutFile(EofWatchingReader):
     """The plugin's stdout as a file pyarrow can read, with the idle timeout applied to every read."""
 
     def __init__(self, proc: PluginProcess) -> None:
+        super().__init__()
         self._proc = proc
-        self.closed = False
-        #: True once a read came back short: the pipe ended. Arrow reads the end-of-stream marker
-        #: exactly and stops, so a stream that ends here instead ended without its marker.
-        self.hit_eof = False
 
-    def read(self, size: int = -1) -> bytes:
+    def _read(self, size: int) -> bytes:
         idle = self._proc.spec.timeouts.idle_s
         what = f"produced no output for timeouts.idle_s = {idle:g} s" if idle is not None else "stalled"
-        if size is None or size < 0:
-            size = 1 << 30
         try:
-            data = self._proc.read_exact(size, idle, what)
+            return self._proc.read_exact(size, idle, what)
         except Stopped:
-            data = b""
-        if len(data) < size:
-            self.hit_eof = True
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
+            return b""
 
 
 class _StdinFile:

@@ -11,6 +11,7 @@ code says how the plugin ended.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "EofWatchingReader",
     "ProtocolError",
     "aligned",
     "decode_line",
@@ -106,6 +108,40 @@ def error_from_record(record: Mapping[str, Any], prefix: str, default: type[Dati
     message = str(record.get("message") or "failed without a message")
     hint = record.get("hint")
     return cls(f"{prefix}{message}", hint=str(hint) if hint else None, transient=bool(record.get("transient", False)))
+
+
+class EofWatchingReader(ABC):
+    """A read-only binary stream for ``pa.ipc.open_stream`` that notes whether a read came back short.
+
+    Arrow reads the end-of-stream marker with exact reads and stops there, so a stream whose
+    iteration ends after a short read (``hit_eof``) ended without its marker: a cut-short stream.
+    Subclasses implement :meth:`_read`.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.hit_eof = False
+
+    @abstractmethod
+    def _read(self, size: int) -> bytes:
+        """Up to ``size`` (a positive count) bytes; fewer only at the end of the stream."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all, for a negative size); a short result marks the end of the pipe."""
+        wanted = size if size is not None and size >= 0 else 1 << 30
+        data = self._read(wanted)
+        if len(data) < wanted:
+            self.hit_eof = True
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 # Buffers read from a pipe or a gRPC message need not be aligned; native plugins (arrow-rs

@@ -339,18 +339,10 @@ def prepare_launch(label: str, spec: PluginSpec, base_dir: Path, parent_pid: int
                 f" and uid {ids[0]} instead of root" if ids else "",
                 lost,
             )
-            for pin in pinned:  # run the verified copies; the names stay as the job gave them
-                if pin.index == 0:
-                    path = str(pin.copy)
-                else:
-                    argv[pin.index] = str(pin.copy)
+            path = _run_copies(pinned, argv, path)
     else:
         env = {**os.environ, **spec.env}
-        for pin in pinned:
-            if pin.index == 0:
-                path = str(pin.copy)
-            else:
-                argv[pin.index] = str(pin.copy)
+        path = _run_copies(pinned, argv, path)
     launch_spec: dict[str, Any] = {
         "argv": argv,
         "path": path,
@@ -374,6 +366,17 @@ def prepare_launch(label: str, spec: PluginSpec, base_dir: Path, parent_pid: int
         network=not (isolated and not sandbox.network),
         private=private,
     )
+
+
+def _run_copies(pinned: list[_Pinned], argv: list[str], path: str) -> str:
+    """Without bubblewrap (which binds the copies over the originals): point ``argv`` at the verified
+    copies; returns the executable to run. ``argv[0]`` keeps the name the job gave."""
+    for pin in pinned:
+        if pin.index == 0:
+            path = str(pin.copy)
+        else:
+            argv[pin.index] = str(pin.copy)
+    return path
 
 
 def _cleanup(cgroup: Path | None, private: Path | None) -> None:

@@ -216,32 +216,15 @@ def _serve_reader(reader: DataReader, config: dict[str, Any], name: str, stdin: 
         raise failures[0]
 
 
-class _EofWatch:
-    """A binary stream as Arrow reads it, noting whether a read came back short (the pipe ended).
-
-    Arrow reads the end-of-stream marker with exact reads and stops there, so a stream whose
-    iteration ends after a short read ended without its marker.
-    """
+class _EofWatch(protocol.EofWatchingReader):
+    """dativo's stdin as Arrow reads it, noting whether the pipe ended before the end-of-stream marker."""
 
     def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
         self._raw = raw
-        self.closed = False
-        self.hit_eof = False
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if size is None or size < 0 or len(data) < size:
-            self.hit_eof = True
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
+    def _read(self, size: int) -> bytes:
+        return self._raw.read(size)
 
 
 def _serve_writer(writer: DataWriter, config: dict[str, Any], stdin: BinaryIO, out: Any) -> None:
