@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import threading
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -191,19 +192,25 @@ def _load_from_file(kind: PluginKind, spec: str, base_dir: Path) -> tuple[type, 
         raise PluginError(f"{kind} '{spec}': file {path} does not exist")
     # One module per file path, so two jobs naming the same file share the class.
     module_name = "dativo_plugin_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    module = sys.modules.get(module_name)
-    if module is None:
-        loader_spec = importlib.util.spec_from_file_location(module_name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise PluginError(f"{kind} '{spec}': {path} is not a Python file that can be imported")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[module_name]
-            raise PluginError(f"{kind} '{spec}': importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    # Streams of one job load plugins on several threads: the lock keeps a second thread from
+    # taking the module out of sys.modules while the first is still executing it.
+    with _FILE_IMPORT_LOCK:
+        module = sys.modules.get(module_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise PluginError(f"{kind} '{spec}': {path} is not a Python file that can be imported")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[module_name]
+                raise PluginError(f"{kind} '{spec}': importing {path} failed: {type(exc).__name__}: {exc}") from exc
     return _attribute(kind, spec, module, attr), f"file {path}"
+
+
+_FILE_IMPORT_LOCK = threading.RLock()
 
 
 def _attribute(kind: PluginKind, spec: str, module: object, attr: str) -> type:
