@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dativo import SDK_API_VERSION, DataReader, DataWriter, PluginError
-from dativo.engine.registry import check_api_version, list_plugins, resolve_plugin
+from dativo.core.registry import check_api_version, list_plugins, resolve_plugin
 
 from support.cli import assert_one_line_error, dativo
 

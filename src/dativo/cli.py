@@ -31,9 +31,9 @@ from dativo.cli_common import err, fail, out, state
 from dativo.cli_maintain import maintain
 from dativo.cli_streams import print_discovered, print_streams_summary, stream_errors
 from dativo.config.loader import LoadedStreams
+from dativo.core.registry import list_plugins
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
-from dativo.engine.registry import list_plugins
 from dativo.engine.streams import Stream, plan_streams
 from dativo.errors import ConfigError, PluginError
 from dativo.sdk import SDK_API_VERSION

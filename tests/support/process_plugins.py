@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dativo.config.models import PluginSpec
-from dativo.engine.plan import PluginPlan
-from dativo.engine.registry import PluginRef
+from dativo.core.registry import PluginPlan, PluginRef
 from dativo.runtimes.flight import FlightReader
 from dativo.runtimes.process import ProcessReader
 from dativo.sdk import DataReader
@@ -77,7 +76,7 @@ def _flight_endpoint(implementation: str) -> str:
         import atexit
         import threading
 
-        from dativo.engine.registry import resolve_plugin
+        from dativo.core.registry import resolve_plugin
         from dativo.runtimes.serve import PluginFlightServer
 
         cls = resolve_plugin("reader", implementation, Path.cwd()).cls

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from dativo.engine.registry import resolve_plugin
+from dativo.core.registry import resolve_plugin
 
 SLOW_PLUGIN = """
 import time

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo.engine.batches import as_record_batches, conform
+from dativo.core.batches import as_record_batches, conform
 from dativo.engine.parallel import PartitionPump, plan_partitioned_read
 from dativo.engine.pipeline import ProgressSink, RunSummary, _call, _close, _declared_schema, new_summary
 from dativo.engine.plan import Plan

@@ -3,8 +3,8 @@
 Used by :func:`dativo.engine.pipeline.run` when the reader implements
 :class:`dativo.sdk.PartitionedReader` and ``source.parallelism`` is not 1.
 Every batch goes through the same conversion and schema checks as the
-single-stream path (:func:`dativo.engine.batches.as_record_batches` and
-:func:`~dativo.engine.batches.conform`). The first failure in any partition
+single-stream path (:func:`dativo.core.batches.as_record_batches` and
+:func:`~dativo.core.batches.conform`). The first failure in any partition
 stops the others and is raised to the writer loop, which aborts the run.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 
-from dativo.engine.batches import as_record_batches, conform
+from dativo.core.batches import as_record_batches, conform
 from dativo.errors import DativoError, SourceError
 from dativo.sdk import DataReader, PartitionedReader, ReadPartition
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo.engine.batches import as_record_batches, conform
+from dativo.core.batches import as_record_batches, conform
 from dativo.engine.incremental import CursorTracker, IncrementalPlan, plan_incremental
 from dativo.engine.parallel import PartitionPump, plan_partitioned_read
 from dativo.engine.plan import Plan

@@ -9,22 +9,10 @@ from typing import Any
 
 from dativo.config.loader import LoadedJob
 from dativo.config.models import SOURCE_CONNECTORS, TARGET_CONNECTORS, PluginSpec
-from dativo.engine.registry import PluginKind, PluginRef, resolve_plugin
+from dativo.core.registry import PluginKind, PluginPlan, PluginRef, resolve_plugin
 from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["Plan", "PluginPlan", "build_plan"]
-
-
-@dataclass(frozen=True)
-class PluginPlan:
-    """One side of the run: the plugin, the runtime that hosts it, and its ``initialize`` config."""
-
-    ref: PluginRef
-    runtime: str
-    config: dict[str, Any]
-    #: The job's ``reader:`` / ``writer:`` block (None when the connector's default is used);
-    #: out-of-process runtimes read their command, endpoint, sandbox and timeouts from it.
-    spec: PluginSpec | None = None
 
 
 @dataclass(frozen=True)

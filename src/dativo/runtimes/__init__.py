@@ -6,7 +6,7 @@ The engine never cares where a plugin runs; it asks :func:`host_reader` /
 
 from __future__ import annotations
 
-from dativo.engine.plan import PluginPlan
+from dativo.core.registry import PluginPlan
 from dativo.errors import PluginError
 from dativo.runtimes import inprocess, process
 from dativo.sdk import DataReader, DataWriter

@@ -28,7 +28,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import pyarrow as pa  # after the environment above
 import pyarrow.flight as flight
 
-from dativo.engine.plan import PluginPlan
+from dativo.core.registry import PluginPlan
 from dativo.errors import ConfigError, DativoError, PluginError, SourceError, TargetError
 from dativo.runtimes import protocol
 from dativo.runtimes.protocol import PROTOCOL_VERSION, ProtocolError, decode_line, encode_line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from dativo.engine.plan import PluginPlan
+from dativo.core.registry import PluginPlan
 from dativo.errors import DativoError, PluginError
 from dativo.sdk import DataReader, DataWriter
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dativo.engine.plan import PluginPlan
+from dativo.core.registry import PluginPlan
 from dativo.errors import PluginError, SchemaError, SourceError
 from dativo.runtimes import protocol
 from dativo.runtimes._plugin_process import STOP_GRACE_S, PluginProcess, Stopped

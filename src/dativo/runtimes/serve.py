@@ -31,8 +31,8 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-from dativo.engine.batches import as_record_batches, conform
-from dativo.engine.registry import PluginKind, resolve_plugin
+from dativo.core.batches import as_record_batches, conform
+from dativo.core.registry import PluginKind, resolve_plugin
 from dativo.errors import DativoError, PluginError
 from dativo.runtimes import protocol
 from dativo.runtimes.protocol import (

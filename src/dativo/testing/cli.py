@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from dativo.engine.registry import PluginKind, resolve_plugin
+from dativo.core.registry import PluginKind, resolve_plugin
 from dativo.errors import ConfigError, PluginError
 from dativo.testing.conformance import Report, Scenarios, certify
 from dativo.testing.host import PluginUnderTest, Runtime, served_by_flight

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from dativo.engine.batches import as_record_batches
+from dativo.core.batches import as_record_batches
 from dativo.errors import ConfigError
 from dativo.sdk import SDK_API_VERSION, DataReader, DataWriter
 from dativo.testing.host import PluginUnderTest

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dativo.config.models import PluginSpec
-from dativo.engine.plan import PluginPlan
-from dativo.engine.registry import PluginKind, PluginRef, resolve_plugin
+from dativo.core.registry import PluginKind, PluginPlan, PluginRef, resolve_plugin
 from dativo.errors import ConfigError, PluginError
 from dativo.sdk import DataReader, DataWriter
 

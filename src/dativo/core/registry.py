@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -23,7 +23,18 @@ from packaging.version import InvalidVersion, Version
 from dativo.errors import PluginError
 from dativo.sdk import SDK_API_VERSION, DataReader, DataWriter
 
-__all__ = ["PluginKind", "PluginRef", "check_api_version", "list_plugins", "resolve_plugin", "supported_sdk_range"]
+if TYPE_CHECKING:
+    from dativo.config.models import PluginSpec
+
+__all__ = [
+    "PluginKind",
+    "PluginPlan",
+    "PluginRef",
+    "check_api_version",
+    "list_plugins",
+    "resolve_plugin",
+    "supported_sdk_range",
+]
 
 PluginKind = Literal["reader", "writer"]
 _GROUPS: dict[PluginKind, str] = {"reader": "dativo.readers", "writer": "dativo.writers"}
@@ -43,6 +54,18 @@ class PluginRef:
     def api_version(self) -> str:
         """The SDK version the plugin declares."""
         return str(getattr(self.cls, "api_version", "?"))
+
+
+@dataclass(frozen=True)
+class PluginPlan:
+    """One side of the run: the plugin, the runtime that hosts it, and its ``initialize`` config."""
+
+    ref: PluginRef
+    runtime: str
+    config: dict[str, Any]
+    #: The job's ``reader:`` / ``writer:`` block (None when the connector's default is used);
+    #: out-of-process runtimes read their command, endpoint, sandbox and timeouts from it.
+    spec: PluginSpec | None = None
 
 
 def resolve_plugin(kind: PluginKind, implementation: str, base_dir: Path) -> PluginRef:
