@@ -174,9 +174,19 @@ def test_missing_required_key(tmp_path):
 
 
 def test_table_and_query_together_are_rejected(tmp_path):
-    path = write(tmp_path, MINIMAL.replace("path: data.csv", "table: a\n  query: SELECT 1"))
+    sql_source = MINIMAL.replace("connector: files", "connector: sqlite").replace("path: data.csv", "table: a")
+    path = write(tmp_path, sql_source.replace("table: a", "table: a\n  query: SELECT 1", 1))
     with pytest.raises(ConfigError, match="either 'table' or 'query', not both"):
         load_job(path)
+
+
+def test_a_key_of_another_connector_is_unknown_naming_the_connectors_keys(tmp_path):
+    # table/query belong to the SQL connectors: the files connector's model rejects them at their line.
+    path = write(tmp_path, MINIMAL.replace("path: data.csv", "path: data.csv\n  table: a"))
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    assert "job.yaml:4: source.table: unknown key" in str(info.value)
+    assert "connector 'files' takes" in str(info.value) and "cast_to_text" in str(info.value)
 
 
 def test_custom_connector_needs_a_reader(tmp_path):

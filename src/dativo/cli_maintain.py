@@ -83,7 +83,7 @@ def maintain(
     )
     name = str(target.table)
     identifier = tuple(part for part in name.split(".") if part)
-    catalog = guard(lambda: open_catalog(dict(target.catalog), loaded.dir))
+    catalog = guard(lambda: open_catalog(dict(target.get("catalog") or {}), loaded.dir))
 
     def load() -> Table | None:
         from pyiceberg.exceptions import NoSuchTableError

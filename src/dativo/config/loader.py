@@ -13,13 +13,15 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from dativo._secrets import SECRET_KEY_PATTERN, register_secret
-from dativo.config.models import JobConfig
+from dativo.config.connectors import connector
+from dativo.config.models import JobConfig, _ConnectorSection
 from dativo.config.streams import LoadedStreams, StreamEntry, StreamLines, StreamsJobConfig, merged_stream
 from dativo.errors import ConfigError
 
@@ -120,7 +122,7 @@ def _validate(data: dict[str, Any], source: str, lines: dict[KeyPath, int]) -> J
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, source, lines)) from None
+        raise ConfigError(_describe_validation_error(exc, source, lines, data=data)) from None
 
 
 def _streams(data: dict[str, Any], lines: dict[KeyPath, int], file: Path, job_dir: Path) -> LoadedStreams:
@@ -137,7 +139,7 @@ def _streams(data: dict[str, Any], lines: dict[KeyPath, int], file: Path, job_di
         config = StreamsJobConfig.model_validate(rest)
     except ValidationError as exc:
         raise ConfigError(
-            "\n".join([*misplaced, _describe_validation_error(exc, source, lines, StreamsJobConfig)])
+            "\n".join([*misplaced, _describe_validation_error(exc, source, lines, StreamsJobConfig, rest)])
         ) from None
     problems: list[tuple[int, str]] = [(_line_for(("source",), lines), text) for text in misplaced]
     for shared in ("table", "query"):
@@ -188,7 +190,7 @@ def _stream_entry(
     try:
         job_config = JobConfig.model_validate(job)
     except ValidationError as exc:
-        for path, message in _problems(exc, JobConfig):
+        for path, message in _problems(exc, JobConfig, job):
             problem(path, message)
         return None
     if bad_template:
@@ -349,15 +351,19 @@ def _dotted(path: KeyPath) -> str:
 
 
 def _describe_validation_error(
-    exc: ValidationError, source: str, lines: Mapping[KeyPath, int], root: type[BaseModel] = JobConfig
+    exc: ValidationError,
+    source: str,
+    lines: Mapping[KeyPath, int],
+    root: type[BaseModel] = JobConfig,
+    data: Any = None,
 ) -> str:
     """Every problem pydantic found, one ``FILE:LINE: key.path: message`` line each, in file order."""
-    problems = _problems(exc, root)
+    problems = _problems(exc, root, data)
     problems.sort(key=lambda item: (_line_for(item[0], lines), _dotted(item[0])))
     return "\n".join(f"{source}:{_line_for(path, lines)}: {_dotted(path)}: {message}" for path, message in problems)
 
 
-def _problems(exc: ValidationError, root: type[BaseModel]) -> list[tuple[KeyPath, str]]:
+def _problems(exc: ValidationError, root: type[BaseModel], data: Any = None) -> list[tuple[KeyPath, str]]:
     """``(key path, message)`` of every problem, unknown keys paired with the required key they misspell."""
     problems: list[tuple[KeyPath, str]] = []
     for error in exc.errors(include_url=False):
@@ -369,10 +375,12 @@ def _problems(exc: ValidationError, root: type[BaseModel]) -> list[tuple[KeyPath
             problems.append((path, "required key is missing"))
         else:
             problems.append((path, error["msg"].removeprefix("Value error, ")))
-    return _pair_typos(problems, root)
+    return _pair_typos(problems, root, data)
 
 
-def _pair_typos(problems: list[tuple[KeyPath, str]], root: type[BaseModel]) -> list[tuple[KeyPath, str]]:
+def _pair_typos(
+    problems: list[tuple[KeyPath, str]], root: type[BaseModel], data: Any = None
+) -> list[tuple[KeyPath, str]]:
     """Turn "unknown key" into "did you mean ..." and drop the "missing" it explains.
 
     ``conector:`` is one mistake, not two: the unknown key names the missing one it
@@ -392,26 +400,61 @@ def _pair_typos(problems: list[tuple[KeyPath, str]], root: type[BaseModel]) -> l
             explained.add((*parent, close[0]))
             out.append((path, f"unknown key; did you mean '{close[0]}' (a required key)?"))
             continue
-        allowed = _allowed_keys(parent, root)
+        allowed = _allowed_keys(parent, root, data)
         close = difflib.get_close_matches(path[-1], allowed, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else "check its spelling"
-        out.append((path, f"unknown key; {hint} (the job reference is docs/configuration.md)"))
+        out.append((path, f"unknown key; {hint} ({_reference(parent, root, data)})"))
     return [(path, message) for path, message in out if path not in explained]
 
 
-def _allowed_keys(path: KeyPath, root: type[BaseModel] = JobConfig) -> list[str]:
-    """The keys the job schema allows at ``path`` (empty when it is not a fixed model)."""
+def _allowed_keys(path: KeyPath, root: type[BaseModel] = JobConfig, data: Any = None) -> list[str]:
+    """The keys the job schema allows at ``path`` (empty when it is not a fixed model).
+
+    Under ``source:`` / ``target:`` these are the engine's keys plus those of the
+    connector ``data`` names there (its config model's fields).
+    """
     model: Any = root
+    node = data
     for part in path:
         if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
-        field = model.model_fields.get(part)
+        field = _fields(model, node).get(part)
         if field is None:
             return []
         model = _model_of(field.annotation)
+        node = node.get(part) if isinstance(node, Mapping) else None
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return list(_fields(model, node))
     return []
+
+
+def _reference(path: KeyPath, root: type[BaseModel], data: Any) -> str:
+    """Where the keys at ``path`` are documented: a connector's own keys, else the job reference."""
+    node = data
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if len(path) == 1 and path[0] in ("source", "target") and isinstance(node, Mapping):
+        name = node.get("connector")
+        role: Literal["source", "target"] = "source" if path[0] == "source" else "target"
+        try:
+            declared = connector(name, role) if isinstance(name, str) and root is JobConfig else None
+        except (ValueError, ConfigError):
+            declared = None
+        if declared is not None and declared.config.model_fields:
+            return f"connector '{name}' takes: {', '.join(declared.config.model_fields)}; see docs/configuration.md"
+    return "the job reference is docs/configuration.md"
+
+
+def _fields(model: type[BaseModel], node: Any) -> dict[str, FieldInfo]:
+    """``model``'s fields; for a connector section, plus the fields of the connector ``node`` names."""
+    fields = dict(model.model_fields)
+    if issubclass(model, _ConnectorSection) and isinstance(node, Mapping) and isinstance(node.get("connector"), str):
+        try:
+            declared = connector(node["connector"], model.ROLE)
+        except (ValueError, ConfigError):
+            return fields
+        fields.update(declared.config.model_fields)
+    return fields
 
 
 def _model_of(annotation: Any) -> Any:

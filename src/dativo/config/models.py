@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dativo.config.connectors import connector
+from dativo.sdk_connectors import Connector
 
 __all__ = [
-    "SOURCE_CONNECTORS",
-    "TARGET_CONNECTORS",
+    "SOURCE_ENGINE_KEYS",
+    "TARGET_ENGINE_KEYS",
     "CdcSpec",
     "EngineConfig",
     "FlightTlsSpec",
@@ -26,28 +37,6 @@ __all__ = [
     "TargetConfig",
     "TimeoutSpec",
 ]
-
-#: Source connector -> the reader used when the job names none (``custom``: a reader is required).
-SOURCE_CONNECTORS: dict[str, str | None] = {
-    "postgres": "postgres-adbc",
-    "sqlite": "sqlite",
-    "files": "files",
-    "custom": None,
-}
-#: Target connector -> the writer used when the job names none.
-TARGET_CONNECTORS: dict[str, str | None] = {
-    "iceberg": "iceberg",
-    "parquet": "parquet",
-    "encrypted-parquet": "encrypted-parquet",
-    "custom": None,
-}
-
-
-def _did_you_mean(value: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'x'? known: a, b)`` — the closest known name first, then all of them."""
-    names = list(known)
-    close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
-    return f" ({f'did you mean {close[0]!r}? ' if close else ''}known: {', '.join(names)})"
 
 
 class _Strict(BaseModel):
@@ -124,6 +113,11 @@ class PluginSpec(_Strict):
     )
     token: str | None = Field(None, description="type flight: bearer token sent with every call.")
     tls: FlightTlsSpec = Field(default_factory=FlightTlsSpec)  # type: ignore[arg-type]  # pydantic fills defaults
+    source_plan: bool = Field(
+        False,
+        description="Readers: ask the source connector's planner for its plan at plan time and pass it in the "
+        "config (postgres: 'postgres_plan'); for process/flight readers, which dativo cannot inspect.",
+    )
 
     @field_validator("implementation")
     @classmethod
@@ -202,16 +196,101 @@ class CdcSpec(_Strict):
     )
 
 
-class SourceConfig(_Strict):
-    """``source:`` — where data comes from."""
+#: ``source:`` keys the engine reads itself; every other key belongs to the connector's config model.
+SOURCE_ENGINE_KEYS = frozenset({"connector", "reader", "options", "incremental", "cdc", "parallelism"})
+#: ``target:`` keys the engine reads itself; every other key belongs to the connector's config model.
+TARGET_ENGINE_KEYS = frozenset({"connector", "writer", "options", "mode", "merge", "schema_evolution"})
+
+
+class _ConnectorSection(BaseModel):
+    """``source:`` / ``target:``: the engine's keys as fields, the connector's keys validated by its model.
+
+    The connector's validated keys are kept as extra attributes (``section.table``,
+    ``section.path``...) and appear in ``model_dump()``, flat, as plugins receive them.
+    A key no model knows is an ``unknown key`` error at its line.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    ROLE: ClassVar[Literal["source", "target"]]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _connector_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        if isinstance(data, _ConnectorSection) or not isinstance(data, dict):
+            return handler(data)
+        engine = {key: value for key, value in data.items() if key in cls.model_fields}
+        own = {key: value for key, value in data.items() if key not in cls.model_fields}
+        name = data.get("connector")
+        try:
+            declared = connector(name, cls.ROLE) if isinstance(name, str) else None
+        except ValueError:
+            declared = None  # the connector field's own validator reports it
+        errors: list[Any] = []
+        settings: dict[str, Any] = dict(own)
+        if declared is not None:
+            try:
+                settings = declared.config.model_validate(own).model_dump()
+            except ValidationError as exc:
+                errors.extend(exc.errors())
+        elif name is None:
+            # "conector: files" is one typo: report keys close to a field as unknown, so it pairs with "missing".
+            errors.extend(
+                {"type": "extra_forbidden", "loc": (key,), "input": value}
+                for key, value in own.items()
+                if difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
+            )
+        try:
+            section = handler(engine)
+        except ValidationError as exc:
+            raise _merged(cls, [*exc.errors(), *errors]) from None
+        if errors:
+            raise _merged(cls, errors)
+        object.__setattr__(section, "__pydantic_extra__", settings)
+        section._after_connector(declared)
+        return section
+
+    def _after_connector(self, declared: Connector | None) -> None:
+        """Checks across engine and connector keys (raise ValueError)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A key of the section, engine's or connector's (``default`` when absent)."""
+        if key in type(self).model_fields:
+            return getattr(self, key)
+        return (self.__pydantic_extra__ or {}).get(key, default)
+
+    @property
+    def table(self) -> str | None:
+        """``table`` when the connector has one, else None."""
+        return self.get("table")  # type: ignore[no-any-return]
+
+    @property
+    def path(self) -> str | None:
+        """``path`` when the connector has one, else None."""
+        return self.get("path")  # type: ignore[no-any-return]
+
+    @property
+    def connection(self) -> dict[str, Any]:
+        """``connection`` (as a plain mapping) when the connector has one, else {}."""
+        value = self.get("connection")
+        return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _merged(cls: type[BaseModel], errors: list[Any]) -> ValidationError:
+    details = [
+        {"type": error["type"], "loc": error["loc"], "input": error.get("input"), "ctx": error["ctx"]}
+        if "ctx" in error
+        else {"type": error["type"], "loc": error["loc"], "input": error.get("input")}
+        for error in errors
+    ]
+    return ValidationError.from_exception_data(cls.__name__, details)  # type: ignore[arg-type]
+
+
+class SourceConfig(_ConnectorSection):
+    """``source:`` — where data comes from: the engine's keys; the rest is the connector's (docs/configuration.md)."""
+
+    ROLE = "source"
 
     connector: str
-    connection: dict[str, Any] = Field(default_factory=dict)
-    table: str | None = None
-    query: str | None = None
-    path: str | None = None
-    format: str | None = None
-    cast_to_text: list[str] = Field(default_factory=list)
     incremental: IncrementalSpec | None = None
     cdc: CdcSpec | None = None
     parallelism: int | None = Field(
@@ -227,19 +306,33 @@ class SourceConfig(_Strict):
     @field_validator("connector")
     @classmethod
     def _known_connector(cls, value: str) -> str:
-        if value not in SOURCE_CONNECTORS:
-            raise ValueError(f"unknown source connector '{value}'{_did_you_mean(value, SOURCE_CONNECTORS)}")
+        connector(value, "source")
         return value
 
-    @model_validator(mode="after")
-    def _reader_for_custom(self) -> SourceConfig:
-        if self.connector == "custom" and self.reader is None:
-            raise ValueError("connector 'custom' has no default reader: name one under 'reader:'")
-        if self.table is not None and self.query is not None:
-            raise ValueError("give either 'table' or 'query', not both")
-        if self.cdc is not None and (self.connector != "postgres" or self.table is None or self.incremental):
-            raise ValueError("'cdc' needs connector 'postgres' and a 'table' (not a query), without 'incremental'")
-        return self
+    @property
+    def query(self) -> str | None:
+        """``query`` when the connector has one, else None."""
+        return self.get("query")  # type: ignore[no-any-return]
+
+    def _after_connector(self, declared: Connector | None) -> None:
+        if declared is None:
+            return
+        if declared.reader is None and self.reader is None:
+            raise _value_error(
+                type(self), f"connector '{self.connector}' has no default reader: name one under 'reader:'"
+            )
+        if self.cdc is not None and (declared.change_reader is None or self.table is None or self.incremental):
+            raise _value_error(
+                type(self),
+                "'cdc' needs a connector that reads changes (postgres) and a 'table' (not a query), "
+                "without 'incremental'",
+            )
+
+
+def _value_error(cls: type[BaseModel], message: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        cls.__name__, [{"type": "value_error", "loc": (), "input": None, "ctx": {"error": ValueError(message)}}]
+    )
 
 
 class MergeSpec(_Strict):
@@ -264,45 +357,37 @@ class SchemaEvolutionSpec(_Strict):
     )
 
 
-class TargetConfig(_Strict):
-    """``target:`` — where data lands."""
+class TargetConfig(_ConnectorSection):
+    """``target:`` — where data lands: the engine's keys; the rest is the connector's (docs/configuration.md)."""
+
+    ROLE = "target"
 
     connector: str
-    table: str | None = None
-    path: str | None = None
-    catalog: dict[str, Any] = Field(default_factory=dict)
-    connection: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     mode: Literal["append", "overwrite", "merge"] = "append"
     merge: MergeSpec | None = None
     schema_evolution: SchemaEvolutionSpec = Field(default_factory=SchemaEvolutionSpec)  # type: ignore[arg-type]  # pydantic fills defaults
-    partition_by: list[str] = Field(
-        default_factory=list,
-        description="iceberg: partition spec of a new table, e.g. [day(created_at), bucket(16, id), identity(region)].",
-    )
-    sort_by: list[str] = Field(default_factory=list, description="iceberg: columns each written file is sorted by.")
     writer: PluginSpec | None = None
 
     @field_validator("connector")
     @classmethod
     def _known_connector(cls, value: str) -> str:
-        if value not in TARGET_CONNECTORS:
-            raise ValueError(f"unknown target connector '{value}'{_did_you_mean(value, TARGET_CONNECTORS)}")
+        connector(value, "target")
         return value
 
     @model_validator(mode="after")
-    def _required_fields(self) -> TargetConfig:
-        if self.connector == "custom" and self.writer is None:
-            raise ValueError("connector 'custom' has no default writer: name one under 'writer:'")
-        if self.connector == "iceberg" and not self.table:
-            raise ValueError("an iceberg target needs 'table: namespace.table'")
-        if self.connector in ("parquet", "encrypted-parquet") and not self.path:
-            raise ValueError("a parquet target needs 'path' (a local folder or s3://bucket/prefix)")
+    def _merge_settings(self) -> TargetConfig:
         if self.mode == "merge" and self.merge is None:
             raise ValueError("mode 'merge' needs the primary key: merge: {keys: [id]}")
         if self.merge is not None and self.mode != "merge":
             raise ValueError(f"'merge' settings are given but mode is '{self.mode}' (set mode: merge)")
         return self
+
+    def _after_connector(self, declared: Connector | None) -> None:
+        if declared is not None and declared.writer is None and self.writer is None:
+            raise _value_error(
+                type(self), f"connector '{self.connector}' has no default writer: name one under 'writer:'"
+            )
 
 
 class RetrySpec(_Strict):

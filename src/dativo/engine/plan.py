@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
+from dativo.config.connectors import connector
 from dativo.config.loader import LoadedJob
-from dativo.config.models import SOURCE_CONNECTORS, TARGET_CONNECTORS, PluginSpec
+from dativo.config.models import PluginSpec
 from dativo.core.registry import PluginKind, PluginPlan, PluginRef, resolve_plugin
-from dativo.sdk import DataReader, DataWriter
+from dativo.errors import ConfigError
+from dativo.sdk import DataReader, DataWriter, PluginConfig
+from dativo.sdk_connectors import Connector
 
-__all__ = ["Plan", "PluginPlan", "build_plan"]
+__all__ = ["Plan", "PluginPlan", "build_plan", "wants_source_plan", "with_source_plan"]
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,13 @@ def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
     state already records as committed is not applied again. Without one, a random id is used.
     """
     source, target = job.config.source, job.config.target
+    source_connector = connector(source.connector, "source")
+    target_connector = connector(target.connector, "target")
     run_id_given = run_id is not None
     run_id = run_id or uuid.uuid4().hex
     job_info = {"name": job.name, "dir": str(job.dir), "run_id": run_id}
     # Change data capture has its own default reader (issue 17, docs/cdc.md).
-    default_reader = "postgres-cdc" if source.cdc is not None else SOURCE_CONNECTORS[source.connector]
+    default_reader = source_connector.change_reader if source.cdc is not None else source_connector.reader
     reader = _plugin_plan(
         "reader",
         source.reader,
@@ -56,15 +61,45 @@ def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
         job_info,
         job,
     )
+    if wants_source_plan(reader):
+        reader = replace(reader, config=dict(with_source_plan(reader.config, source_connector, reader.ref.name)))
     writer = _plugin_plan(
         "writer",
         target.writer,
-        TARGET_CONNECTORS[target.connector],
+        target_connector.writer,
         target.model_dump(exclude={"writer"}),
         job_info,
         job,
     )
     return Plan(job=job, reader=reader, writer=writer, run_id=run_id, run_id_given=run_id_given)
+
+
+def wants_source_plan(reader: PluginPlan) -> bool:
+    """Whether the reader asks for its source connector's plan (docs/writing-plugins.md, "source plans").
+
+    A Python reader asks with the class attribute ``wants_source_plan = True``; a
+    process or Flight reader, which has no class dativo can look at, with
+    ``source_plan: true`` in the job's ``reader:`` block.
+    """
+    if reader.spec is not None and reader.spec.source_plan:
+        return True
+    return bool(getattr(reader.ref.cls, "wants_source_plan", False))
+
+
+def with_source_plan(config: PluginConfig, source: Connector, reader: str) -> PluginConfig:
+    """``config`` plus what the source connector's planner returns (e.g. ``postgres_plan``).
+
+    Runs the planner now, at plan time, the same for every runtime. Raises ConfigError
+    when the connector has no planner; the planner's own errors (SourceError,
+    transient when a retry may help) pass through.
+    """
+    planner = source.load_planner()
+    if planner is None:
+        raise ConfigError(
+            f"reader '{reader}' asks for a source plan, and connector '{source.name}' has no planner",
+            hint="use a reader made for this connector, or drop source_plan: true from reader:",
+        )
+    return {**config, **planner(config)}
 
 
 def _plugin_plan(

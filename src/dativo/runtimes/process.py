@@ -159,7 +159,6 @@ class ProcessReader(DataReader):
     def initialize(self, config: PluginConfig) -> None:
         """Start the plugin, handshake, and read its schema; raises its failure as a dativo error."""
         self.config = config
-        config = _with_source_plan(config)
         proc = self._proc = _start(self._plan, "reader", config)
         try:
             self._schema = pa.ipc.open_stream(base64.b64decode(proc.hello["schema"], validate=True)).schema
@@ -332,12 +331,3 @@ class ProcessWriter(DataWriter):
         self._stream = None
         if proc is not None:
             proc.finish()
-
-
-def _with_source_plan(config: PluginConfig) -> PluginConfig:
-    """For a PostgreSQL source, add ``postgres_plan``: the canonical SQL and schema (see docs)."""
-    if config.get("connector") != "postgres":
-        return config
-    from dativo.connectors.postgres.remote import source_plan_for_plugin
-
-    return {**config, "postgres_plan": source_plan_for_plugin(config)}

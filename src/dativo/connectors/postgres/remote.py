@@ -1,7 +1,9 @@
-"""The canonical PostgreSQL source plan, as JSON, for readers in other languages and processes.
+"""The postgres connector's source planner: the canonical plan, as JSON, for readers that ask for it.
 
-A process reader of a ``connector: postgres`` source receives it in its
-handshake config as ``postgres_plan`` (see ``docs/process-protocol.md``), so a
+A reader of a ``connector: postgres`` source that asks for the source plan
+(``source_plan: true`` in its ``reader:`` block, or ``wants_source_plan = True``
+on its class) receives it at plan time in its config as ``postgres_plan``
+(see ``docs/process-protocol.md``), whatever runtime hosts it, so a
 reader written in Go or Rust runs exactly the SQL the built-in readers run and
 produces exactly the canonical schema of
 :mod:`dativo.connectors.postgres.types`, instead of re-implementing the
@@ -20,7 +22,7 @@ import pyarrow as pa
 from dativo.connectors.postgres.connection import build_connection, connect_psycopg, import_psycopg, translate_error
 from dativo.connectors.postgres.types import SourceSpec, describe_source
 
-__all__ = ["source_plan_for_plugin"]
+__all__ = ["plan_source", "source_plan_for_plugin"]
 
 
 def source_plan_for_plugin(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,3 +66,12 @@ def source_plan_for_plugin(config: Mapping[str, Any]) -> dict[str, Any]:
         "array_columns": list(plan.array_columns),
         "source": plan.source,
     }
+
+
+def plan_source(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The postgres connector's planner (``Connector.planner``): ``{"postgres_plan": ...}``.
+
+    Raises what :func:`source_plan_for_plugin` raises; the password in ``conninfo``
+    is registered for redaction by the connection set-up.
+    """
+    return {"postgres_plan": source_plan_for_plugin(config)}
