@@ -776,6 +776,7 @@ VARIANTS: list[Variant] = [
                     "type": "process",
                     "command": [str(REPO / "plugins" / "go-postgres-reader" / "bin" / "go-postgres-reader")],
                     "sandbox": {"network": True},
+                    "source_plan": True,
                 },
             }
         },

@@ -25,7 +25,7 @@ READERS: dict[str, str] = {
     "adbc": "  reader: {implementation: postgres-adbc}\n",
     "psycopg": "  reader: {implementation: postgres-psycopg}\n",
     "rust": "  reader: {implementation: postgres-rs}\n",
-    "go": f"  reader: {{type: process, command: [{GO_READER}], sandbox: {{network: true}}}}\n",
+    "go": f"  reader: {{type: process, command: [{GO_READER}], sandbox: {{network: true}}, source_plan: true}}\n",
 }
 EVOLUTION = ["evolve", "freeze", "fail"]
 PARTITION_BY = ["bucket(4, rowno)", "day(tstz)", "identity(b)", "truncate(2, txt)", "year(d)"]

@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dativo.config.connectors import connector as find_connector
 from dativo.config.models import PluginSpec
 from dativo.core.registry import PluginPlan, PluginRef
+from dativo.engine.plan import with_source_plan
 from dativo.runtimes.flight import FlightReader
 from dativo.runtimes.process import ProcessReader
 from dativo.sdk import DataReader
@@ -46,7 +48,10 @@ def process_reader(name: str, command: list[str], connector: str | None = None, 
             super().__init__(plugin_plan("reader", name, type="process", command=command, **spec))
 
         def initialize(self, config: Any) -> None:
-            super().initialize({"connector": connector, **config} if connector else config)
+            config = {"connector": connector, **config} if connector else config
+            if spec.get("source_plan"):  # what build_plan does at plan time for a reader that asks
+                config = with_source_plan(config, find_connector(config["connector"], "source"), name)
+            super().initialize(config)
 
     Hosted.__name__ = Hosted.__qualname__ = f"ProcessReader[{name}]"
     return Hosted
@@ -63,7 +68,7 @@ def flight_reader(name: str, endpoint: str, **spec: Any) -> type[DataReader]:
     return Hosted
 
 
-GoPostgresReader = process_reader("go-postgres-reader", [str(GO_READER)], connector="postgres")
+GoPostgresReader = process_reader("go-postgres-reader", [str(GO_READER)], connector="postgres", source_plan=True)
 ServedAdbcReader = process_reader("served-adbc", [*SERVE, "process", "postgres-adbc"], connector="postgres")
 
 
