@@ -15,7 +15,15 @@ from typing import Literal
 from dativo.errors import ConfigError
 from dativo.sdk_connectors import Connector
 
-__all__ = ["ENTRY_POINT_GROUP", "connector", "connectors", "did_you_mean", "reset_connectors"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "connector",
+    "connector_keys",
+    "connectors",
+    "did_you_mean",
+    "known",
+    "reset_connectors",
+]
 
 ENTRY_POINT_GROUP = "dativo.connectors"
 Role = Literal["source", "target"]
@@ -80,6 +88,14 @@ def did_you_mean(value: str, known: list[str]) -> str:
 def known(role: Role) -> list[str]:
     """Names of the installed connectors usable as ``role``."""
     return [name for name, c in connectors().items() if (c.is_source if role == "source" else c.is_target)]
+
+
+def connector_keys(role: Role) -> list[str]:
+    """Every key some installed ``role`` connector's model declares (for a section naming no connector)."""
+    keys: dict[str, None] = {}
+    for name in known(role):
+        keys.update(dict.fromkeys(connectors()[name].config.model_fields))
+    return list(keys)
 
 
 def connector(name: str, role: Role) -> Connector:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from dativo._secrets import SECRET_KEY_PATTERN, register_secret
-from dativo.config.connectors import connector
+from dativo.config.connectors import connector, connectors, known
 from dativo.config.models import JobConfig, _ConnectorSection
 from dativo.config.streams import LoadedStreams, StreamEntry, StreamLines, StreamsJobConfig, merged_stream
 from dativo.errors import ConfigError
@@ -448,12 +448,17 @@ def _reference(path: KeyPath, root: type[BaseModel], data: Any) -> str:
 def _fields(model: type[BaseModel], node: Any) -> dict[str, FieldInfo]:
     """``model``'s fields; for a connector section, plus the fields of the connector ``node`` names."""
     fields = dict(model.model_fields)
-    if issubclass(model, _ConnectorSection) and isinstance(node, Mapping) and isinstance(node.get("connector"), str):
-        try:
-            declared = connector(node["connector"], model.ROLE)
-        except (ValueError, ConfigError):
-            return fields
-        fields.update(declared.config.model_fields)
+    if not (issubclass(model, _ConnectorSection) and isinstance(node, Mapping)):
+        return fields
+    if "connector" not in node:  # no connector named: any installed connector's keys
+        for name in known(model.ROLE):
+            fields.update(connectors()[name].config.model_fields)
+        return fields
+    try:
+        declared = connector(str(node["connector"]), model.ROLE)
+    except (ValueError, ConfigError):
+        return fields
+    fields.update(declared.config.model_fields)
     return fields
 
 

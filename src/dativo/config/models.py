@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -17,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from dativo.config.connectors import connector
+from dativo.config.connectors import connector, connector_keys
 from dativo.sdk_connectors import Connector
 
 __all__ = [
@@ -233,11 +232,12 @@ class _ConnectorSection(BaseModel):
             except ValidationError as exc:
                 errors.extend(exc.errors())
         elif name is None:
-            # "conector: files" is one typo: report keys close to a field as unknown, so it pairs with "missing".
+            # No connector named ("conector: files" is one typo): a key no installed connector knows is unknown.
+            anyones = connector_keys(cls.ROLE)
             errors.extend(
                 {"type": "extra_forbidden", "loc": (key,), "input": value}
                 for key, value in own.items()
-                if difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
+                if key not in anyones
             )
         try:
             section = handler(engine)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from dativo.config.loader import LoadedJob
+from dativo.config.models import RetrySpec
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
 from dativo.errors import is_transient
@@ -42,7 +43,15 @@ def run_job(
     policy = job.config.engine.retry
     attempt = 1
     while True:
-        plan = build_plan(job, run_id)
+        try:
+            # Planning may talk to the source (a reader that asks for the source plan): retried alike.
+            plan = build_plan(job, run_id)
+        except Exception as exc:
+            if attempt >= policy.max_attempts or not is_transient(exc):
+                raise
+            _wait(job, run_id, policy, attempt, exc, on_retry, stop)
+            attempt += 1
+            continue
         summary = pipeline.new_summary(plan)
         summary.attempt = attempt
         if attempts is not None:
@@ -52,21 +61,34 @@ def run_job(
         except Exception as exc:
             if attempt >= policy.max_attempts or not is_transient(exc):
                 raise
-            delay = min(policy.max_delay_s, policy.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            # INFO for logs; the caller decides whether a person watching should see it (on_retry).
-            log.info(
-                "attempt %d of %d failed with a transient error; retrying in %.1f s: %s",
-                attempt,
-                policy.max_attempts,
-                delay,
-                exc,
-                extra={"job": job.name, "run_id": plan.run_id},
-            )
-            if on_retry is not None:
-                on_retry(attempt, policy.max_attempts, delay, exc)
-            if stop is not None:
-                if stop.wait(delay):
-                    raise KeyboardInterrupt from exc
-            else:
-                time.sleep(delay)
+            _wait(job, plan.run_id, policy, attempt, exc, on_retry, stop)
             attempt += 1
+
+
+def _wait(
+    job: LoadedJob,
+    run_id: str | None,
+    policy: RetrySpec,
+    attempt: int,
+    exc: BaseException,
+    on_retry: Callable[[int, int, float, BaseException], None] | None,
+    stop: threading.Event | None,
+) -> None:
+    """Log the failed attempt and sleep the backoff (raises KeyboardInterrupt when ``stop`` is set meanwhile)."""
+    delay = min(policy.max_delay_s, policy.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    # INFO for logs; the caller decides whether a person watching should see it (on_retry).
+    log.info(
+        "attempt %d of %d failed with a transient error; retrying in %.1f s: %s",
+        attempt,
+        policy.max_attempts,
+        delay,
+        exc,
+        extra={"job": job.name, "run_id": run_id},
+    )
+    if on_retry is not None:
+        on_retry(attempt, policy.max_attempts, delay, exc)
+    if stop is not None:
+        if stop.wait(delay):
+            raise KeyboardInterrupt from exc
+    else:
+        time.sleep(delay)
