@@ -15,6 +15,7 @@ import pytest
 from dativo.config.loader import load_job
 from dativo.engine.plan import build_plan
 from dativo.errors import ConfigError
+
 from support.cli import assert_one_line_error, dativo
 from support.iceberg_fixtures import embedded_catalog
 

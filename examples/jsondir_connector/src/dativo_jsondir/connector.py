@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from dativo.sdk_connectors import Connector, ConnectorConfig
 
-__all__ = ["CONNECTOR", "COLUMN_TYPES", "JsonDirConfig"]
+__all__ = ["COLUMN_TYPES", "CONNECTOR", "JsonDirConfig"]
 
 #: The column types a job may declare.
 COLUMN_TYPES = ("int64", "float64", "string", "bool", "timestamp")
