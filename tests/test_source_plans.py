@@ -1,0 +1,56 @@
+"""Source plans: a reader asks for one, the source connector's planner makes it at plan time, for every runtime."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dativo._secrets import redact
+from dativo.config.loader import load_job
+from dativo.engine import pipeline
+from dativo.engine.plan import build_plan
+
+from support.process_plugins import _flight_endpoint
+
+READERS = {
+    "in-process (wants_source_plan)": "  reader: {{type: custom, implementation: support.plan_echo:PlanEchoReader}}\n",
+    "flight (source_plan: true)": "  reader: {{type: flight, endpoint: '{endpoint}', source_plan: true}}\n",
+}
+
+
+@pytest.mark.parametrize("runtime", list(READERS))
+def test_the_postgres_planner_serves_every_runtime(runtime: str, pg_db, tmp_path: Path, caplog) -> None:
+    pg_db.execute("CREATE TABLE public.orders (id bigint PRIMARY KEY, amount numeric(10, 2), note text)")
+    reader = READERS[runtime].format(endpoint=_flight_endpoint("support.plan_echo:PlanEchoReader"))
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source:\n  connector: postgres\n  connection: {json.dumps(pg_db.connection)}\n  table: public.orders\n"
+        f"{reader}target: {{connector: parquet, path: out}}\n"
+    )
+    plan = build_plan(load_job(job))
+    planned = plan.reader.config["postgres_plan"]
+    assert pg_db.connection["password"] in planned["conninfo"]
+    assert pg_db.connection["password"] not in redact(planned["conninfo"])  # registered for redaction
+
+    with caplog.at_level(logging.DEBUG):
+        pipeline.run(plan)
+    table = pa.concat_tables(pq.read_table(f) for f in sorted((tmp_path / "out").rglob("*.parquet")))
+    assert table.column("name").to_pylist() == ["id", "amount", "note"]
+    assert table.column("kind").to_pylist() == ["int64", "numeric", "text"]
+    assert "public" in table.column("sql")[0].as_py() and "orders" in table.column("sql")[0].as_py()
+    assert pg_db.connection["password"] not in caplog.text
+
+
+def test_a_reader_that_does_not_ask_gets_no_plan_and_the_source_is_not_contacted(tmp_path: Path) -> None:
+    # Port 1 has no server: planning would fail if the planner ran.
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source:\n  connector: postgres\n  connection: {host: 127.0.0.1, port: 1}\n  table: public.orders\n"
+        "  reader: {type: flight, endpoint: 'grpc://127.0.0.1:1'}\ntarget: {connector: parquet, path: out}\n"
+    )
+    assert "postgres_plan" not in build_plan(load_job(job)).reader.config
