@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # the SDK needs pyarrow and the Python API the engine: both l
         StatefulWriter,
         WriteMode,
     )
+    from dativo.sdk_connectors import Connector, ConnectorConfig, OpenConnectorConfig, S3Connection
 
 #: Names of the Python API (dativo.api), imported on first access (PEP 562) so ``import dativo`` stays cheap.
 _API = frozenset(
@@ -100,8 +101,20 @@ _SDK = frozenset(
 )
 
 
+#: The connector SDK's names (dativo.sdk_connectors: declare a connector, the S3 connection model).
+_CONNECTOR_SDK = frozenset({"Connector", "ConnectorConfig", "OpenConnectorConfig", "S3Connection"})
+
+
 def __getattr__(name: str) -> Any:
-    module = "dativo.api" if name in _API else "dativo.sdk" if name in _SDK else None
+    module = (
+        "dativo.api"
+        if name in _API
+        else "dativo.sdk"
+        if name in _SDK
+        else "dativo.sdk_connectors"
+        if name in _CONNECTOR_SDK
+        else None
+    )
     if module is None:
         raise AttributeError(f"module 'dativo' has no attribute {name!r}")
     value = getattr(import_module(module), name)
@@ -110,7 +123,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API, *_SDK})
+    return sorted({*globals(), *_API, *_SDK, *_CONNECTOR_SDK})
 
 
 __all__ = [
@@ -119,6 +132,8 @@ __all__ = [
     "BatchLike",
     "ChangeReader",
     "ConfigError",
+    "Connector",
+    "ConnectorConfig",
     "DataReader",
     "DataWriter",
     "DativoError",
@@ -127,11 +142,13 @@ __all__ = [
     "IncrementalReader",
     "Job",
     "ListsTables",
+    "OpenConnectorConfig",
     "PartitionedReader",
     "PluginConfig",
     "PluginError",
     "ReadPartition",
     "RunResult",
+    "S3Connection",
     "SchemaError",
     "SourceError",
     "StatefulWriter",
