@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from pathlib import Path
 
@@ -209,3 +210,22 @@ def test_missing_job_file(tmp_path):
 def test_non_mapping_document(tmp_path):
     with pytest.raises(ConfigError, match="a job must be a mapping"):
         load_job(write(tmp_path, "- just\n- a list\n"))
+
+
+class _AnyEnv(dict):
+    """Every ${VAR} of a documentation example resolves."""
+
+    def get(self, key, default=None):
+        return "postgresql://user@db/app"
+
+
+def test_every_job_example_in_the_docs_validates():
+    repo = Path(__file__).resolve().parent.parent
+    pages = [*sorted((repo / "docs").glob("*.md")), repo / "README.md", *sorted((repo / "plugins").rglob("README.md"))]
+    checked = 0
+    for page in pages:
+        for block in re.findall(r"```ya?ml\n(.*?)```", page.read_text(), re.S):
+            if re.search(r"^source:", block, re.M) and re.search(r"^target:", block, re.M) and "{...}" not in block:
+                parse_job(block, source=page.name, env=_AnyEnv())
+                checked += 1
+    assert checked >= 6
