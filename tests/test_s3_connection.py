@@ -120,3 +120,20 @@ def test_parse_reports_every_problem_on_one_line_with_the_plugin_name() -> None:
 )
 def test_the_files_connector_decides_transient_in_one_place(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+def test_an_iceberg_target_takes_the_same_connection(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,v\n1,x\n2,y\n")
+    catalog = {"uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": f"s3://{s3_bucket}/wh"}
+    connection = {**bare(s3_server), "allow_http": True}
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "source: {connector: files, path: a.csv}\n"
+        f"target: {{connector: iceberg, table: raw.t, catalog: {json.dumps(catalog)}, "
+        f"connection: {json.dumps(connection)}}}\n"
+    )
+    loaded = load_job(job)
+    assert loaded.config.target.get("catalog")["s3.endpoint"] == s3_server.endpoint_url
+    pipeline.run(build_plan(loaded))
+    keys = s3_server.list_keys(s3_bucket, "wh/")
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)

@@ -114,7 +114,7 @@ class Connector:
 
 
 class S3Connection(BaseModel):
-    """The ``connection:`` block of anything that reads or writes ``s3://`` (files, parquet, encrypted-parquet).
+    """The ``connection:`` block of whatever reads or writes ``s3://`` (files, parquet, encrypted-parquet, iceberg).
 
     Every key is optional; without keys the standard AWS credential chain is used.
     ``endpoint_url`` is an ``http(s)://`` URL (an S3-compatible server) or a bare
@@ -204,6 +204,23 @@ class S3Connection(BaseModel):
         if self.anonymous:
             options["anonymous"] = True
         return options
+
+    def iceberg_properties(self) -> dict[str, str]:
+        """The same connection as PyIceberg FileIO properties (``s3.endpoint``, ``s3.access-key-id``...)."""
+        properties = {"s3.force-virtual-addressing": "false"}  # path-style, as pyarrow's S3 file system uses
+        if self.endpoint_url:
+            scheme, netloc = self._endpoint()
+            properties["s3.endpoint"] = f"{scheme}://{netloc}"
+        if self.region:
+            properties["s3.region"] = self.region
+        if self.access_key_id:
+            properties["s3.access-key-id"] = self.access_key_id
+            properties["s3.secret-access-key"] = self.secret_access_key or ""
+            if self.session_token:
+                properties["s3.session-token"] = self.session_token
+        if self.anonymous:
+            properties["s3.anonymous"] = "true"
+        return properties
 
     def filesystem(self, **extra: Any) -> pafs.S3FileSystem:
         """A pyarrow S3 file system for this connection; raises ConfigError when pyarrow refuses the settings."""

@@ -25,11 +25,18 @@ class IcebergTargetConfig(ConnectorConfig):
         description="iceberg: partition spec of a new table, e.g. [day(created_at), bucket(16, id), identity(region)].",
     )
     sort_by: list[str] = Field(default_factory=list, description="iceberg: columns each written file is sorted by.")
+    connection: S3Connection | None = Field(
+        None,
+        description="S3 access for the table's files (an s3:// warehouse), as for the other targets; becomes the "
+        "catalog's s3.* FileIO properties (a property given under catalog: wins).",
+    )
 
     @model_validator(mode="after")
     def _needs_table(self) -> IcebergTargetConfig:
         if not self.table:
             raise ValueError("an iceberg target needs 'table: namespace.table'")
+        if self.connection is not None:
+            return self.model_copy(update={"catalog": {**self.connection.iceberg_properties(), **self.catalog}})
         return self
 
 
