@@ -20,8 +20,6 @@ from dativo.config.connectors import connector, connector_keys
 from dativo.sdk_connectors import Connector
 
 __all__ = [
-    "SOURCE_ENGINE_KEYS",
-    "TARGET_ENGINE_KEYS",
     "CdcSpec",
     "EngineConfig",
     "FlightTlsSpec",
@@ -195,14 +193,13 @@ class CdcSpec(_Strict):
     )
 
 
-#: ``source:`` keys the engine reads itself; every other key belongs to the connector's config model.
-SOURCE_ENGINE_KEYS = frozenset({"connector", "reader", "options", "incremental", "cdc", "parallelism"})
-#: ``target:`` keys the engine reads itself; every other key belongs to the connector's config model.
-TARGET_ENGINE_KEYS = frozenset({"connector", "writer", "options", "mode", "merge", "schema_evolution"})
-
-
 class _ConnectorSection(BaseModel):
     """``source:`` / ``target:``: the engine's keys as fields, the connector's keys validated by its model.
+
+    The engine's keys are this class's fields (source: ``connector``, ``reader``,
+    ``options``, ``incremental``, ``cdc``, ``parallelism``; target: ``connector``,
+    ``writer``, ``options``, ``mode``, ``merge``, ``schema_evolution``); every other key
+    goes to the model of the connector ``connector`` names (dativo.connectors entry points).
 
     The connector's validated keys are kept as extra attributes (``section.table``,
     ``section.path``...) and appear in ``model_dump()``, flat, as plugins receive them.
@@ -250,7 +247,7 @@ class _ConnectorSection(BaseModel):
         return section
 
     def _after_connector(self, declared: Connector | None) -> None:
-        """Checks across engine and connector keys (raise ValueError)."""
+        """Checks across engine and connector keys; raise :func:`_value_error` (reported at the section)."""
 
     def get(self, key: str, default: Any = None) -> Any:
         """A key of the section, engine's or connector's (``default`` when absent)."""
