@@ -29,6 +29,7 @@ _ERRORS: tuple[type[BaseException], ...] = (pa.ArrowException, OSError, ValueErr
 
 
 def is_hidden(relative: str) -> bool:
+    """Whether a listed path has a part starting with ``.`` or ``_`` (``_SUCCESS``, ``.crc``): skipped."""
     return any(part.startswith((".", "_")) for part in relative.split("/") if part)
 
 
@@ -79,7 +80,12 @@ class FileLocation:
         self._fs = None
 
     def open(self, path: str, connection: Any, job: Mapping[str, Any]) -> str:
-        """Create the file system for ``path`` and return the path in that file system's terms."""
+        """Create the file system for ``path`` and return the path in that file system's terms.
+
+        ``connection`` is validated as an S3Connection even for a local path (a typo is a
+        typo); raises ConfigError for it, a bucket-less or wildcard-bucket ``s3://`` path,
+        or an unsupported URL scheme.
+        """
         s3 = S3Connection.parse(connection, "files reader")  # checked for local paths too: a typo is a typo
         if path.startswith("s3://"):
             location = path[len("s3://") :].strip("/")
@@ -104,20 +110,24 @@ class FileLocation:
         return Path(os.path.abspath(local)).as_posix()
 
     def display(self, path: str) -> str:
+        """``path`` as the user wrote it (``s3://`` prefixed again for S3)."""
         return self.scheme + path
 
     def fs(self) -> pafs.FileSystem:
+        """The open file system; raises PluginError before :meth:`open` or after :meth:`close`."""
         if self._fs is None:
             raise PluginError("files reader: used before initialize() or after close()")
         return self._fs
 
     def file_info(self, path: str) -> Any:
+        """pyarrow ``FileInfo`` of ``path``; raises SourceError (transient for network failures)."""
         try:
             return self.fs().get_file_info(path)
         except _ERRORS as exc:
             raise self.access_error(path, exc) from None
 
     def access_error(self, path: str, exc: BaseException) -> SourceError:
+        """The SourceError for a failed access to ``path`` (secrets masked, transient per :func:`is_transient`)."""
         hint = (
             "check the bucket name, the credentials and connection.endpoint_url"
             if self.scheme
@@ -130,6 +140,7 @@ class FileLocation:
         )
 
     def missing(self, path: str) -> SourceError:
+        """The SourceError for a ``path`` that does not exist, naming a missing bucket as such."""
         if self.scheme:
             bucket = path.split("/")[0]
             info = self.file_info(bucket)
@@ -215,6 +226,7 @@ class FileLocation:
         return files, found[0]
 
     def select(self, base: str) -> list[Any]:
+        """Every entry under ``base``, recursively; raises SourceError like :meth:`file_info`."""
         try:
             return list(self.fs().get_file_info(pafs.FileSelector(base, recursive=True)))
         except _ERRORS as exc:
