@@ -15,7 +15,8 @@ from dativo.config.loader import load_job
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
 
-from support.process_plugins import _flight_endpoint
+from support.cli import assert_one_line_error, dativo
+from support.process_plugins import GO_READER, _flight_endpoint
 
 READERS = {
     "in-process (wants_source_plan)": "  reader: {{type: custom, implementation: support.plan_echo:PlanEchoReader}}\n",
@@ -54,3 +55,15 @@ def test_a_reader_that_does_not_ask_gets_no_plan_and_the_source_is_not_contacted
         "  reader: {type: flight, endpoint: 'grpc://127.0.0.1:1'}\ntarget: {connector: parquet, path: out}\n"
     )
     assert "postgres_plan" not in build_plan(load_job(job)).reader.config
+
+
+def test_the_go_reader_without_source_plan_says_what_to_add(pg_db, tmp_path: Path) -> None:
+    pg_db.execute("CREATE TABLE public.orders (id bigint)")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source:\n  connector: postgres\n  connection: {json.dumps(pg_db.connection)}\n  table: public.orders\n"
+        f"  reader: {{type: process, command: ['{GO_READER}'], sandbox: {{network: true}}}}\n"
+        "target: {connector: parquet, path: out}\n"
+    )
+    line = assert_one_line_error(dativo("run", job), "'source_plan: true' in its reader: block")
+    assert pg_db.connection["password"] not in line

@@ -148,7 +148,7 @@ func run() int {
 	}
 	p := hs.Config.PostgresPlan
 	if p == nil {
-		writeError(fmt.Errorf("go-postgres-reader needs a 'connector: postgres' source (config.postgres_plan is missing)"), "ConfigError")
+		writeError(fmt.Errorf("go-postgres-reader needs a 'connector: postgres' source and 'source_plan: true' in its reader: block (config.postgres_plan is missing)"), "ConfigError")
 		return exitFailed
 	}
 	if err := serve(p, in, out); err != nil {
