@@ -60,7 +60,7 @@ if TYPE_CHECKING:  # the SDK needs pyarrow and the Python API the engine: both l
         StatefulWriter,
         WriteMode,
     )
-    from dativo.sdk_connectors import Connector, ConnectorConfig, OpenConnectorConfig, S3Connection
+    from dativo.sdk_connectors import Connector, ConnectorConfig, OpenConnectorConfig, S3Connection, SqlSourceConfig
 
 #: Names of the Python API (dativo.api), imported on first access (PEP 562) so ``import dativo`` stays cheap.
 _API = frozenset(
@@ -102,7 +102,7 @@ _SDK = frozenset(
 
 
 #: The connector SDK's names (dativo.sdk_connectors: declare a connector, the S3 connection model).
-_CONNECTOR_SDK = frozenset({"Connector", "ConnectorConfig", "OpenConnectorConfig", "S3Connection"})
+_CONNECTOR_SDK = frozenset({"Connector", "ConnectorConfig", "OpenConnectorConfig", "S3Connection", "SqlSourceConfig"})
 
 
 def __getattr__(name: str) -> Any:
@@ -151,6 +151,7 @@ __all__ = [
     "S3Connection",
     "SchemaError",
     "SourceError",
+    "SqlSourceConfig",
     "StatefulWriter",
     "StreamInfo",
     "StreamResult",

@@ -42,7 +42,14 @@ from dativo.errors import ConfigError
 if TYPE_CHECKING:
     from pyarrow import fs as pafs
 
-__all__ = ["Connector", "ConnectorConfig", "OpenConnectorConfig", "S3Connection", "SourcePlanner"]
+__all__ = [
+    "Connector",
+    "ConnectorConfig",
+    "OpenConnectorConfig",
+    "S3Connection",
+    "SourcePlanner",
+    "SqlSourceConfig",
+]
 
 #: ``planner(config) -> extra reader config``: called at plan time with the reader's config
 #: (the job's ``source:`` section as the reader would receive it); what it returns is merged
@@ -54,6 +61,21 @@ class ConnectorConfig(BaseModel):
     """Base of a connector's config model: unknown keys are rejected, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqlSourceConfig(ConnectorConfig):
+    """Base of a SQL source's config: ``table`` or ``query`` (not both), ``cast_to_text``, ``connection``."""
+
+    connection: dict[str, Any] = Field(default_factory=dict, description="How to connect (connector-specific).")
+    table: str | None = Field(None, description="The table (or view) to read whole.")
+    query: str | None = Field(None, description="A SELECT to run instead of a table.")
+    cast_to_text: list[str] = Field(default_factory=list, description="Columns read as text instead.")
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSourceConfig:
+        if self.table is not None and self.query is not None:
+            raise ValueError("give either 'table' or 'query', not both")
+        return self
 
 
 class OpenConnectorConfig(BaseModel):

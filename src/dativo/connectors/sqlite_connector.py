@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dativo.connectors.postgres.connector import SqlSourceConfig
-from dativo.sdk_connectors import Connector
+from dativo.sdk_connectors import Connector, SqlSourceConfig
 
 __all__ = ["CONNECTOR", "SqliteSourceConfig"]
 
