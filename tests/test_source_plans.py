@@ -67,3 +67,26 @@ def test_the_go_reader_without_source_plan_says_what_to_add(pg_db, tmp_path: Pat
     )
     line = assert_one_line_error(dativo("run", job), "'source_plan: true' in its reader: block")
     assert pg_db.connection["password"] not in line
+
+
+def test_a_transient_planning_failure_is_retried_like_a_run(tmp_path: Path) -> None:
+    import socket
+
+    from dativo.engine.retry import run_job
+    from dativo.errors import SourceError
+
+    with socket.socket() as sock:  # a port nobody listens on: the planner's connection is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"source:\n  connector: postgres\n  connection: {{host: 127.0.0.1, port: {port}, password: pw-planner-77}}\n"
+        "  table: public.orders\n  reader: {type: custom, implementation: support.plan_echo:PlanEchoReader}\n"
+        "target: {connector: parquet, path: out}\n"
+        "engine: {retry: {max_attempts: 3, initial_delay_s: 0, max_delay_s: 0}}\n"
+    )
+    retries: list[int] = []
+    with pytest.raises(SourceError) as info:
+        run_job(load_job(job), on_retry=lambda attempt, *_: retries.append(attempt))
+    assert info.value.transient and retries == [1, 2]
+    assert "pw-planner-77" not in str(info.value)
