@@ -22,12 +22,12 @@ import pyarrow.compute as pc
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo.core.batches import as_record_batches, conform
-from dativo.engine.parallel import PartitionPump, plan_partitioned_read
-from dativo.engine.pipeline import ProgressSink, RunSummary, _call, _close, _declared_schema, new_summary
+from dativo.core.calls import call, close_quietly, declared_schema
+from dativo.core.hosting import host_reader, host_writer
+from dativo.core.pump import SINGLE_STREAM, Pump, plan_read
+from dativo.engine.pipeline import ProgressSink, RunSummary, new_summary
 from dativo.engine.plan import Plan
-from dativo.errors import ConfigError, DativoError, SourceError, TargetError, is_transient
-from dativo.runtimes import host_reader, host_writer
+from dativo.errors import ConfigError, DativoError, SourceError, TargetError
 from dativo.sdk import CHANGE_COLUMNS, ChangeReader, DataReader, DataWriter, StatefulWriter
 
 __all__ = ["check_changes", "run_changes"]
@@ -58,57 +58,57 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
     reader: DataReader | None = None
     writer: DataWriter | None = None
     published = False
-    pump: PartitionPump | None = None
+    pump: Pump | None = None
     names = plan.reader.ref.name, plan.writer.ref.name
     try:
         if plan.job.config.target.mode == "overwrite":
             raise ConfigError("target.mode: a source.cdc job merges changes into the table; 'overwrite' does not apply")
         reader = host_reader(plan.reader)
         change_reader = _change_reader(reader, names[0])
-        schema = _declared_schema(reader, names[0])
+        schema = declared_schema(reader, names[0])
         keys = _keys(plan, change_reader, names[0])
         writer = _stateful(host_writer(plan.writer), names[1])
-        state = _call(writer.load_state, names[1], "load_state")  # type: ignore[attr-defined]
+        state = call(writer.load_state, names[1], "load_state")  # type: ignore[attr-defined]
         committed = (state or {}).get("cdc")
-        start = _call(change_reader.begin_changes, names[0], "begin_changes", committed, keys, role="reader")
+        start = call(change_reader.begin_changes, names[0], "begin_changes", committed, keys, role="reader")
         position = dict(start["position"])
         replace = bool(start.get("replace"))
         soft = _deletes(plan) == "soft"
-        _close(writer, names[1])
+        close_quietly(writer, names[1])
         writer = None
         # The writer again, now in the mode this run needs; loading the state again arms its check that
         # no other run of the job commits in between (a conflict with one fails this run, never merges twice).
         writer = _stateful(host_writer(_writer_plan(plan, keys, soft, replace)), names[1])
-        if _call(writer.load_state, names[1], "load_state") != state:  # type: ignore[attr-defined]
+        if call(writer.load_state, names[1], "load_state") != state:  # type: ignore[attr-defined]
             raise TargetError(
                 f"another run of job '{summary.job}' committed while this run started; run the job again",
                 transient=True,
             )
         row_schema = pa.schema([f for f in schema if f.name not in CHANGE_COLUMNS])
         data_schema = _data_schema(row_schema, soft, replace)
-        _call(writer.prepare, names[1], "prepare", data_schema)
+        call(writer.prepare, names[1], "prepare", data_schema)
         buffered: list[pa.RecordBatch] = []
-        stream, pump = _stream(plan, reader, schema, bool(start.get("snapshot")))
-        for batch in stream:
+        pump = _pump(plan, reader, schema, bool(start.get("snapshot")))
+        for batch in pump:
             summary.rows += batch.num_rows
             summary.bytes += batch.nbytes
             summary.batches += 1
             if replace and not start.get("snapshot"):
                 buffered.append(batch)  # changes after a TRUNCATE: resolved to one row per key below
             else:
-                _call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, replace))
+                call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, replace))
             crash_point("cdc_batch")
             if progress is not None:
                 progress.advance(batch.num_rows, batch.nbytes)
         if buffered:
             for batch in _latest_per_key(buffered, keys, soft).to_batches():
-                _call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, True))
+                call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, True))
         writer.stage_state(  # type: ignore[attr-defined]
             {"job": summary.job, "run_id": plan.run_id, "dativo_version": __version__, "rows": summary.rows}
             | {"cdc": {**position, "committed_at": datetime.now(UTC).isoformat()}}
         )
         crash_point("cdc_before_commit")
-        metadata = _call(writer.finalize, names[1], "finalize")
+        metadata = call(writer.finalize, names[1], "finalize")
         published = True
         crash_point("cdc_after_commit")
         summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
@@ -138,7 +138,7 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
             pump.join(timeout=30)
         for plugin, name in ((reader, names[0]), (writer, names[1])):
             if plugin is not None:
-                _close(plugin, name)
+                close_quietly(plugin, name)
 
 
 def check_changes(plan: Plan) -> list[tuple[str, str]]:
@@ -146,12 +146,12 @@ def check_changes(plan: Plan) -> list[tuple[str, str]]:
     reader = host_reader(plan.reader)
     try:
         change_reader = _change_reader(reader, plan.reader.ref.name)
-        _declared_schema(reader, plan.reader.ref.name)
+        declared_schema(reader, plan.reader.ref.name)
         keys = list(plan.job.config.target.merge.keys) if plan.job.config.target.merge else None
         keys = keys or list(change_reader.change_keys())
-        found = list(_call(change_reader.check_changes, plan.reader.ref.name, "check_changes", keys, role="reader"))
+        found = list(call(change_reader.check_changes, plan.reader.ref.name, "check_changes", keys, role="reader"))
     finally:
-        _close(reader, plan.reader.ref.name)
+        close_quietly(reader, plan.reader.ref.name)
     if found:
         raise SourceError("change capture cannot start: " + "; ".join(found))
     return [("source", f"ready for change capture; key ({', '.join(keys)})")]
@@ -178,16 +178,14 @@ def _change_reader(reader: DataReader, name: str) -> Any:
 
 def _stateful(writer: DataWriter, name: str) -> DataWriter:
     if not isinstance(writer, StatefulWriter) or "merge" not in writer.supported_modes:
-        _close(writer, name)
+        close_quietly(writer, name)
         raise ConfigError(f"source.cdc: writer '{name}' must keep state with its data and support mode 'merge'")
     return writer
 
 
 def _keys(plan: Plan, reader: Any, name: str) -> list[str]:
     merge = plan.job.config.target.merge
-    keys = (
-        list(merge.keys) if merge is not None else list(_call(reader.change_keys, name, "change_keys", role="reader"))
-    )
+    keys = list(merge.keys) if merge is not None else list(call(reader.change_keys, name, "change_keys", role="reader"))
     if not keys:
         raise ConfigError(
             f"source.cdc: table {plan.job.config.source.table} has no primary key; add one or give target.merge.keys"
@@ -240,28 +238,10 @@ def _latest_per_key(batches: list[pa.RecordBatch], keys: Sequence[str], soft: bo
     return table.drop_columns(["__pos"])
 
 
-def _stream(plan: Plan, reader: DataReader, schema: pa.Schema, snapshot: bool) -> tuple[Any, PartitionPump | None]:
-    """The run's batches: an initial load in parallel partitions when the reader can, else ``read_batch``."""
+def _pump(plan: Plan, reader: DataReader, schema: pa.Schema, snapshot: bool) -> Pump:
+    """The run's batches: an initial load in parallel partitions when the reader can, else its one stream."""
     name = plan.reader.ref.name
-    partitioned = plan_partitioned_read(reader, name, plan.job.config.source.parallelism) if snapshot else None
-    if partitioned is None:
-        return _batches(reader, name, schema, plan.batch_size), None
-    pump = PartitionPump(reader, name, schema, plan.batch_size, plan.queue_size, *partitioned)
+    read = plan_read(reader, name, plan.job.config.source.parallelism) if snapshot else SINGLE_STREAM
+    pump = Pump(reader, name, schema, plan.batch_size, plan.queue_size, read)
     pump.start()
-    return pump, pump
-
-
-def _batches(reader: DataReader, name: str, schema: pa.Schema, batch_size: int) -> Any:
-    index = 0
-    try:
-        for item in reader.read_batch(batch_size):
-            for raw in as_record_batches(item, name):
-                if raw.num_rows:
-                    yield conform(raw, schema, name, index)
-                    index += 1
-    except DativoError:
-        raise
-    except Exception as exc:
-        raise SourceError(
-            f"reader '{name}' failed after {index} batches: {type(exc).__name__}: {exc}", transient=is_transient(exc)
-        ) from exc
+    return pump
