@@ -130,3 +130,13 @@ def test_loading_the_flight_entry_point_does_not_import_grpc():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_stale_install_without_runtime_entry_points_says_to_reinstall(tmp_path, monkeypatch):
+    # An environment whose installed dativo metadata predates the group (nothing registered at all).
+    from dativo.core import hosting
+
+    monkeypatch.setattr(hosting, "_entries", dict)
+    plan = build_plan(load_job(write_job(tmp_path)))
+    with pytest.raises(PluginError, match=r"no runtime is registered .* reinstall dativo \('pip install -e \.'"):
+        host_reader(plan.reader)

@@ -97,10 +97,14 @@ def find_runtime(name: str, who: str = "plugin") -> Runtime:
     entries = _entries()
     entry = entries.get(name)
     if entry is None:
-        known = ", ".join(sorted(entries)) or "none registered"
+        if not entries:  # not even dativo's own: its installed metadata predates the entry points
+            raise PluginError(
+                f"{who}: no runtime is registered under the '{GROUP}' entry points, not even dativo's own",
+                hint="reinstall dativo ('pip install -e .' in a checkout) so its entry points are current",
+            )
         raise PluginError(
-            f"{who}: unknown runtime type '{name}' (registered runtimes: {known}); a runtime is installed "
-            f"by a package that registers it under the '{GROUP}' entry-point group"
+            f"{who}: unknown runtime type '{name}' (registered runtimes: {', '.join(sorted(entries))}); "
+            f"a runtime is installed by a package that registers it under the '{GROUP}' entry-point group"
         )
     try:
         runtime = entry.load()
