@@ -7,7 +7,8 @@ the name a job's ``type:`` uses. dativo's own -- ``custom`` (in process),
 
     [project.entry-points."dativo.runtimes"]
     my-runtime = "my_pkg.runtime"            # a module with host_reader / host_writer
-    lazy-one = "my_pkg:lazy_runtime"         # or an object, e.g. LazyRuntime("my_pkg.heavy")
+    other = "my_pkg.other:runtime"           # or an object: ClassRuntime(MyReader, MyWriter),
+    lazy-one = "my_pkg:lazy_runtime"         # LazyRuntime("my_pkg.heavy:runtime"), ...
 
 Only the runtime a plan names is loaded; :class:`LazyRuntime` defers even that
 import to the first plugin it hosts (Flight's gRPC is imported only by a job that
@@ -17,14 +18,24 @@ uses it).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from dativo.core.registry import PluginPlan
 from dativo.errors import PluginError
 from dativo.sdk import DataReader, DataWriter
 
-__all__ = ["GROUP", "LazyRuntime", "Runtime", "find_runtime", "host_reader", "host_writer", "runtime_names"]
+__all__ = [
+    "GROUP",
+    "ClassRuntime",
+    "LazyRuntime",
+    "Runtime",
+    "find_runtime",
+    "host_reader",
+    "host_writer",
+    "runtime_names",
+]
 
 #: The entry-point group runtimes register under.
 GROUP = "dativo.runtimes"
@@ -47,24 +58,58 @@ class Runtime(Protocol):
         ...
 
 
-class LazyRuntime:
-    """A runtime whose module is imported when it first hosts a plugin, not when its entry point loads.
+P = TypeVar("P", DataReader, DataWriter)
 
-    ``module`` must define ``host_reader(plan)`` and ``host_writer(plan)``; importing
-    it fails with PluginError naming the module.
+
+class ClassRuntime:
+    """A runtime whose reader and writer are classes built from the plan, then initialized with ``plan.config``.
+
+    If ``initialize`` raises, the plugin is closed and the error propagates unchanged.
     """
 
-    def __init__(self, module: str) -> None:
-        self.module = module
+    def __init__(self, reader: Callable[[PluginPlan], DataReader], writer: Callable[[PluginPlan], DataWriter]) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @staticmethod
+    def _start(plugin: P, plan: PluginPlan) -> P:
+        try:
+            plugin.initialize(plan.config)
+        except BaseException:
+            plugin.close()
+            raise
+        return plugin
+
+    def host_reader(self, plan: PluginPlan) -> DataReader:
+        """Build the reader for ``plan`` and initialize it."""
+        return self._start(self.reader(plan), plan)
+
+    def host_writer(self, plan: PluginPlan) -> DataWriter:
+        """Build the writer for ``plan`` and initialize it."""
+        return self._start(self.writer(plan), plan)
+
+
+class LazyRuntime:
+    """A runtime imported when it first hosts a plugin, not when its entry point loads.
+
+    ``target`` is ``"module"`` (a module defining ``host_reader`` and ``host_writer``) or
+    ``"module:attribute"`` (a :class:`Runtime` object in it); a failure to import it, or a
+    target that is no runtime, is a PluginError naming it.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
 
     def _target(self) -> Runtime:
+        module, _, attribute = self.target.partition(":")
         try:
-            loaded = importlib.import_module(self.module)
+            loaded = importlib.import_module(module)
         except ImportError as exc:
-            raise PluginError(f"runtime module '{self.module}' failed to import: {exc}") from exc
-        if not isinstance(loaded, Runtime):
-            raise PluginError(f"runtime module '{self.module}' does not define host_reader and host_writer")
-        return loaded
+            raise PluginError(f"runtime '{self.target}' failed to import: {exc}") from exc
+        runtime = getattr(loaded, attribute, None) if attribute else loaded
+        if not isinstance(runtime, Runtime):
+            raise PluginError(f"runtime '{self.target}' does not define host_reader and host_writer")
+        return runtime
 
     def host_reader(self, plan: PluginPlan) -> DataReader:
         """Import the module (once) and host the reader with it."""
@@ -75,7 +120,7 @@ class LazyRuntime:
         return self._target().host_writer(plan)
 
     def __repr__(self) -> str:
-        return f"LazyRuntime({self.module!r})"
+        return f"LazyRuntime({self.target!r})"
 
 
 def _entries() -> dict[str, EntryPoint]:

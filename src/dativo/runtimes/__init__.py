@@ -14,4 +14,4 @@ __all__ = ["flight_runtime"]
 
 #: The ``flight`` runtime's entry point: :mod:`dativo.runtimes.flight` (and pyarrow.flight, gRPC)
 #: is imported when it first hosts a plugin, so listing or loading runtimes stays cheap.
-flight_runtime = LazyRuntime("dativo.runtimes.flight")
+flight_runtime = LazyRuntime("dativo.runtimes.flight:runtime")
