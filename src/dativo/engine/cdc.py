@@ -22,7 +22,9 @@ import pyarrow.compute as pc
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo.core.calls import call, close_quietly, declared_schema
+from dativo.core.calls import call as _call
+from dativo.core.calls import close_quietly as _close
+from dativo.core.calls import declared_schema as _declared_schema
 from dativo.core.hosting import host_reader, host_writer
 from dativo.core.pump import SINGLE_STREAM, Pump, plan_read
 from dativo.engine.pipeline import ProgressSink, RunSummary, new_summary
@@ -65,28 +67,28 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
             raise ConfigError("target.mode: a source.cdc job merges changes into the table; 'overwrite' does not apply")
         reader = host_reader(plan.reader)
         change_reader = _change_reader(reader, names[0])
-        schema = declared_schema(reader, names[0])
+        schema = _declared_schema(reader, names[0])
         keys = _keys(plan, change_reader, names[0])
         writer = _stateful(host_writer(plan.writer), names[1])
-        state = call(writer.load_state, names[1], "load_state")  # type: ignore[attr-defined]
+        state = _call(writer.load_state, names[1], "load_state")  # type: ignore[attr-defined]
         committed = (state or {}).get("cdc")
-        start = call(change_reader.begin_changes, names[0], "begin_changes", committed, keys, role="reader")
+        start = _call(change_reader.begin_changes, names[0], "begin_changes", committed, keys, role="reader")
         position = dict(start["position"])
         replace = bool(start.get("replace"))
         soft = _deletes(plan) == "soft"
-        close_quietly(writer, names[1])
+        _close(writer, names[1])
         writer = None
         # The writer again, now in the mode this run needs; loading the state again arms its check that
         # no other run of the job commits in between (a conflict with one fails this run, never merges twice).
         writer = _stateful(host_writer(_writer_plan(plan, keys, soft, replace)), names[1])
-        if call(writer.load_state, names[1], "load_state") != state:  # type: ignore[attr-defined]
+        if _call(writer.load_state, names[1], "load_state") != state:  # type: ignore[attr-defined]
             raise TargetError(
                 f"another run of job '{summary.job}' committed while this run started; run the job again",
                 transient=True,
             )
         row_schema = pa.schema([f for f in schema if f.name not in CHANGE_COLUMNS])
         data_schema = _data_schema(row_schema, soft, replace)
-        call(writer.prepare, names[1], "prepare", data_schema)
+        _call(writer.prepare, names[1], "prepare", data_schema)
         buffered: list[pa.RecordBatch] = []
         pump = _pump(plan, reader, schema, bool(start.get("snapshot")))
         for batch in pump:
@@ -96,19 +98,19 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
             if replace and not start.get("snapshot"):
                 buffered.append(batch)  # changes after a TRUNCATE: resolved to one row per key below
             else:
-                call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, replace))
+                _call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, replace))
             crash_point("cdc_batch")
             if progress is not None:
                 progress.advance(batch.num_rows, batch.nbytes)
         if buffered:
             for batch in _latest_per_key(buffered, keys, soft).to_batches():
-                call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, True))
+                _call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, True))
         writer.stage_state(  # type: ignore[attr-defined]
             {"job": summary.job, "run_id": plan.run_id, "dativo_version": __version__, "rows": summary.rows}
             | {"cdc": {**position, "committed_at": datetime.now(UTC).isoformat()}}
         )
         crash_point("cdc_before_commit")
-        metadata = call(writer.finalize, names[1], "finalize")
+        metadata = _call(writer.finalize, names[1], "finalize")
         published = True
         crash_point("cdc_after_commit")
         summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
@@ -138,7 +140,7 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
             pump.join(timeout=30)
         for plugin, name in ((reader, names[0]), (writer, names[1])):
             if plugin is not None:
-                close_quietly(plugin, name)
+                _close(plugin, name)
 
 
 def check_changes(plan: Plan) -> list[tuple[str, str]]:
@@ -146,12 +148,12 @@ def check_changes(plan: Plan) -> list[tuple[str, str]]:
     reader = host_reader(plan.reader)
     try:
         change_reader = _change_reader(reader, plan.reader.ref.name)
-        declared_schema(reader, plan.reader.ref.name)
+        _declared_schema(reader, plan.reader.ref.name)
         keys = list(plan.job.config.target.merge.keys) if plan.job.config.target.merge else None
         keys = keys or list(change_reader.change_keys())
-        found = list(call(change_reader.check_changes, plan.reader.ref.name, "check_changes", keys, role="reader"))
+        found = list(_call(change_reader.check_changes, plan.reader.ref.name, "check_changes", keys, role="reader"))
     finally:
-        close_quietly(reader, plan.reader.ref.name)
+        _close(reader, plan.reader.ref.name)
     if found:
         raise SourceError("change capture cannot start: " + "; ".join(found))
     return [("source", f"ready for change capture; key ({', '.join(keys)})")]
@@ -178,14 +180,16 @@ def _change_reader(reader: DataReader, name: str) -> Any:
 
 def _stateful(writer: DataWriter, name: str) -> DataWriter:
     if not isinstance(writer, StatefulWriter) or "merge" not in writer.supported_modes:
-        close_quietly(writer, name)
+        _close(writer, name)
         raise ConfigError(f"source.cdc: writer '{name}' must keep state with its data and support mode 'merge'")
     return writer
 
 
 def _keys(plan: Plan, reader: Any, name: str) -> list[str]:
     merge = plan.job.config.target.merge
-    keys = list(merge.keys) if merge is not None else list(call(reader.change_keys, name, "change_keys", role="reader"))
+    keys = (
+        list(merge.keys) if merge is not None else list(_call(reader.change_keys, name, "change_keys", role="reader"))
+    )
     if not keys:
         raise ConfigError(
             f"source.cdc: table {plan.job.config.source.table} has no primary key; add one or give target.merge.keys"
