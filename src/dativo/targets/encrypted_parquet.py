@@ -11,10 +11,10 @@ plugin, so it doubles as the reference example of a serious custom writer.
   the last manifest lists it. Only the file-encoding step differs.
 * That step is Parquet Modular Encryption (``pyarrow.parquet.encryption``) with
   envelope encryption: a random data key per file and per column key, wrapped by
-  master keys held in a KMS (:mod:`dativo.kms`); files record the master key's
+  master keys held in a KMS (:mod:`dativo.encryption.kms`); files record the master key's
   resolved id (an ARN, not the alias). Only ciphertext reaches the output
   stream, hashed on the way (SHA-256 for the audit record).
-* Every run appends to a KMS-keyed, HMAC-chained audit log (:mod:`dativo.audit`):
+* Every run appends to a KMS-keyed, HMAC-chained audit log (:mod:`dativo.encryption.audit`):
   run start, each file, the commit, failures, run end; a run that died is closed
   by the next run with ``run_abandoned``. ``dativo audit verify LOG`` checks it.
 
@@ -34,9 +34,9 @@ import pyarrow as pa
 from pyarrow import fs as pafs
 
 from dativo._faults import crash_point
-from dativo.audit import AuditLog, DeadRun, Retention, job_identity
+from dativo.encryption.audit import AuditLog, DeadRun, Retention, job_identity
+from dativo.encryption.kms import KmsClient, load_kms, scrub
 from dativo.errors import ConfigError, DativoError, TargetError
-from dativo.kms import KmsClient, load_kms, scrub
 from dativo.sdk import PluginConfig
 from dativo.targets._encryption import (
     EncryptionSettings,

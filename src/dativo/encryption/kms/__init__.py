@@ -4,9 +4,9 @@ A *KMS client* wraps (encrypts) and unwraps the random data keys that Parquet
 Modular Encryption generates for every file and column, using *master keys*
 that never leave the key management service. Built in:
 
-* ``local`` (:class:`dativo.kms.local.LocalKeyFileKms`): master keys in a JSON
+* ``local`` (:class:`dativo.encryption.kms.local.LocalKeyFileKms`): master keys in a JSON
   key file with 0600 permissions, for development;
-* ``aws-kms`` (:class:`dativo.kms.aws.AwsKms`): AWS KMS through boto3, every
+* ``aws-kms`` (:class:`dativo.encryption.kms.aws.AwsKms`): AWS KMS through boto3, every
   wrapped key bound to an encryption context naming the job, run and file.
 
 Anyone can add one: subclass :class:`KmsClient` and register the class in the
@@ -159,5 +159,5 @@ def _resolve(name: str) -> type[KmsClient]:
         known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
         raise ConfigError(f"unknown KMS type '{name}' (known: {', '.join(known)}; or 'pkg.module:Class')")
     if not (isinstance(target, type) and issubclass(target, KmsClient)):
-        raise PluginError(f"KMS client '{name}' is not a subclass of dativo.kms.KmsClient")
+        raise PluginError(f"KMS client '{name}' is not a subclass of dativo.encryption.kms.KmsClient")
     return target
