@@ -53,6 +53,7 @@ from dativo.targets.parquet import ParquetDatasetWriter, read_manifest
 __all__ = [
     "EncryptedParquetWriter",
     "EncryptionSettings",
+    "read_back",
     "read_encrypted",
     "read_encrypted_files",
 ]
@@ -396,3 +397,20 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
             audit.append("failure", stage=stage, error=scrub(message))
         except DativoError:
             log.warning("could not record a failure in the audit log")
+
+
+def read_back(files: list[str], config: Mapping[str, Any]) -> pa.Table:
+    """Decrypt ``files`` with the KMS of a writer's ``config`` (its ``options.kms``, ``connection`` and job dir).
+
+    The ``read_back`` with which ``dativo plugins certify`` checks this writer's round trip
+    (``writer: {read_back: "dativo.targets.encrypted_parquet:read_back"}`` in a scenario
+    file). Raises what :func:`read_encrypted` raises (SourceError, KmsError).
+    """
+    base_dir = Path(str((config.get("job") or {}).get("dir", ".")))
+    connection = config.get("connection") or {}
+    kms = load_kms((config.get("options") or {}).get("kms") or {}, base_dir)
+    try:
+        tables = [read_encrypted(file, kms, connection=connection, base_dir=base_dir) for file in files]
+    finally:
+        kms.close()
+    return pa.concat_tables(tables)
