@@ -14,6 +14,7 @@ nothing is skipped.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dativo.errors import ConfigError
 from dativo.testing import (
     READER_RULES,
     WRITER_RULES,
     PluginUnderTest,
     Report,
+    Scenarios,
     certify,
     sample_table,
     served_by_flight,
@@ -151,7 +154,7 @@ def files_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "large_values": {**base, "path": str(folder / "large")},
         "error": {**base, "path": str(folder / "error")},
         "all_types": {**base, "path": str(folder / "types")},
-        "_read_paths": [str(folder)],
+        "_sandbox": {"read_paths": [str(folder)]},
     }
 
 
@@ -161,18 +164,20 @@ def reader_scenarios(request: pytest.FixtureRequest, plugin: str) -> dict[str, A
     return dict(request.getfixturevalue(fixture))
 
 
-def _sandbox(scenarios: dict[str, Any]) -> dict[str, Any]:
-    """A process plugin sees only what its job grants: the source files, or the network for a server."""
-    read_paths = scenarios.pop("_read_paths", None)
-    if read_paths is not None:
-        return {"sandbox": {"read_paths": read_paths}}
+def _sandbox(kind: str, scenarios: dict[str, Any]) -> dict[str, Any]:
+    """A process plugin sees only what its job grants: the source files, the network for a server, the key folder."""
+    granted = scenarios.pop("_sandbox", None)
+    if granted is not None:
+        return {"sandbox": granted}
+    if kind == "writer":
+        return {}
     if scenarios["standard"]["connector"] == "sqlite":
         return {"sandbox": {"read_paths": [str(Path(scenarios["standard"]["connection"]["path"]).parent)]}}
     return {"sandbox": {"network": True}}
 
 
 def _certify(kind: str, plugin: str, runtime: str, scenarios: dict[str, Any], workdir: Path) -> Report:
-    spec = _sandbox(scenarios) if kind == "reader" else {}
+    spec = _sandbox(kind, scenarios)
     if runtime == "flight":
         with served_by_flight(plugin, kind) as endpoint:  # type: ignore[arg-type]
             return certify(PluginUnderTest(kind, "flight", endpoint=endpoint), scenarios, workdir)  # type: ignore[arg-type]
@@ -216,6 +221,7 @@ def writer_scenarios(plugin: str, tmp_path_factory: pytest.TempPathFactory) -> d
             },
         },
         "read_back": "dativo.targets.encrypted_parquet:read_back",
+        "_sandbox": {"writable_paths": [str(keys)]},  # as a process plugin: the key file, the audit log
     }
 
 
@@ -231,3 +237,39 @@ def test_certify_cli_certifies_a_builtin_by_its_installed_name(tmp_path):
     result = dativo("plugins", "certify", "parquet", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"passed": true' in result.stdout
+
+
+@pytest.mark.parametrize("plugin", ["iceberg", "encrypted-parquet"])
+def test_the_round_trip_fails_without_the_declared_widening_or_read_back(writer_scenarios, plugin, tmp_path):
+    """What `widens` and `read_back` stand in for is real: without them the round trip fails, naming why."""
+    scenarios = {"standard": writer_scenarios["standard"]}
+    report = certify(PluginUnderTest("writer", implementation=plugin), scenarios, tmp_path, ["writer.types-roundtrip"])
+    assert report.failed_rules == ["writer.types-roundtrip"]
+    expected = {
+        "iceberg": "'small' came back as int32, written as int16",
+        "encrypted-parquet": "reading the written Parquet back failed",
+    }[plugin]
+    assert expected in report.results[0].message
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"widens": {"int32": "int16"}}, "widens int32 -> int16 is not a lossless widening"),
+        ({"widens": {"string": "binary"}}, "widens string -> binary is not a lossless widening"),
+        ({"read_back": "no_colon"}, "read_back must be an import path 'pkg.module:function'"),
+        ({"standrd": {}}, "unknown scenario(s) standrd"),
+    ],
+)
+def test_scenario_keys_are_checked(section, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Scenarios.from_mapping(section)
+
+
+def test_a_read_back_that_cannot_be_imported_fails_the_round_trip_naming_it(tmp_path):
+    scenarios = {"standard": {"connector": "parquet"}, "read_back": "no_such_module:read"}
+    report = certify(
+        PluginUnderTest("writer", implementation="parquet"), scenarios, tmp_path, ["writer.types-roundtrip"]
+    )
+    assert report.failed_rules == ["writer.types-roundtrip"]
+    assert "read_back 'no_such_module:read' cannot be imported" in report.results[0].message
