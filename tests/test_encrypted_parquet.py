@@ -537,10 +537,14 @@ def test_kms_clients_load_by_entry_point_or_import_path(tmp_path, key_file):
     custom = load_kms({"type": "test_encrypted_parquet:XorKms"}, tmp_path)
     assert isinstance(custom, XorKms)
     custom.check(["any"])  # the default check round-trips a random key
-    with pytest.raises(ConfigError, match=r"unknown KMS type 'vault' \(known: aws-kms, local"):
+    with pytest.raises(
+        PluginError, match=r"KMS client 'vault': no installed KMS client has that name .*aws-kms, local"
+    ):
         load_kms({"type": "vault"}, tmp_path)
-    with pytest.raises(PluginError, match=r"not a subclass of dativo\.encryption\.kms\.KmsClient"):
+    with pytest.raises(PluginError, match=r"KMS client 'json:dumps' is a function, not a class"):
         load_kms({"type": "json:dumps"}, tmp_path)
+    with pytest.raises(PluginError, match=r"not a subclass of dativo\.encryption\.kms\.KmsClient"):
+        load_kms({"type": "pathlib:Path"}, tmp_path)
 
 
 def test_a_damaged_log_tail_stops_the_next_run_before_it_writes(audited, tmp_path):
