@@ -14,7 +14,6 @@ nothing is skipped.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dativo.errors import ConfigError
 from dativo.testing import (
     READER_RULES,
     WRITER_RULES,
     PluginUnderTest,
     Report,
-    Scenarios,
     certify,
     sample_table,
     served_by_flight,
@@ -250,20 +247,6 @@ def test_the_round_trip_fails_without_the_declared_widening_or_read_back(writer_
         "encrypted-parquet": "reading the written Parquet back failed",
     }[plugin]
     assert expected in report.results[0].message
-
-
-@pytest.mark.parametrize(
-    ("section", "message"),
-    [
-        ({"widens": {"int32": "int16"}}, "widens int32 -> int16 is not a lossless widening"),
-        ({"widens": {"string": "binary"}}, "widens string -> binary is not a lossless widening"),
-        ({"read_back": "no_colon"}, "read_back must be an import path 'pkg.module:function'"),
-        ({"standrd": {}}, "unknown scenario(s) standrd"),
-    ],
-)
-def test_scenario_keys_are_checked(section, message):
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        Scenarios.from_mapping(section)
 
 
 def test_a_read_back_that_cannot_be_imported_fails_the_round_trip_naming_it(tmp_path):

@@ -32,12 +32,14 @@ class Skipped(Exception):
 
 
 def describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` of ``exc``, for a result message."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
 def quietly_closed(plugin: DataReader | DataWriter | None) -> Iterator[None]:
+    """Close ``plugin`` when the block ends, ignoring what ``close()`` raises (a rule of its own checks that)."""
     try:
         yield
     finally:
@@ -61,6 +63,7 @@ class Context:
     # -- readers -----------------------------------------------------------------------------------
 
     def source(self, scenario: str) -> dict[str, Any]:
+        """The reader config of ``scenario`` (as a job's plan builds it); raises Skipped when it was not given."""
         section = getattr(self.scenarios, scenario)
         if section is None:
             raise Skipped(f"no '{scenario}' scenario was given (add it to the scenario file or Scenarios)")
@@ -88,6 +91,7 @@ class Context:
         return declared, batches, after
 
     def standard(self) -> tuple[pa.Schema, list[pa.RecordBatch], pa.Schema]:
+        """The standard scenario read once with read_batch(1024) (cached); raises Failed if that read raised."""
         if self._standard is None:
             try:
                 self._standard = self.read("standard", 1024)
@@ -100,6 +104,7 @@ class Context:
     # -- writers -----------------------------------------------------------------------------------
 
     def target_config(self) -> tuple[dict[str, Any], Path]:
+        """A writer config for a fresh target folder under the work folder, and that folder."""
         self._counter += 1
         path = self.workdir / f"target-{self._counter}"
         config: dict[str, Any] = {"connector": "custom", "table": None, "catalog": {}, "connection": {}, "options": {}}
@@ -110,6 +115,7 @@ class Context:
         return config, path
 
     def writer(self) -> tuple[DataWriter, Path]:
+        """A fresh, initialized writer on a fresh target folder; raises what ``initialize`` raises."""
         config, path = self.target_config()
         return self.target.writer(config, writable=[self.workdir]), path
 
@@ -133,6 +139,7 @@ class Context:
 
 
 def schema_difference(batch: pa.RecordBatch, schema: pa.Schema) -> str | None:
+    """How ``batch``'s columns differ from ``schema`` (names, order, types), or None when they match."""
     actual = batch.schema
     if actual.names != schema.names:
         return f"has columns {actual.names}, declared {schema.names}"
@@ -143,6 +150,7 @@ def schema_difference(batch: pa.RecordBatch, schema: pa.Schema) -> str | None:
 
 
 def close_twice(plugin: DataReader | DataWriter, when: str) -> None:
+    """Call ``close()`` twice; raises Failed naming the call and ``when`` if either raises."""
     for call in ("first", "second"):
         try:
             plugin.close()

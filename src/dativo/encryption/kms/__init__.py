@@ -144,4 +144,3 @@ def load_kms(config: Mapping[str, Any], base_dir: Path) -> KmsClient:
         raise
     except Exception as exc:
         raise PluginError(f"KMS client '{name}' failed to start: {type(exc).__name__}: {scrub(str(exc))}") from None
-
