@@ -37,6 +37,7 @@ from test_postgres_readers import FIDELITY, create_fidelity_table
 from support.cli import dativo
 from support.kms_fixtures import write_key_file
 from support.pgserver import PostgresServer
+from support.s3server import S3Server
 
 RUNTIMES = ["custom", "process", "flight"]
 ROWS = 200  # the standard scenario: enough rows for the batch-size rule (it reads with read_batch(ROWS // 8))
@@ -155,10 +156,35 @@ def files_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def csv_on_s3_scenarios(s3_server: S3Server) -> dict[str, Any]:
+    """CSV files on the moto S3 server: the files reader's other format and its object-store path."""
+    bucket = s3_server.create_bucket()
+    rows = "".join(f"{n},name-{n},{n * 1.25},{'true' if n % 2 else 'false'}\n" for n in range(1, ROWS + 1))
+    objects = {
+        "standard/part-0.csv": "id,name,amount,flag\n" + rows,
+        "empty/part-0.csv": "id,name,amount,flag\n",
+        "large/part-0.csv": f"id,body\n1,{'x' * LARGE}\n2,short\n",
+        "error/part-0.csv": "id,name,amount,flag\n" + rows,
+        "error/part-1.csv": 'id,name,amount,flag\n1,one,1.5,true\n2,two,"unterminated\n',
+        "types/part-0.csv": "id,name,amount,flag\n" + rows,
+    }
+    for key, body in objects.items():
+        s3_server.put_object(bucket, key, body.encode())
+    base = {"connector": "files", "format": "csv", "connection": s3_server.connection()}
+    return {
+        "standard": {**base, "path": f"s3://{bucket}/standard/"},
+        "empty": {**base, "path": f"s3://{bucket}/empty/"},
+        "large_values": {**base, "path": f"s3://{bucket}/large/"},
+        "error": {**base, "path": f"s3://{bucket}/error/"},
+        "all_types": {**base, "path": f"s3://{bucket}/types/"},
+    }
+
+
 @pytest.fixture
 def reader_scenarios(request: pytest.FixtureRequest, plugin: str) -> dict[str, Any]:
-    fixture = {"sqlite": "sqlite_scenarios", "files": "files_scenarios"}.get(plugin, "postgres_scenarios")
-    return dict(request.getfixturevalue(fixture))
+    fixture = {"sqlite": "sqlite_scenarios", "files": "files_scenarios", "files-csv-s3": "csv_on_s3_scenarios"}
+    return dict(request.getfixturevalue(fixture.get(plugin, "postgres_scenarios")))
 
 
 def _sandbox(kind: str, scenarios: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +216,27 @@ def test_builtin_reader_is_certified(plugin, runtime, reader_scenarios, tmp_path
     report = _certify("reader", plugin, runtime, reader_scenarios, tmp_path)
     _assert_certified(report)
     assert report.runtime == runtime
+
+
+#: Failures certification found that are not fixed yet: (rule, what the message says). The test asserts
+#: they still fail exactly so, so the entry must go when the bug is fixed.
+KNOWN_FAILURES = {
+    # connectors/files: CSV is read with pyarrow's default 1 MiB block, and a value larger than a block
+    # fails ("straddles two block boundaries"); JSON lines likewise. Fix: a larger block_size in the CSV
+    # ReadOptions / JSON read options (or grow it on that error), in the files connector's reader.
+    "files-csv-s3": {"reader.large-values": "straddling object straddles two block boundaries"},
+}
+
+
+@pytest.mark.parametrize("plugin", ["files-csv-s3"])
+def test_builtin_files_reader_is_certified_on_csv_in_s3(plugin, reader_scenarios, tmp_path):
+    """The same reader on its other format and on object storage (in process: the runtimes are covered above)."""
+    report = _certify("reader", "files", "custom", reader_scenarios, tmp_path)
+    known = KNOWN_FAILURES.get(plugin, {})
+    failed = {r.rule: r.message for r in report.results if r.status != "pass"}
+    assert set(failed) == set(known), f"{report.plugin}: {failed}"
+    for rule, fragment in known.items():
+        assert fragment in failed[rule], failed[rule]
 
 
 # ---------------------------------------------------------------------------------------------
