@@ -111,9 +111,3 @@ def test_a_reader_asking_for_a_source_plan_of_a_connector_without_planner_is_a_c
     )
     with pytest.raises(ConfigError, match="asks for a source plan, and connector 'files' has no planner"):
         build_plan(load_job(tmp_path / "job.yaml"))
-
-
-def test_the_runtimes_import_no_connector() -> None:
-    for module in (REPO / "src" / "dativo" / "runtimes").glob("*.py"):
-        text = module.read_text()
-        assert "dativo.connectors" not in text and "dativo.targets" not in text, module.name

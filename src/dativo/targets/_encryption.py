@@ -18,8 +18,8 @@ import pyarrow.parquet.encryption as pe
 from pyarrow import fs as pafs
 
 from dativo._secrets import redact
+from dativo.encryption.kms import KmsClient, KmsError, scrub
 from dativo.errors import ConfigError, SourceError
-from dativo.kms import KmsClient, KmsError, scrub
 from dativo.storage import filesystem_for
 
 __all__ = [
