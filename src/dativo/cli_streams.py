@@ -12,11 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from dativo._secrets import redact
-from dativo.config.loader import LoadedJob
 from dativo.errors import DativoError
 
 if TYPE_CHECKING:
     from dativo.api import DiscoveredStream, RunResult
+    from dativo.config.loader import LoadedJob
 
 __all__ = ["print_discovered", "print_streams_summary", "stream_errors"]
 

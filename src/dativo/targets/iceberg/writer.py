@@ -54,7 +54,7 @@ from dativo import __version__
 from dativo._faults import crash_point
 from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
-from dativo.sdk import DataWriter, PluginConfig
+from dativo.sdk import PluginConfig
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
@@ -67,6 +67,7 @@ from dativo.targets.iceberg.partitioning import (
     check_writable,
     parse_partition_by,
 )
+from dativo.targets.iceberg.plugin import IcebergWriter as IcebergWriterEntry
 from dativo.targets.iceberg.schema import evolve, iceberg_type_of, small_types, to_file_schema
 from dativo.targets.iceberg.state import RESET_PROPERTY, is_maintenance, latest_job_state, writer_of
 
@@ -77,10 +78,8 @@ log = logging.getLogger("dativo.targets.iceberg")
 _COMMIT_ATTEMPTS = 5
 
 
-class IcebergWriter(DataWriter):
+class IcebergWriter(IcebergWriterEntry):
     """Appends to, overwrites or merges into an Iceberg table (created if missing) in one commit per run."""
-
-    supported_modes = frozenset({"append", "overwrite", "merge"})
 
     def initialize(self, config: PluginConfig) -> None:
         """Connect to the catalog. Raises ConfigError for a bad table name, TargetError if unreachable."""
