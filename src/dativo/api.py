@@ -391,6 +391,9 @@ class DiscoveredStream:
     name: str
     schema: pa.Schema
     target_types: dict[str, str] | None
+    #: The reader and writer the stream would run with (e.g. ``postgres-rs`` where installed).
+    reader: str | None = None
+    writer: str | None = None
 
 
 def discover(job_or_path: JobLike, *, streams: Sequence[str] | None = None) -> list[DiscoveredStream]:
@@ -403,6 +406,8 @@ def discover(job_or_path: JobLike, *, streams: Sequence[str] | None = None) -> l
 
     out = []
     for stream in plan_streams(_job(job_or_path).loaded, streams):
-        schema, types = pipeline.discover(build_plan(stream.job))
-        out.append(DiscoveredStream(stream.name, schema, dict(types) if types is not None else None))
+        plan = build_plan(stream.job)
+        schema, types = pipeline.discover(plan)
+        target_types = dict(types) if types is not None else None
+        out.append(DiscoveredStream(stream.name, schema, target_types, plan.reader.ref.name, plan.writer.ref.name))
     return out

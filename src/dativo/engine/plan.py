@@ -48,6 +48,10 @@ def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
     job_info = {"name": job.name, "dir": str(job.dir), "run_id": run_id}
     # Change data capture has its own default reader (issue 17, docs/cdc.md).
     default_reader = "postgres-cdc" if source.cdc is not None else SOURCE_CONNECTORS[source.connector]
+    if default_reader == "postgres-adbc" and source.reader is None:  # the Rust reader where installed (issue 15)
+        from dativo.connectors.postgres.native import choose_default_reader
+
+        default_reader, _ = choose_default_reader(source.connection)
     reader = _plugin_plan(
         "reader",
         source.reader,
