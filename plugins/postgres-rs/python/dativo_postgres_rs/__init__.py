@@ -62,8 +62,10 @@ _SUPPORTED_KEYS = (
     "keepalives_idle",
     "target_session_attrs",
     "channel_binding",
+    "sslmode",  # TLS with rustls in the extension: disable, allow/prefer, require, verify-ca, verify-full
+    "sslrootcert",
 )
-_IGNORED_KEYS = frozenset({"client_encoding", "sslmode"})
+_IGNORED_KEYS = frozenset({"client_encoding"})
 
 
 def _quote(value: str) -> str:
@@ -71,22 +73,16 @@ def _quote(value: str) -> str:
 
 
 def native_conninfo(info: PgConnectionInfo) -> str:
-    """The ``key=value`` string for the Rust client; ConfigError for settings it cannot honour (TLS)."""
+    """The ``key=value`` string for the Rust client; ConfigError for settings it cannot honour (client certificates)."""
     import_psycopg()
     from psycopg.conninfo import conninfo_to_dict
 
     params = {k: str(v) for k, v in conninfo_to_dict(info.conninfo).items() if v is not None}
-    sslmode = params.get("sslmode", "prefer")
-    if sslmode in ("require", "verify-ca", "verify-full"):
-        raise ConfigError(
-            f"the postgres-rs reader does not support TLS yet (sslmode={sslmode})",
-            hint="use the default postgres-adbc reader for TLS connections",
-        )
     unsupported = sorted(k for k in params if k not in _SUPPORTED_KEYS and k not in _IGNORED_KEYS)
     if unsupported:
         raise ConfigError(
             f"the postgres-rs reader does not support the connection setting(s) {', '.join(unsupported)}",
-            hint="remove them or use the default postgres-adbc reader",
+            hint="remove them or name the ADBC reader (source.reader.implementation: postgres-adbc)",
         )
     params.setdefault("host", info.host)
     params.setdefault("port", info.port)
