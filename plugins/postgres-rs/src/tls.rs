@@ -69,7 +69,7 @@ pub struct TlsSettings {
 #[derive(Clone)]
 pub enum Connector {
     Plain,
-    Rustls(MakeRustlsConnect, TlsSettings),
+    Rustls(MakeRustlsConnect),
 }
 
 /// Split a libpq `key=value` string into the settings rust-postgres parses and the TLS ones.
@@ -149,6 +149,8 @@ fn parse_pairs(conninfo: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
+// ring rather than aws-lc-rs: it builds with a C compiler alone (no cmake/clang), like the rest of this crate.
+#[allow(deprecated)] // rustls marks ring's provider deprecated for lacking post-quantum key exchange
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -315,7 +317,7 @@ pub fn connect(conninfo: &str) -> Result<(Client, Connector), ConnectFailure> {
     })?;
     let tls = MakeRustlsConnect::new(tls_config);
     let client = config.connect(tls.clone()).map_err(|e| ConnectFailure::Server(tls_error(e, &settings)))?;
-    Ok((client, Connector::Rustls(tls, settings)))
+    Ok((client, Connector::Rustls(tls)))
 }
 
 /// A connection failure: a malformed connection string, or the server's (or the network's, or TLS's) answer.
@@ -353,7 +355,7 @@ fn tls_error(err: postgres::Error, settings: &TlsSettings) -> NativeError {
 pub fn cancel(token: &CancelToken, connector: &Connector) {
     let _ = match connector {
         Connector::Plain => token.cancel_query(NoTls),
-        Connector::Rustls(tls, _) => token.cancel_query(tls.clone()),
+        Connector::Rustls(tls) => token.cancel_query(tls.clone()),
     };
 }
 
