@@ -92,3 +92,15 @@ def test_a_writer_made_from_the_light_entry_class_is_the_full_iceberg_writer():
     instance = ref.cls()
     assert type(instance) is full.IcebergWriter and isinstance(instance, ref.cls)
     assert ref.cls.supported_modes == full.IcebergWriter.supported_modes == {"append", "overwrite", "merge"}
+
+
+def test_a_run_into_the_embedded_catalog_imports_the_sql_catalog_only(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "items.db") as db:
+        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO items VALUES (1, 'one')")
+    job = write_job(tmp_path, "  connector: sqlite\n  connection: {path: items.db}\n  table: items")
+    names, _ = imported_modules("-m", "dativo", "run", "--quiet", job)
+    assert "pyiceberg.catalog.sql" in names  # the embedded catalog
+    assert not {"pyiceberg.catalog.rest", "requests", "boto3", "adbc_driver_manager", "psycopg"} & names
