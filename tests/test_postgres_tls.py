@@ -13,6 +13,7 @@ from dativo_postgres_rs._native import Connection, ServerError
 import dativo
 from dativo.errors import SourceError
 
+from support.cli import dativo as dativo_cli
 from support.pg_tls import TlsFiles, tls_server
 from support.pgserver import PostgresServer
 
@@ -120,6 +121,10 @@ def test_a_job_reads_over_verify_full_with_the_default_reader(tls_pg, tmp_path):
         connection |= {"sslmode": "verify-full", "sslrootcert": str(files.ca)}
         path = job(tmp_path, connection)
         assert [(v.reader, v.ok) for v in dativo.validate(path)] == [("postgres-rs", True)]
+        found = dativo.discover(path)[0]
+        assert (found.reader, found.writer, found.schema.names) == ("postgres-rs", "iceberg", ["id", "name"])
+        shown = dativo_cli("discover", path)
+        assert shown.returncode == 0 and "reader postgres-rs, writer iceberg" in shown.stdout, shown.stderr
         result = dativo.run(path)
         assert result.ok and result.streams[0].rows == 2
         bad = job(tmp_path, {**connection, "sslrootcert": str(files.other_ca)})
