@@ -11,6 +11,7 @@
 //! (exact numeric fit, no infinite dates, one-dimensional arrays).
 
 mod decode;
+mod numeric;
 mod tls;
 
 use std::ffi::CString;
