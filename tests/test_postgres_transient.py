@@ -44,11 +44,12 @@ def _job(tmp_path: Path, db, reader: str, query: str = SLOW_QUERY) -> Path:
 
 
 def _terminate_first_reader(db, stop: threading.Event, killed: list[int]) -> None:
-    """Wait until the reader's query runs, then terminate its backend once."""
+    """Wait until the reader's query runs (the psycopg reader's shows as FETCH), then terminate its backend once."""
     while not stop.is_set():
         rows = db.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND state = 'active' AND query LIKE '%pg_sleep(0.005)%' AND query NOT LIKE '%pg_stat_activity%'"
+            "AND application_name = 'dativo' AND (query LIKE 'FETCH%' OR query LIKE '%pg_sleep(0.005)%') "
+            "AND query NOT LIKE '%pg_stat_activity%'"
         )
         if rows:
             time.sleep(0.3)  # well inside the read: some batches have gone to the writer already

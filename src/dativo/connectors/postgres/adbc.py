@@ -60,6 +60,18 @@ def _import_adbc() -> Any:
     return dbapi
 
 
+def _result_stream(cursor: Any) -> Any:
+    """The query's result stream, wrapped so that a failure mid-stream carries its SQLSTATE.
+
+    ``fetch_record_batch()`` returns pyarrow's bare reader, whose errors are ``OSError`` with
+    libpq's text only (apache/arrow-adbc#1523); the cursor's results hold ADBC's wrapper of
+    the same stream, which raises the driver's error with ``sqlstate`` (57P01 for a terminated
+    backend, say). Falls back to the bare reader where a driver version lacks the wrapper.
+    """
+    reader = getattr(getattr(cursor, "_results", None), "reader", None)
+    return reader if reader is not None else cursor.fetch_record_batch()
+
+
 def _storage(arr: pa.Array) -> pa.Array:
     return arr.storage if isinstance(arr, pa.ExtensionArray) else arr
 
@@ -188,7 +200,7 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
                 self._cursor = cursor
                 cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
                 cursor.execute(plan.sql)
-                stream = cursor.fetch_record_batch()
+                stream = _result_stream(cursor)
             while True:
                 with self._reading:
                     if self._cursor is None:
@@ -236,7 +248,7 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
                 cursor.execute(statement)  # the driver prepares statements: one command each
             cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
             cursor.execute(str(partition.spec["sql"]))
-            stream = cursor.fetch_record_batch()
+            stream = _result_stream(cursor)
             for raw in stream:
                 yield from self._sized(self._convert(raw), batch_size)
         except DativoError:

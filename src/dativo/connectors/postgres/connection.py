@@ -73,6 +73,8 @@ _TRANSIENT_FATAL = (
     "the database system is shutting down",
     "the database system is in recovery mode",
 )
+# libpq's text for a session the server ended or the network dropped (see is_transient_error).
+_SESSION_LOST = ("FATAL:", "server closed the connection", "connection to server was lost", "could not receive data")
 
 
 class PostgresDriverError(Exception):
@@ -133,6 +135,11 @@ def is_transient_error(exc: BaseException) -> bool:
     if type(exc).__module__.startswith("adbc_driver_manager"):
         status = getattr(exc, "status_code", None)
         return getattr(status, "name", None) in ("IO", "TIMEOUT")
+    if isinstance(exc, OSError) and str(exc).startswith("[libpq]"):
+        # Last resort: an Arrow stream error carries an errno and libpq's text, no SQLSTATE (the ADBC
+        # reader reads through ADBC's wrapper, which adds it; this covers a driver without one). A
+        # FATAL mid-read means the server ended the session; the rest are libpq's lost-connection texts.
+        return any(marker in str(exc) for marker in _SESSION_LOST)
     return False
 
 
