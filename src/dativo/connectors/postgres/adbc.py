@@ -37,7 +37,7 @@ from dativo.connectors.postgres.types import (
     decimal_from_strings,
     rebuild_list,
 )
-from dativo.errors import DativoError, PluginError, SourceError
+from dativo.errors import PluginError, SourceError
 from dativo.sdk import PluginConfig, ReadPartition
 
 __all__ = ["AdbcPostgresReader"]
@@ -70,6 +70,18 @@ def _result_stream(cursor: Any) -> Any:
     """
     reader = getattr(getattr(cursor, "_results", None), "reader", None)
     return reader if reader is not None else cursor.fetch_record_batch()
+
+
+def _hint_bytes(schema: pa.Schema, batch_size: int) -> int:
+    """The driver's batch size hint (bytes) for batches of about ``batch_size`` rows."""
+    return min(max(batch_size * _row_width(schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
+
+
+def _execute(cursor: Any, sql: str, hint_bytes: int) -> Any:
+    """Run ``sql`` on ``cursor`` with the batch size hint; returns its result stream (see _result_stream)."""
+    cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint_bytes)})
+    cursor.execute(sql)
+    return _result_stream(cursor)
 
 
 def _storage(arr: pa.Array) -> pa.Array:
@@ -193,27 +205,21 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
         if conn is None:
             raise SourceError("the PostgreSQL reader is closed")
         batch_size = max(1, int(batch_size))
-        hint = min(max(batch_size * _row_width(plan.schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
         try:
-            with self._reading:
-                cursor = conn.cursor()
-                self._cursor = cursor
-                cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
-                cursor.execute(plan.sql)
-                stream = _result_stream(cursor)
-            while True:
+            with self.translating():
                 with self._reading:
-                    if self._cursor is None:
-                        raise SourceError("the PostgreSQL reader was closed while reading")
-                    try:
-                        raw = stream.read_next_batch()
-                    except StopIteration:
-                        break
-                yield from self._sized(self._convert(raw), batch_size)
-        except DativoError:
-            raise
-        except Exception as exc:
-            raise self.translate(exc) from exc
+                    cursor = conn.cursor()
+                    self._cursor = cursor
+                    stream = _execute(cursor, plan.sql, _hint_bytes(plan.schema, batch_size))
+                while True:
+                    with self._reading:
+                        if self._cursor is None:
+                            raise SourceError("the PostgreSQL reader was closed while reading")
+                        try:
+                            raw = stream.read_next_batch()
+                        except StopIteration:
+                            break
+                    yield from self._sized(self._convert(raw), batch_size)
         finally:
             with self._reading:
                 self._close_cursor()
@@ -237,24 +243,18 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
             raise SourceError("the PostgreSQL reader is closed")
         dbapi = _import_adbc()
         batch_size = max(1, int(batch_size))
-        hint = min(max(batch_size * _row_width(plan.schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
         conn: Any = None
         cursor: Any = None
         try:
-            conn = dbapi.connect(info.conninfo, autocommit=True)
-            cursor = conn.cursor()
-            self.running.add(cursor)
-            for statement in snapshot_setup_sql(str(partition.spec["snapshot"])).split("; "):
-                cursor.execute(statement)  # the driver prepares statements: one command each
-            cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
-            cursor.execute(str(partition.spec["sql"]))
-            stream = _result_stream(cursor)
-            for raw in stream:
-                yield from self._sized(self._convert(raw), batch_size)
-        except DativoError:
-            raise
-        except Exception as exc:
-            raise self.translate(exc) from exc
+            with self.translating():
+                conn = dbapi.connect(info.conninfo, autocommit=True)
+                cursor = conn.cursor()
+                self.running.add(cursor)
+                for statement in snapshot_setup_sql(str(partition.spec["snapshot"])).split("; "):
+                    cursor.execute(statement)  # the driver prepares statements: one command each
+                stream = _execute(cursor, str(partition.spec["sql"]), _hint_bytes(plan.schema, batch_size))
+                for raw in stream:
+                    yield from self._sized(self._convert(raw), batch_size)
         finally:
             self.running.discard(cursor)
             for closable in (cursor, conn):

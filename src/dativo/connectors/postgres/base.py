@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
@@ -127,6 +127,16 @@ class PlannedPostgresReader(DataReader):
         if self._info is None:
             return exc if isinstance(exc, DativoError) else SourceError(f"the PostgreSQL reader failed: {exc}")
         return translate_error(exc, self._info, connecting=connecting, table=self._spec.table if self._spec else None)
+
+    @contextlib.contextmanager
+    def translating(self) -> Iterator[None]:
+        """Inside the block, an exception that is not a DativoError is raised as :meth:`translate` makes it."""
+        try:
+            yield
+        except DativoError:
+            raise
+        except Exception as exc:
+            raise self.translate(exc) from exc
 
     def plan(self) -> SourcePlan:
         """The plan decided in ``initialize``; raises SourceError if the reader was not initialized."""
