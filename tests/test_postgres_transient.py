@@ -18,8 +18,16 @@ import pytest
 from pyiceberg.catalog import load_catalog
 
 from support.cli import dativo
+from support.process_plugins import GO_READER
 
 ROWS = 400
+READERS = {
+    "postgres-adbc": "{implementation: postgres-adbc}",
+    "postgres-psycopg": "{implementation: postgres-psycopg}",
+    "postgres-rs": "{implementation: postgres-rs}",
+    # A process plugin: the transient flag of its error record (docs/process-protocol.md) decides.
+    "go-process": f'{{type: process, command: ["{GO_READER}"], sandbox: {{network: true}}}}',
+}
 # Every row waits a little, so the query is still running when it is terminated.
 SLOW_QUERY = "SELECT id, name FROM items WHERE length(pg_sleep(0.005)::text) = 0"
 
@@ -34,7 +42,7 @@ def _job(tmp_path: Path, db, reader: str, query: str = SLOW_QUERY) -> Path:
               connector: postgres
               connection: {json.dumps(db.connection)}
               query: "{query}"
-              reader: {{implementation: {reader}}}
+              reader: {READERS[reader]}
             target: {{connector: iceberg, table: raw.items}}
             engine: {{batch_size: 50, retry: {{max_attempts: 3, initial_delay_s: 0.05, max_delay_s: 0.2}}}}
             """
@@ -44,16 +52,15 @@ def _job(tmp_path: Path, db, reader: str, query: str = SLOW_QUERY) -> Path:
 
 
 def _terminate_first_reader(db, stop: threading.Event, killed: list[int]) -> None:
-    """Wait until the reader's query runs (the psycopg reader's shows as FETCH), then terminate its backend once."""
+    """Once the reader's transaction has been reading for half a second (about 100 rows), terminate it."""
     while not stop.is_set():
         rows = db.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND application_name = 'dativo' AND (query LIKE 'FETCH%' OR query LIKE '%pg_sleep(0.005)%') "
-            "AND query NOT LIKE '%pg_stat_activity%'"
+            "AND state IN ('active', 'idle in transaction') AND now() - xact_start > interval '0.5 s' "
+            "AND (query LIKE 'FETCH%' OR query LIKE '%pg_sleep(0.005)%') AND query NOT LIKE '%pg_stat_activity%'"
         )
         if rows:
-            time.sleep(0.3)  # well inside the read: some batches have gone to the writer already
-            db.execute("SELECT pg_terminate_backend(%s)", (rows[0][0],))
+            assert db.execute("SELECT pg_terminate_backend(%s)", (rows[0][0],)) == [(True,)]
             killed.append(rows[0][0])
             return
         time.sleep(0.02)
@@ -67,7 +74,7 @@ def _target_ids(job_dir: Path) -> list[int]:
     return sorted(catalog.load_table("raw.items").scan().to_arrow().column("id").to_pylist())
 
 
-@pytest.mark.parametrize("reader", ["postgres-adbc", "postgres-psycopg", "postgres-rs"])
+@pytest.mark.parametrize("reader", list(READERS))
 def test_a_backend_terminated_mid_read_is_retried_and_every_row_lands_once(tmp_path, pg_db, reader):
     pg_db.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
     pg_db.execute(f"INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, {ROWS}) g")
