@@ -27,7 +27,7 @@ from dativo.connectors.postgres.connection import (
 from dativo.connectors.postgres.partitions import SnapshotPartitioner
 from dativo.connectors.postgres.types import SourcePlan, SourceSpec, describe_source, with_lower_bound
 from dativo.errors import DativoError, SourceError
-from dativo.sdk import DataReader, PluginConfig, ReadPartition
+from dativo.sdk import DataReader, PluginConfig, ReadPartition, redact
 
 if TYPE_CHECKING:
     import psycopg
@@ -125,7 +125,7 @@ class PlannedPostgresReader(DataReader):
     def translate(self, exc: BaseException, *, connecting: bool = False) -> DativoError:
         """This reader's failure as a dativo error (see ``translate_error``): transient by SQLSTATE or type."""
         if self._info is None:
-            return exc if isinstance(exc, DativoError) else SourceError(f"the PostgreSQL reader failed: {exc}")
+            return exc if isinstance(exc, DativoError) else SourceError(redact(f"the PostgreSQL reader failed: {exc}"))
         return translate_error(exc, self._info, connecting=connecting, table=self._spec.table if self._spec else None)
 
     @contextlib.contextmanager
@@ -180,6 +180,7 @@ class PlannedPostgresReader(DataReader):
         return [f"{schema}.{name}" for schema, name in rows]
 
     def _require_plan(self) -> SourcePlan:
+        """The same as :meth:`plan` (the name the change-capture reader uses)."""
         return self.plan()
 
 
