@@ -28,7 +28,7 @@ def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
             yield node.lineno, node.module
             if node.module == "dativo":
                 for alias in node.names:
-                    if alias.name.startswith("_"):  # a private module (or name) of the package
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):  # private, not __version__
                         yield node.lineno, f"dativo.{alias.name}"
 
 
@@ -64,7 +64,10 @@ def test_nothing_under_plugins_imports_a_private_dativo_module(tmp_path):
     assert violations(paths, is_public) == []
     # The check sees the forms a plugin would use.
     bad = tmp_path / "bad.py"
-    bad.write_text("from dativo import _secrets\nimport dativo._faults\nfrom dativo.connectors.postgres import types\n")
+    bad.write_text(
+        "from dativo import _secrets\nimport dativo._faults\nfrom dativo.connectors.postgres import types\n"
+        "from dativo import __version__, SourceError\n"
+    )
     found = [line for line, module in imported_modules(bad) if not is_public(module)]
     assert found == [1, 2, 3]
 

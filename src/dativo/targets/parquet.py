@@ -47,6 +47,7 @@ class ParquetDatasetWriter(DataWriter):
         self.config = config
         self._rolling: RollingParquetWriter | None = None
         self._state: dict[str, Any] | None = None
+        self._finalized = False
         location = config.get("path")
         if not location:
             raise ConfigError(f"{self.label} target: 'path' is required (a local folder or s3://bucket/prefix)")
@@ -125,8 +126,10 @@ class ParquetDatasetWriter(DataWriter):
         return result
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
-        """Stage ``batch`` in the temporary folder."""
+        """Stage ``batch`` in the temporary folder; raises TargetError after :meth:`finalize` (the run is published)."""
         assert self._rolling is not None, "prepare() was not called"
+        if self._finalized:
+            raise TargetError(f"{self.label} target: write_batch() after finalize(); the run is already published")
         self._rolling.write(batch)
 
     def finalize(self) -> dict[str, Any]:
@@ -136,6 +139,7 @@ class ParquetDatasetWriter(DataWriter):
         another writer published a manifest meanwhile (nothing of this run is then listed).
         """
         assert self._rolling is not None, "prepare() was not called"
+        self._finalized = True
         written = self._rolling.close()
         manifest = read_manifest(self._folder.fs, self._folder.root) or self._baseline()
         names = [file.path.rsplit("/", 1)[1] for file in written]

@@ -100,6 +100,7 @@ class IcebergWriter(DataWriter):
         self._settings = ParquetSettings.from_options(config.get("options") or {})
         self._catalog = open_catalog(dict(config.get("catalog") or {}), self._job_dir)
         self._rolling: RollingParquetWriter | PartitionedFiles | None = None
+        self._finalized = False
         self._merge_keys: MergeKeys | None = None
         self._deduplicated: list[str] = []
         self._rewritten: list[str] = []
@@ -262,8 +263,13 @@ class IcebergWriter(DataWriter):
         return path, self._io.new_output(path).create(overwrite=False)
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
-        """Write ``batch`` into a data file of this run (not yet referenced by the table)."""
+        """Write ``batch`` into a data file of this run (not yet referenced by the table).
+
+        Raises TargetError after :meth:`finalize`: the run is committed, a later batch would be lost.
+        """
         assert self._rolling is not None, "prepare() was not called"
+        if self._finalized:
+            raise TargetError(f"iceberg target {self._name}: write_batch() after finalize(); the run is committed")
         if self._merge_keys is not None:
             batch = self._merge_keys.add(batch)
         # last_wins resolves duplicates by arrival order, which sorting would change.
@@ -280,6 +286,7 @@ class IcebergWriter(DataWriter):
         fails terminally and commits nothing). Raises TargetError if the commit fails.
         """
         assert self._rolling is not None, "prepare() was not called"
+        self._finalized = True
         written = self._rolling.close()
         self._crash_point("files_written")
         drop, written = self._resolve_merge(written)
