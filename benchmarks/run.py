@@ -685,7 +685,7 @@ def parquet_fingerprint(folder: Path, key_file: Path | None = None) -> dict[str,
     fp: dict[str, int] = {"rows": 0, "sum_id": 0}
     for path in sorted(folder.glob("*.parquet")):
         if key_file is not None:
-            from dativo.kms.local import LocalKeyFileKms
+            from dativo.encryption.kms.local import LocalKeyFileKms
             from dativo.targets.encrypted_parquet import read_encrypted
 
             table = read_encrypted(str(path), LocalKeyFileKms({"type": "local", "key_file": str(key_file)}, folder))
@@ -721,7 +721,7 @@ def parquet_target_variant(key: str, label: str, *, encrypted: bool, description
 
     def build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
         if encrypted:
-            from dativo.kms.local import new_key_file
+            from dativo.encryption.kms.local import new_key_file
 
             new_key_file(run_dir / "keys.json", ["footer_key", "phi_key"])
         invocation = base.build(ctx, source, run_dir)

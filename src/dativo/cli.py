@@ -337,7 +337,7 @@ def init_plugin(
     force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
 ) -> None:
     """Generate a buildable plugin project (code, packaging, example job, conformance tests, README)."""
-    from dativo.scaffold import generate
+    from dativo.testing.scaffold import generate
 
     dest = directory or Path(name)
     written = _guard(lambda: generate(name, kind, lang, dest, force))  # type: ignore[arg-type]

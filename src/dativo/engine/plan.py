@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from dativo._faults import crash_point
 from dativo.config.loader import LoadedJob
 from dativo.config.models import SOURCE_CONNECTORS, TARGET_CONNECTORS, PluginSpec
 from dativo.core.registry import PluginKind, PluginPlan, PluginRef, resolve_plugin
-from dativo.sdk import DataReader, DataWriter
+from dativo.sdk import FAULT_HOOK_KEY, DataReader, DataWriter
 
 __all__ = ["Plan", "PluginPlan", "build_plan"]
 
@@ -84,6 +85,7 @@ def _plugin_plan(
     if spec is not None and spec.type != "custom":
         # Out of process: nothing to import; the runtime starts or calls it.
         return PluginPlan(ref=_remote_ref(kind, spec), runtime=spec.type, config=config, spec=spec)
+    config[FAULT_HOOK_KEY] = crash_point  # in process only: the crash-point hook is passed in (SDK 1.4)
     # The models guarantee a spec wherever the connector has no default.
     implementation = spec.implementation if spec is not None else default
     assert implementation is not None
