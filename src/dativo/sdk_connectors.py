@@ -96,7 +96,9 @@ class Connector:
     ``change_reader`` is the default reader of ``source.cdc`` jobs (none: cdc is
     rejected for this connector). ``planner`` (``"module:function"``, imported only
     when used) describes the source at plan time for readers that ask for it
-    (``wants_source_plan``, see docs/writing-plugins.md).
+    (``wants_source_plan``, see docs/writing-plugins.md). ``choose_reader``
+    (``"module:function"``, ``config -> reader name``) picks the default reader by the
+    job's settings when the job names none (postgres: the Rust reader where installed).
     """
 
     name: str
@@ -105,6 +107,7 @@ class Connector:
     writer: str | None = None
     change_reader: str | None = None
     planner: str | None = None
+    choose_reader: str | None = None
     roles: tuple[Literal["source", "target"], ...] | None = None
     description: str = ""
 
@@ -122,17 +125,30 @@ class Connector:
         """Import the planner; raises ConfigError naming the connector when it cannot be imported."""
         if self.planner is None:
             return None
+        planner: SourcePlanner = self._load(self.planner, "planner")
+        return planner
+
+    def default_reader(self, config: Mapping[str, Any]) -> str | None:
+        """The reader for a job that names none: ``choose_reader(config)`` if declared, else ``reader``.
+
+        Raises ConfigError naming the connector when ``choose_reader`` cannot be imported.
+        """
+        if self.choose_reader is None:
+            return self.reader
+        chooser: Callable[[Mapping[str, Any]], str] = self._load(self.choose_reader, "reader chooser")
+        return chooser(config)
+
+    def _load(self, reference: str, what: str) -> Any:
         from importlib import import_module
 
-        module, _, attr = self.planner.partition(":")
+        module, _, attr = reference.partition(":")
         try:
-            planner: SourcePlanner = getattr(import_module(module), attr)
+            return getattr(import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(
-                f"connector '{self.name}': its planner {self.planner!r} cannot be imported: {exc}",
+                f"connector '{self.name}': its {what} {reference!r} cannot be imported: {exc}",
                 hint="reinstall the package that provides the connector",
             ) from None
-        return planner
 
 
 class S3Connection(BaseModel):

@@ -36,7 +36,8 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("config", frozenset({"config"})),
     # core, and the services plugins may stand on (storage, encryption: KMS clients and the audit chain).
     ("core", frozenset({"core", "storage", "encryption"})),
-    ("plugins and runtimes", frozenset({"runtimes", "connectors", "targets"})),
+    # postgres_sdk: the public face of connectors/postgres for third-party PostgreSQL readers.
+    ("plugins and runtimes", frozenset({"runtimes", "connectors", "targets", "postgres_sdk"})),
     ("engine", frozenset({"engine", "testing"})),
     ("api", frozenset({"api"})),
     ("front ends", frozenset({"cli", "integrations", "_entry", "__main__"})),

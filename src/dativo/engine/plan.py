@@ -7,12 +7,13 @@ from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
+from dativo._faults import crash_point
 from dativo.config.connectors import connector
 from dativo.config.loader import LoadedJob
 from dativo.config.models import PluginSpec
 from dativo.core.registry import PluginKind, PluginPlan, PluginRef, resolve_plugin
 from dativo.errors import ConfigError
-from dativo.sdk import DataReader, DataWriter, PluginConfig
+from dativo.sdk import FAULT_HOOK_KEY, DataReader, DataWriter, PluginConfig
 from dativo.sdk_connectors import Connector
 
 __all__ = ["Plan", "PluginPlan", "build_plan", "wants_source_plan", "with_source_plan"]
@@ -52,7 +53,12 @@ def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
     run_id = run_id or uuid.uuid4().hex
     job_info = {"name": job.name, "dir": str(job.dir), "run_id": run_id}
     # Change data capture has its own default reader (issue 17, docs/cdc.md).
-    default_reader = source_connector.change_reader if source.cdc is not None else source_connector.reader
+    if source.cdc is not None:
+        default_reader = source_connector.change_reader
+    elif source.reader is None:  # the connector may pick its default by the job (postgres: postgres-rs if installed)
+        default_reader = source_connector.default_reader(source.model_dump(exclude={"reader"}))
+    else:
+        default_reader = source_connector.reader
     reader = _plugin_plan(
         "reader",
         source.reader,
@@ -115,6 +121,7 @@ def _plugin_plan(
     if spec is not None and spec.type != "custom":
         # Out of process: nothing to import; the runtime starts or calls it.
         return PluginPlan(ref=_remote_ref(kind, spec), runtime=spec.type, config=config, spec=spec)
+    config[FAULT_HOOK_KEY] = crash_point  # in process only: the crash-point hook is passed in (SDK 1.4)
     # The models guarantee a spec wherever the connector has no default.
     implementation = spec.implementation if spec is not None else default
     assert implementation is not None

@@ -33,7 +33,6 @@ from typing import Any, ClassVar, TypeVar
 import pyarrow as pa
 from pyarrow import fs as pafs
 
-from dativo._faults import crash_point
 from dativo.encryption.audit import AuditLog, DeadRun, Retention, job_identity
 from dativo.encryption.kms import KmsClient, load_kms, scrub
 from dativo.errors import ConfigError, DativoError, TargetError
@@ -311,7 +310,7 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
         sequence = int(manifest.get("sequence", 0)) + 1
         self._audit.append("commit", manifest=sequence, files=len(files), superseded=superseded)
         self._superseded = [path.removeprefix("s3://") for path in superseded]
-        crash_point("audit_recorded")
+        self._crash_point("audit_recorded")
 
     def after_commit(self, result: dict[str, Any]) -> dict[str, Any]:
         """Record the run's end; a failing audit copy is reported, not raised (the commit stands)."""

@@ -24,10 +24,8 @@ import pyarrow as pa
 from pyarrow import fs as pafs
 
 from dativo import __version__
-from dativo._faults import crash_point
-from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
-from dativo.sdk import DataWriter, PluginConfig
+from dativo.sdk import DataWriter, PluginConfig, fault_hook, redact
 from dativo.storage import filesystem_for
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder, WrittenFile
 
@@ -55,7 +53,10 @@ class ParquetDatasetWriter(DataWriter):
             raise ConfigError(f"{self.label} target: 'path' is required (a local folder or s3://bucket/prefix)")
         job = config.get("job", {})
         fs, root = filesystem_for(str(location), config.get("connection") or {}, Path(job.get("dir", ".")))
-        self._folder = StagedFolder(fs, root, str(job.get("run_id", "run")), redact(str(location)))
+        self._crash_point = fault_hook(config)
+        self._folder = StagedFolder(
+            fs, root, str(job.get("run_id", "run")), redact(str(location)), crash_point=self._crash_point
+        )
         self._job = str(job.get("name", ""))
         self._mode = str(config.get("mode") or "append")
         self._settings = self.parquet_settings(config.get("options") or {})
@@ -145,12 +146,12 @@ class ParquetDatasetWriter(DataWriter):
         files = names if self._mode == "overwrite" else [*manifest["files"], *names]
         self.before_publish(written, manifest, files)
         self._folder.publish([file.path for file in written] + self.companion_files(written))
-        crash_point("files_published")
+        self._crash_point("files_published")
         states = dict(manifest.get("states", {}))
         if self._state is not None:
             states[self._job] = self._state
         sequence = self._write_manifest(manifest, files, states)
-        crash_point("after_commit")
+        self._crash_point("after_commit")
         if self._mode == "overwrite":
             for name in set(manifest["files"]) - set(files):
                 with contextlib.suppress(OSError, pa.ArrowException):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from dativo._secrets import redact
+from dativo.sdk import redact
 
 __all__ = ["is_transient", "one_line"]
 
