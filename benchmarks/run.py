@@ -754,8 +754,10 @@ VARIANTS: list[Variant] = [
     ),
     dativo_variant(
         "adbc",
-        "dativo postgres-adbc (default)",
-        description="dativo run --quiet, default ADBC reader, into a fresh embedded Iceberg table",
+        "dativo postgres-adbc",
+        reader="postgres-adbc",
+        description="dativo run --quiet, ADBC reader (the default without dativo[native]), into a fresh "
+        "embedded Iceberg table",
     ),
     dativo_variant(
         "psycopg",
@@ -766,12 +768,14 @@ VARIANTS: list[Variant] = [
     dativo_variant(
         "adbc-1",
         "dativo postgres-adbc, 1 connection",
+        reader="postgres-adbc",
         job={"source": {"parallelism": 1}},
         description="default ADBC reader, source.parallelism: 1 (one stream), into Iceberg",
     ),
     dativo_variant(
         "adbc-2",
         "dativo postgres-adbc, 2 connections",
+        reader="postgres-adbc",
         job={"source": {"parallelism": 2}},
         description="default ADBC reader, source.parallelism: 2 (ctid ranges in one exported snapshot), into Iceberg",
     ),
@@ -827,7 +831,7 @@ VARIANTS: list[Variant] = [
     ),
     dativo_variant(
         "one-row",
-        "dativo 1-row job (start-up)",
+        "dativo 1-row job (start-up, default reader)",
         job={"source": {"table": None, "query": "SELECT * FROM public.wide WHERE id = 1"}},
         description="a 1-row PostgreSQL -> Iceberg job, default reader: start-up, planning and one commit",
         verify_iceberg=False,
