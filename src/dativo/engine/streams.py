@@ -20,6 +20,7 @@ from typing import Any
 from dativo.config.loader import LoadedJob, LoadedStreams
 from dativo.config.streams import StreamEntry, fill_template, split_name
 from dativo.engine import pipeline
+from dativo.engine.cdc_group import change_groups, check_whole_groups, run_change_group
 from dativo.engine.plan import build_plan
 from dativo.engine.retry import run_job
 from dativo.errors import ConfigError, DativoError, SourceError, is_transient
@@ -78,7 +79,9 @@ def plan_streams(loaded: LoadedJob | LoadedStreams, select: Sequence[str] | None
                 out.setdefault(table, Stream(table, _instantiate(entry, table, loaded.name)))
     streams = list(out.values())
     _no_shared_targets(loaded, streams)
-    return select_streams(streams, select, loaded.path.name)
+    chosen = select_streams(streams, select, loaded.path.name)
+    check_whole_groups(streams, chosen, loaded.path.name)  # the tables of one slot run together
+    return chosen
 
 
 def _matches(
@@ -234,7 +237,17 @@ def run_streams(
     KeyboardInterrupt stops everything: running streams are aborted (they commit
     nothing), streams not started are not run, and KeyboardInterrupt propagates;
     streams that finished before stay committed. ``on_done`` sees each outcome as it ends.
+    The ``source.cdc`` streams sharing a slot run first, together (dativo.engine.cdc_group).
     """
+    original = list(streams)
+    groups, streams = change_groups(streams)
+    if groups:  # source.cdc streams sharing a slot: read once, committed per table (docs/cdc.md)
+        done = [o for g in groups for o in run_change_group(g, run_id=run_id, progress=progress, on_done=on_done)]
+        rest = run_streams(
+            streams, run_id=run_id, progress=progress, on_retry=on_retry, max_concurrent=max_concurrent, on_done=on_done
+        )
+        order = {id(s): i for i, s in enumerate(original)}
+        return sorted([*done, *rest], key=lambda outcome: order[id(outcome.stream)])
     if max_concurrent <= 1 or len(streams) <= 1:
         return [_run_one(stream, run_id, progress, on_retry, None, on_done) for stream in streams]
     stop = threading.Event()

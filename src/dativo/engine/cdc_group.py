@@ -1,0 +1,168 @@
+"""Several tables from one replication slot in one run: the ``streams:`` form of a ``source.cdc`` job.
+
+The tables' readers start together (the slot is read once, up to the WAL position
+at the start of the run, and its changes routed per table), then each table is
+written and committed on its own, with the position it read up to in its own
+snapshot. Only then is the slot advanced — to the least position every table of
+the slot has committed, so a table whose commit failed reads its changes again
+next run, and a table that committed skips what its committed position covers.
+See docs/cdc.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dativo.engine.cdc import ChangeTable, _confirm
+from dativo.engine.pipeline import ProgressSink, _call, new_summary
+from dativo.engine.plan import build_plan
+from dativo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dativo.engine.streams import Stream, StreamOutcome
+
+__all__ = ["change_groups", "check_whole_groups", "run_change_group"]
+
+log = logging.getLogger("dativo.engine.cdc")
+
+
+def _slot_key(stream: Stream) -> tuple[str, str] | None:
+    source = stream.job.config.source
+    if source.cdc is None:
+        return None
+    slot = source.cdc.slot or f"<default of job {stream.job.name}>"  # the default slot derives from the job's name
+    return slot, json.dumps(source.connection, sort_keys=True, default=str)
+
+
+def change_groups(streams: Sequence[Stream]) -> tuple[list[list[Stream]], list[Stream]]:
+    """Split ``streams`` into groups of two or more ``source.cdc`` streams sharing a slot, and the rest."""
+    by_slot: dict[tuple[str, str], list[Stream]] = {}
+    for stream in streams:
+        key = _slot_key(stream)
+        if key is not None:
+            by_slot.setdefault(key, []).append(stream)
+    grouped = {id(s) for group in by_slot.values() if len(group) > 1 for s in group}
+    return [g for g in by_slot.values() if len(g) > 1], [s for s in streams if id(s) not in grouped]
+
+
+def check_whole_groups(streams: Sequence[Stream], chosen: Sequence[Stream], file: str) -> None:
+    """Refuse a selection that runs some but not all of the tables of a slot.
+
+    Raises ConfigError: the slot is advanced to the least position of the tables run
+    together, so running a part of them would move it past changes another table still needs.
+    """
+    picked = {id(s) for s in chosen}
+    for group in change_groups(streams)[0]:
+        inside = [s.name for s in group if id(s) in picked]
+        if inside and len(inside) < len(group):
+            names = ", ".join(s.name for s in group)
+            raise ConfigError(
+                f"--stream: {file}: streams {names} read one replication slot and run together; "
+                "select all of them or none"
+            )
+
+
+def run_change_group(
+    streams: Sequence[Stream],
+    *,
+    run_id: str | None = None,
+    progress: ProgressSink | None = None,
+    on_done: Callable[[StreamOutcome], None] | None = None,
+) -> list[StreamOutcome]:
+    """Run the ``source.cdc`` streams of one slot once; one outcome per stream, in order.
+
+    A stream that cannot start, or whose write or commit fails, has its error in its outcome
+    and leaves the others to commit; a failure of the shared start (the slot) fails every
+    stream. The slot is advanced only to what every table committed; a failure to advance it
+    is logged (the next run advances it). KeyboardInterrupt aborts the uncommitted tables and
+    propagates. Nothing is retried within the run: the next run reads again what was not committed.
+    """
+    from dativo.engine.streams import StreamOutcome
+
+    tables: list[ChangeTable] = []
+    errors: dict[int, BaseException] = {}
+    try:
+        for stream in streams:
+            plan = build_plan(stream.job, run_id)
+            table = ChangeTable(plan, new_summary(plan))
+            tables.append(table)
+            try:
+                table.open()
+            except Exception as exc:
+                table.fail(exc)
+                errors[id(table)] = exc
+        ready = [t for t in tables if id(t) not in errors]
+        starts: list[Any] = []
+        if ready:
+            try:
+                owner = ready[0]
+                begin = getattr(owner.change_reader, "begin_changes_together", None)
+                if begin is None:
+                    raise ConfigError(
+                        f"reader '{owner.names[0]}' cannot read several tables from one slot; "
+                        "give each stream its own source.cdc.slot and publication"
+                    )
+                members = [(t.change_reader, t.committed, t.keys) for t in ready]
+                starts = list(_call(begin, owner.names[0], "begin_changes_together", members, role="reader"))
+            except Exception as exc:
+                for table in ready:
+                    table.fail(exc)
+                    errors[id(table)] = exc
+                ready = []
+        for table, start in zip(ready, starts, strict=True):
+            try:
+                table.apply(start, progress)
+            except Exception as exc:
+                table.fail(exc)
+                errors[id(table)] = exc
+        if ready:
+            _advance(ready, errors)
+    except BaseException as exc:
+        for table in tables:
+            if id(table) not in errors:
+                table.fail(exc)
+        raise
+    finally:
+        for table in tables:
+            table.close()
+    outcomes = []
+    for stream, table in zip(streams, tables, strict=False):
+        error = errors.get(id(table))
+        if error is None:
+            table.summary.status = "succeeded"
+        outcome = StreamOutcome(stream, table.summary, error, 1)
+        if on_done is not None:
+            on_done(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _advance(ready: list[ChangeTable], errors: dict[int, BaseException]) -> None:
+    """Advance the slot to the least position every table has committed (never a failed table's new one)."""
+    positions: list[Any] = []
+    for table in ready:
+        if id(table) not in errors:
+            positions.append(table.position)
+        elif table.committed is not None:
+            positions.append(table.committed)
+        # A table with no committed position constrains nothing: its next load positions itself.
+    if not positions:
+        return
+    owner = ready[0]
+    try:
+        least = dict(owner.change_reader.least_position(positions))
+    except Exception as exc:
+        log.warning(
+            "reader '%s' could not order the positions %s (the next run advances the slot): %s",
+            owner.names[0],
+            positions,
+            exc,
+        )
+        return
+    facts = _confirm(owner.change_reader, owner.names[0], least)
+    for table in ready:
+        if id(table) not in errors:
+            table.summary.target.setdefault("cdc", {}).update(facts | {"slot_advanced_to": least})
