@@ -242,12 +242,12 @@ def run_streams(
     original = list(streams)
     groups, streams = change_groups(streams)
     if groups:  # source.cdc streams sharing a slot: read once, committed per table (docs/cdc.md)
-        done = [o for g in groups for o in run_change_group(g, run_id=run_id, progress=progress, on_done=on_done)]
+        grouped = [o for g in groups for o in run_change_group(g, run_id=run_id, progress=progress, on_done=on_done)]
         rest = run_streams(
             streams, run_id=run_id, progress=progress, on_retry=on_retry, max_concurrent=max_concurrent, on_done=on_done
         )
         order = {id(s): i for i, s in enumerate(original)}
-        return sorted([*done, *rest], key=lambda outcome: order[id(outcome.stream)])
+        return sorted([*grouped, *rest], key=lambda outcome: order[id(outcome.stream)])
     if max_concurrent <= 1 or len(streams) <= 1:
         return [_run_one(stream, run_id, progress, on_retry, None, on_done) for stream in streams]
     stop = threading.Event()

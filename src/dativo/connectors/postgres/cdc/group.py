@@ -255,18 +255,18 @@ def _decode(owner: Any, members: list[_Member], upto: int) -> tuple[int, bool]:
                 end = max(end, message.end_lsn)
             elif isinstance(message, Truncate):
                 for oid in message.relation_oids:
-                    member = route.get(oid)
+                    emptied = route.get(oid)
                     # Transactions before a table's committed position were applied by an earlier run.
-                    if member is not None and final >= (member.committed or 0):
-                        assert member.spill is not None
-                        member.spill.reset()  # the table is emptied: only what follows matters
-                        member.replace = True
+                    if emptied is not None and final >= (emptied.committed or 0):
+                        assert emptied.spill is not None
+                        emptied.spill.reset()  # the table is emptied: only what follows matters
+                        emptied.replace = True
             elif isinstance(message, Change):
-                member = route.get(message.relation.oid)
-                if member is not None and final >= (member.committed or 0):
-                    assert member.spill is not None
-                    for op, values in member.reader._rows_of(message):
-                        member.spill.add(op, values, int(lsn), stamp)
+                changed = route.get(message.relation.oid)
+                if changed is not None and final >= (changed.committed or 0):
+                    assert changed.spill is not None
+                    for op, values in changed.reader._rows_of(message):
+                        changed.spill.add(op, values, int(lsn), stamp)
     cursor.close()
     for member in members:
         assert member.spill is not None

@@ -85,7 +85,9 @@ class PostgresChangeReader(PsycopgPostgresReader):
             self._keys = primary_key(self._side, self._relation)
         except psycopg.Error as exc:
             raise translate_error(exc, self._info, table=self._spec.table) from exc
-        self._oid = int(self._side.execute("SELECT %s::regclass::oid", (self._relation,)).fetchone()[0])
+        oid = self._side.execute("SELECT %s::regclass::oid", (self._relation,)).fetchone()
+        assert oid is not None
+        self._oid = int(oid[0])
         self._exported: ExportedSlot | HeldSnapshot | None = None
         self._held: list[ExportedSlot | HeldSnapshot] = []
         self._workdir: Path | None = None
