@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +204,38 @@ def test_a_selection_must_take_every_table_of_the_slot(tmp_path, pg_db):
     result = api.run(path, streams=["public.*"])
     assert result.ok
     assert_equal(tmp_path, pg_db)
+
+
+def test_status_follow_and_drop_cover_every_table_of_the_slot(tmp_path, pg_db):
+    make_tables(pg_db, 10)
+    path = streams_job(tmp_path, pg_db, cdc="{commit_interval_s: 0.2}")
+    command = [sys.executable, "-m", "dativo", "cdc", "follow", str(path), "--interval", "0.2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: all(target(tmp_path, t) == source(pg_db, t) for t in TABLES))
+        changes(pg_db, 1)
+        wait_for(lambda: all(target(tmp_path, t) == source(pg_db, t) for t in TABLES))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "public.gamma: committed" in (process.stdout.read() if process.stdout else "")
+    changes(pg_db, 2)
+    status = dativo("cdc", "status", path, "--json")
+    assert status.returncode == 0, status.stderr
+    (slot,) = json.loads(status.stdout)["slots"]
+    assert slot["slot"] == "dativo_shop" and set(slot["tables"]) == {f"public.{t}" for t in TABLES}
+    assert slot["committed_lsn"] == slot["confirmed_lsn"] == min(slot["tables"].values(), key=parse_lsn)
+    assert slot["lag_bytes"] > 0
+    dropped = dativo("cdc", "drop", path, "--yes", "--publication")
+    assert dropped.returncode == 0, dropped.stderr
+    assert pg_db.execute("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert pg_db.execute("SELECT count(*) FROM pg_publication") == [(0,)]
+
+
+def wait_for(condition, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
