@@ -31,7 +31,9 @@ def make_tables(db, rows: int = 30) -> None:
         )
 
 
-def streams_job(job_dir: Path, db, *, cdc: str = "{}", overrides: dict[str, str] | None = None) -> Path:
+def streams_job(
+    job_dir: Path, db, *, cdc: str = "{}", overrides: dict[str, str] | None = None, tables: tuple[str, ...] = TABLES
+) -> Path:
     path = job_dir / "shop.yaml"
     lines = [
         "name: shop",
@@ -45,7 +47,7 @@ def streams_job(job_dir: Path, db, *, cdc: str = "{}", overrides: dict[str, str]
         '    table: "raw.{table}"',
         "streams:",
     ]
-    for table in TABLES:
+    for table in tables:
         lines.append(f"  public.{table}: {(overrides or {}).get(table, '{}')}")
     lines.append("engine: {retry: {max_attempts: 1}}")
     path.write_text("\n".join(lines) + "\n")
@@ -239,3 +241,25 @@ def wait_for(condition, timeout: float = 90) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.3)
+
+
+def test_a_table_added_to_the_job_later_joins_the_slot(tmp_path, pg_db):
+    make_tables(pg_db, 20)
+    path = streams_job(tmp_path, pg_db)
+    assert run(path).returncode == 0
+    changes(pg_db, 1)
+    pg_db.psql(
+        "CREATE TABLE delta (id int PRIMARY KEY, name text, qty int); ALTER TABLE delta REPLICA IDENTITY FULL;"
+        "INSERT INTO delta SELECT g, 'd', g FROM generate_series(1, 50) g; UPDATE delta SET qty = 0 WHERE id < 5;"
+    )
+    path = streams_job(tmp_path, pg_db, tables=(*TABLES, "delta"))
+    assert run(path).returncode == 0  # delta: a fresh snapshot, added to the publication; the others: changes
+    assert_equal(tmp_path, pg_db)
+    assert target(tmp_path, "delta") == source(pg_db, "delta")
+    published = pg_db.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'dativo_shop'")
+    assert published == [(4,)]
+    changes(pg_db, 2)
+    pg_db.psql("UPDATE delta SET name = 'd2' WHERE id % 2 = 0; DELETE FROM delta WHERE id > 45;")
+    assert run(path).returncode == 0
+    assert_equal(tmp_path, pg_db)
+    assert target(tmp_path, "delta") == source(pg_db, "delta")
