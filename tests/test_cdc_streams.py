@@ -263,3 +263,21 @@ def test_a_table_added_to_the_job_later_joins_the_slot(tmp_path, pg_db):
     assert run(path).returncode == 0
     assert_equal(tmp_path, pg_db)
     assert target(tmp_path, "delta") == source(pg_db, "delta")
+
+
+def test_a_table_that_cannot_start_holds_the_slot_at_what_it_committed(tmp_path, pg_db):
+    make_tables(pg_db, 20)
+    path = streams_job(tmp_path, pg_db)
+    assert run(path).returncode == 0
+    changes(pg_db, 1)
+    pg_db.psql("ALTER TABLE beta RENAME TO beta_away;")
+    before = slot_lsn(pg_db)
+    failed = summary_failing(path, tmp_path)
+    assert [s["status"] for s in failed["streams"]] == ["succeeded", "failed", "succeeded"]
+    assert "does not exist" in failed["streams"][1]["error"]
+    assert slot_lsn(pg_db) == before  # beta's changes are still in the slot
+    pg_db.psql("ALTER TABLE beta_away RENAME TO beta;")
+    changes(pg_db, 2)
+    assert run(path).returncode == 0
+    assert_equal(tmp_path, pg_db)
+    assert slot_lsn(pg_db) > before

@@ -94,6 +94,7 @@ class ChangeTable:
         self.committed: Mapping[str, Any] | None = None
         self.keys: list[str] = []
         self.position: dict[str, Any] = {}
+        self.state_loaded = False
         self._started = time.perf_counter()
 
     def open(self) -> None:
@@ -105,16 +106,17 @@ class ChangeTable:
         plan, names = self.plan, self.names
         if plan.job.config.target.mode == "overwrite":
             raise ConfigError("target.mode: a source.cdc job merges changes into the table; 'overwrite' does not apply")
-        self.reader = host_reader(plan.reader)
-        self.change_reader = _change_reader(self.reader, names[0])
-        self.schema = _declared_schema(self.reader, names[0])
-        self.keys = _keys(plan, self.change_reader, names[0])
         writer = _stateful(host_writer(plan.writer), names[1])
         try:
             self.state = _call(writer.load_state, names[1], "load_state")  # type: ignore[attr-defined]
         finally:
             _close(writer, names[1])
         self.committed = (self.state or {}).get("cdc")
+        self.state_loaded = True  # from here on, the committed position is known even if the reader fails
+        self.reader = host_reader(plan.reader)
+        self.change_reader = _change_reader(self.reader, names[0])
+        self.schema = _declared_schema(self.reader, names[0])
+        self.keys = _keys(plan, self.change_reader, names[0])
 
     def apply(self, start: Mapping[str, Any], progress: ProgressSink | None) -> None:
         """Write what ``start`` announced as one commit with its position; raises (after aborting) on failure."""

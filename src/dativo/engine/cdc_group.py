@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dativo.engine.cdc import ChangeTable, _confirm
 from dativo.engine.pipeline import ProgressSink, _call, new_summary
 from dativo.engine.plan import build_plan
-from dativo.errors import ConfigError
+from dativo.errors import ConfigError, SourceError
 
 if TYPE_CHECKING:
     from dativo.engine.streams import Stream, StreamOutcome
@@ -94,7 +94,17 @@ def run_change_group(
             except Exception as exc:
                 table.fail(exc)
                 errors[id(table)] = exc
+        unknown = [t for t in tables if not t.state_loaded]
+        if unknown:
+            # The slot may not move past a position we cannot read: run none of the slot's tables.
+            reason = errors[id(unknown[0])]
+            for table in tables:
+                if id(table) not in errors:
+                    errors[id(table)] = _not_run(unknown[0], reason)
+                    table.fail(errors[id(table)])
         ready = [t for t in tables if id(t) not in errors]
+        # Tables that could not start still hold the slot back at what they committed.
+        held = [t.committed for t in tables if id(t) in errors and t.committed is not None]
         starts: list[Any] = []
         if ready:
             try:
@@ -106,7 +116,7 @@ def run_change_group(
                         "give each stream its own source.cdc.slot and publication"
                     )
                 members = [(t.change_reader, t.committed, t.keys) for t in ready]
-                starts = list(_call(begin, owner.names[0], "begin_changes_together", members, role="reader"))
+                starts = list(_call(begin, owner.names[0], "begin_changes_together", members, held, role="reader"))
             except Exception as exc:
                 for table in ready:
                     table.fail(exc)
@@ -119,7 +129,7 @@ def run_change_group(
                 table.fail(exc)
                 errors[id(table)] = exc
         if ready:
-            _advance(ready, errors)
+            _advance(ready, errors, held)
     except BaseException as exc:
         for table in tables:
             if id(table) not in errors:
@@ -140,9 +150,16 @@ def run_change_group(
     return outcomes
 
 
-def _advance(ready: list[ChangeTable], errors: dict[int, BaseException]) -> None:
+def _not_run(blocker: ChangeTable, reason: BaseException) -> SourceError:
+    return SourceError(
+        f"not run: the tables of one replication slot run together, and {blocker.plan.job.config.source.table} "
+        f"could not load its committed position ({reason})"
+    )
+
+
+def _advance(ready: list[ChangeTable], errors: dict[int, BaseException], held: list[Any]) -> None:
     """Advance the slot to the least position every table has committed (never a failed table's new one)."""
-    positions: list[Any] = []
+    positions: list[Any] = list(held)
     for table in ready:
         if id(table) not in errors:
             positions.append(table.position)

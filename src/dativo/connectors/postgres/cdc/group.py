@@ -60,8 +60,12 @@ class _Member:
     replace: bool = False
 
 
-def begin_together(members: Sequence[tuple[Any, Mapping[str, Any] | None, Sequence[str]]]) -> list[dict[str, Any]]:
+def begin_together(
+    members: Sequence[tuple[Any, Mapping[str, Any] | None, Sequence[str]]], held: Sequence[Mapping[str, Any]] = ()
+) -> list[dict[str, Any]]:
     """Start a change run of every table ``(reader, committed position, keys)`` of one slot; one start each.
+
+    ``held``: committed positions of the slot's tables not run now; the slot is not moved past them.
 
     Each start is ``{"position", "replace", "snapshot", ...}`` as ``ChangeReader.begin_changes``
     returns it. The first reader owns the slot (its connections read and advance it).
@@ -111,7 +115,7 @@ def begin_together(members: Sequence[tuple[Any, Mapping[str, Any] | None, Sequen
             member.start = member.reader._start_snapshot(exported, exported.consistent_lsn)
         return [m.start for m in group]
     if committed:
-        low = min(m.committed or 0 for m in committed)
+        low = min([*(m.committed or 0 for m in committed), *(parse_lsn(str(h["lsn"])) for h in held)])
         if info.confirmed_lsn is None or parse_lsn(info.confirmed_lsn) < low:
             # An earlier run committed every table but did not advance the slot (killed in between).
             owner.confirm({"lsn": format_lsn(low)})

@@ -119,20 +119,23 @@ class PostgresChangeReader(PsycopgPostgresReader):
         return begin_together([(self, committed, keys)])[0]
 
     def begin_changes_together(
-        self, members: Sequence[tuple[Any, Mapping[str, Any] | None, Sequence[str]]]
+        self,
+        members: Sequence[tuple[Any, Mapping[str, Any] | None, Sequence[str]]],
+        held: Sequence[Mapping[str, Any]] = (),
     ) -> list[Mapping[str, Any]]:
         """Start a change run of several tables of one slot, read once; ``members[0]`` must be this reader.
 
         ``members`` are ``(reader, committed position, keys)``, every reader a postgres-cdc reader of
-        the same slot and publication. Returns one start per member (see ``begin_changes``);
-        ``confirm`` on this reader then advances the slot (to the least position every table committed).
+        the same slot and publication; ``held`` the committed positions of the slot's tables that do
+        not run now (the slot is never moved past them). Returns one start per member (see
+        ``begin_changes``); ``confirm`` on this reader then advances the slot (to ``least_position``).
         """
         if not members or members[0][0] is not self:
             raise ValueError("begin_changes_together: the first member must be the reader it is called on")
         for reader, _, _ in members:
             if not isinstance(reader, PostgresChangeReader):
                 raise ConfigError(f"tables read from one slot must all use the postgres-cdc reader, not {reader!r}")
-        return list(begin_together(members))
+        return list(begin_together(members, held))
 
     def least_position(self, positions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
         """The earliest of ``positions`` (what every table of a slot has committed); raises on an empty list."""
