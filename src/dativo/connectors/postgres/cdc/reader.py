@@ -1,10 +1,13 @@
-"""``postgres-cdc``: change data capture from one PostgreSQL table through a logical replication slot.
+"""``postgres-cdc``: change data capture from a PostgreSQL table through a logical replication slot.
 
-A :class:`dativo.ChangeReader` (see docs/cdc.md):
+A :class:`dativo.ChangeReader` (see docs/cdc.md). One reader reads one table; the readers of
+several tables sharing a slot start together (``begin_changes_together``, the slot read once:
+cdc/group.py, which also holds the decision of each run's start).
 
 * **First run** (nothing committed): the slot is created over a replication
   connection with its snapshot exported, and the table is read inside that
-  snapshot. The target is replaced by those rows, committed with the slot's
+  snapshot (a slot that exists already: a fresh snapshot, positioned at the slot's
+  confirmed LSN, the overlap replayed idempotently by the next run). The target is replaced by those rows, committed with the slot's
   consistent LSN: every transaction committed before it is in the snapshot, every
   later one comes from the slot.
 * **Change runs**: the server's WAL is flushed past a point ``upto`` taken at
