@@ -237,7 +237,7 @@ def _decode(owner: Any, members: list[_Member], upto: int) -> tuple[int, bool]:
     """
     for member in members:
         member.reader._prepare_stage()
-    route = {member.reader._oid: member for member in members}
+    route = {oid: member for member in members for oid in member.reader._oids}
     settings = owner._settings
     decoder = Decoder()
     cursor = owner._conn.cursor(name="dativo_cdc_changes")

@@ -88,9 +88,9 @@ class PostgresChangeReader(PsycopgPostgresReader):
             self._keys = primary_key(self._side, self._relation)
         except psycopg.Error as exc:
             raise translate_error(exc, self._info, table=self._spec.table) from exc
-        oid = self._side.execute("SELECT %s::regclass::oid", (self._relation,)).fetchone()
-        assert oid is not None
-        self._oid = int(oid[0])
+        # Its changes arrive under its own oid, or a partition's (pgoutput publishes the leaf partitions).
+        tree = self._side.execute("SELECT relid::oid FROM pg_partition_tree(%s::regclass)", (self._relation,))
+        self._oids = {int(row[0]) for row in tree.fetchall()}
         self._exported: ExportedSlot | HeldSnapshot | None = None
         self._held: list[ExportedSlot | HeldSnapshot] = []
         self._workdir: Path | None = None
