@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from peers import DLT_BACKENDS, PEER_REQUIREMENTS, peers_python
 
 from dativo.config.models import EngineConfig
 
@@ -61,12 +62,17 @@ DSN_ENV = "DATIVO_BENCH_DSN"
 TABLE_VERSION = 1
 TARGET_TABLE = "bench.wide"
 
-# Targets the report checks (and prints; it never fails the command on them).
-TARGET_RATIO_TO_FLOOR = 1.5
-TARGET_PEAK_RSS_MB = 300.0
+# Targets the report checks (and prints; it never fails the command on them); issue 15's figures.
+TARGET_RATIO_TO_FLOOR = 1.35  # default reader
+TARGET_RUST_RATIO_TO_FLOOR = 1.15  # postgres-rs, one connection
+TARGET_PEAK_RSS_MB = 256.0
 TARGET_SPEEDUP_VS_ROWWISE = 5.0
+TARGET_ONE_ROW_S = 1.0
+TARGET_ONE_ROW_RSS_MB = 150.0
+TARGET_VERSION_S = 0.3
+TARGET_PEER_SLOWDOWN = 2.5  # dlt's fastest backend takes at least this times dativo's time
 
-Role = Literal["floor", "dativo", "baseline"]
+Role = Literal["floor", "dativo", "baseline", "peer", "startup"]
 Phase = Literal["warmup", "run", "scaling"]
 
 
@@ -463,6 +469,8 @@ class Variant:
     default: bool = True
     #: Also sample the summed RSS of the whole process tree (for variants that spawn workers).
     sample_tree_rss: bool = False
+    #: Rows the variant must report (None: the whole source table).
+    expected_rows: int | None = None
 
 
 def _pg_client_env(dsn: str) -> tuple[list[str], dict[str, str]]:
@@ -504,6 +512,36 @@ def _sqlalchemy_build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> 
         return Outcome(rows=int(json.loads(lines[-1])["rows"]) if lines else None)
 
     return Invocation(argv=argv, env={DSN_ENV: ctx.dsn}, cwd=run_dir, outcome=outcome)
+
+
+def _version_build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
+    return Invocation(argv=[*ctx.dativo, "--version"], env={}, cwd=run_dir, outcome=lambda d: Outcome(rows=0))
+
+
+def _dlt_build(backend: str) -> Callable[[BenchContext, SourceTable, Path], Invocation]:
+    """dlt's sql_table with ``backend`` into Parquet files (benchmarks/dlt_job.py in the peers' venv)."""
+
+    def build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
+        out = run_dir / "dlt"
+        argv = [peers_python(log), str(HERE / "dlt_job.py"), "--table", source.name, "--backend", backend]
+        argv += ["--out", str(out), "--chunk-size", str(ctx.batch_size)]
+
+        def outcome(directory: Path) -> Outcome:
+            lines = (directory / "stdout.txt").read_text().strip().splitlines()
+            return Outcome(rows=int(json.loads(lines[-1])["rows"]) if lines else None)
+
+        def verify(src: SourceTable) -> dict[str, int]:
+            table = _split_table(src.name)[1]
+            fp = parquet_fingerprint(next((out / "data" / "bench").glob(table)))
+            dlt_columns = [k for k in fp if k.startswith("non_null._dlt_")]
+            for k in dlt_columns:  # dlt's own _dlt_load_id / _dlt_id bookkeeping columns
+                del fp[k]
+            fp["columns"] -= len(dlt_columns)
+            return fp
+
+        return Invocation(argv=argv, env={DSN_ENV: ctx.dsn}, cwd=run_dir, outcome=outcome, verify=verify)
+
+    return build
 
 
 def _engine_overhead_build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
@@ -578,6 +616,8 @@ def dativo_variant(
     default: bool = True,
     sample_tree_rss: bool = False,
     verify_iceberg: bool = True,
+    role: Role = "dativo",
+    expected_rows: int | None = None,
 ) -> Variant:
     """A variant that runs ``dativo run --quiet`` from the source table into a fresh embedded Iceberg table.
 
@@ -628,11 +668,12 @@ def dativo_variant(
     return Variant(
         key=key,
         label=label,
-        role="dativo",
+        role=role,
         description=description,
         build=build,
         default=default,
         sample_tree_rss=sample_tree_rss,
+        expected_rows=expected_rows,
     )
 
 
@@ -783,6 +824,35 @@ VARIANTS: list[Variant] = [
         "one stream, into Iceberg",
         sample_tree_rss=True,
     ),
+    dativo_variant(
+        "one-row",
+        "dativo 1-row job (start-up)",
+        job={"source": {"table": None, "query": "SELECT * FROM public.wide WHERE id = 1"}},
+        description="a 1-row PostgreSQL -> Iceberg job, default reader: start-up, planning and one commit",
+        verify_iceberg=False,
+        role="startup",
+        expected_rows=1,
+    ),
+    Variant(
+        key="version",
+        label="dativo --version",
+        role="startup",
+        description="the console script's --version: interpreter start-up plus dativo's entry point",
+        build=_version_build,
+        expected_rows=0,
+    ),
+    *[
+        Variant(
+            key=f"dlt-{backend}",
+            label=f"peer: dlt sql_table, {backend} backend -> parquet",
+            role="peer",
+            description=f"dlt {PEER_REQUIREMENTS[0].split('==')[1]} sql_table(backend='{backend}') into local "
+            "Parquet files (filesystem destination), from its own venv (benchmarks/peers.py)",
+            build=_dlt_build(backend),
+            default=False,
+        )
+        for backend in DLT_BACKENDS
+    ],
     Variant(
         key="engine",
         label="engine overhead: memory -> null writer",
@@ -895,8 +965,9 @@ class Runner:
             except (OSError, ValueError, KeyError) as exc:
                 error = f"could not read the outcome: {exc!r}"
             else:
-                if outcome.rows != source.rows:
-                    error = f"reported {outcome.rows} rows, expected {source.rows}"
+                expected = source.rows if variant.expected_rows is None else variant.expected_rows
+                if outcome.rows != expected:
+                    error = f"reported {outcome.rows} rows, expected {expected}"
         m = Measurement(
             variant=variant.key,
             phase=phase,
@@ -946,7 +1017,7 @@ class Runner:
             m = self.measure(variant, source, phase, run)
             if variant.role == "floor":
                 floor = m if m.ok else None
-            elif m.ok and floor is not None and floor.wall_s > 0:
+            elif m.ok and floor is not None and floor.wall_s > 0 and variant.role != "startup":
                 m.ratio_to_floor = round(m.wall_s / floor.wall_s, 3)
 
 
@@ -1002,6 +1073,41 @@ def check_targets(summary: Mapping[str, Mapping[str, Any]], variants: Sequence[V
             "met": None if ratio is None else ratio <= TARGET_RATIO_TO_FLOOR,
         }
     )
+    rust = summary.get("rust-1", {}).get("median_ratio_to_floor")
+    targets.append(
+        {
+            "target": f"postgres-rs, 1 connection <= {TARGET_RUST_RATIO_TO_FLOOR}x floor",
+            "value": rust,
+            "met": None if rust is None else rust <= TARGET_RUST_RATIO_TO_FLOOR,
+        }
+    )
+    for key, limit, what in [
+        ("one-row", TARGET_ONE_ROW_S, "1-row job wall"),
+        ("version", TARGET_VERSION_S, "dativo --version wall"),
+    ]:
+        wall = summary.get(key, {}).get("median_wall_s")
+        met = None if wall is None else wall <= limit
+        targets.append({"target": f"{what} <= {limit} s", "value": wall, "met": met})
+    one_row_rss = summary.get("one-row", {}).get("max_peak_rss_mb")
+    targets.append(
+        {
+            "target": f"1-row job peak RSS <= {TARGET_ONE_ROW_RSS_MB:.0f} MB",
+            "value": one_row_rss,
+            "met": None if one_row_rss is None else one_row_rss <= TARGET_ONE_ROW_RSS_MB,
+        }
+    )
+    peer_walls = [summary.get(f"dlt-{b}", {}).get("median_wall_s") for b in DLT_BACKENDS]
+    fastest_peer = min((w for w in peer_walls if w), default=None)
+    slowdown = None
+    if fastest_peer and adbc.get("median_wall_s"):
+        slowdown = round(fastest_peer / adbc["median_wall_s"], 2)
+    targets.append(
+        {
+            "target": f"dlt's fastest backend takes >= {TARGET_PEER_SLOWDOWN}x dativo's (adbc) time",
+            "value": slowdown,
+            "met": None if slowdown is None else slowdown >= TARGET_PEER_SLOWDOWN,
+        }
+    )
     for v in variants:
         if v.role != "dativo":
             continue
@@ -1043,6 +1149,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align:
     return "\n".join(lines)
 
 
+def _ratio_to(summary: Mapping[str, Mapping[str, Any]], v: Variant, key: str) -> float | None:
+    """``v``'s median wall over variant ``key``'s (peers and baselines only; None when either is missing)."""
+    mine, theirs = summary.get(v.key, {}).get("median_wall_s"), summary.get(key, {}).get("median_wall_s")
+    if v.role not in ("peer", "baseline") or not mine or not theirs:
+        return None
+    return round(mine / theirs, 2)
+
+
 def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str:
     """The Markdown report printed at the end (and saved next to the JSON)."""
     meta, cfg = result["machine"], result["config"]
@@ -1059,7 +1173,7 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
     for v in variants:
         s = result["summary"].get(v.key, {})
         if not s.get("ok_runs"):
-            rows.append([v.label, "failed", "-", "-", "-", "-", "-", "-"])
+            rows.append([v.label, "failed", "-", "-", "-", "-", "-", "-", "-"])
             continue
         rss = _fmt(s["max_peak_rss_mb"], ".0f")
         if s.get("max_tree_rss_mb") is not None:
@@ -1070,6 +1184,7 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
                 _fmt(s["median_wall_s"], ".2f"),
                 f"{s['min_wall_s']:.2f} / {s['max_wall_s']:.2f}",
                 "1.00" if v.role == "floor" else _fmt(s["median_ratio_to_floor"], ".2f"),
+                _fmt(_ratio_to(result["summary"], v, "adbc"), ".2f"),
                 rss,
                 _fmt(s["rows_per_s"], ",.0f"),
                 _fmt(s["median_cpu_s"], ".2f"),
@@ -1083,6 +1198,7 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
                 "median wall s",
                 "min / max s",
                 "x floor",
+                "x dativo",
                 "peak RSS MB",
                 "rows/s",
                 "client CPU s",
@@ -1093,7 +1209,10 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
     )
     parts += [
         "",
-        "- *x floor*: median over runs of (variant wall / floor wall of the same run).",
+        "- *x floor*: median over runs of (variant wall / floor wall of the same run); not given for start-up rows.",
+        "- *x dativo*: median wall / the default dativo variant's (adbc) median wall; above 1 is slower than dativo.",
+        "- Peers (dlt) run from their own venv (benchmarks/peers.py). Sling and ingestr are not measured: both "
+        "download binaries or DuckDB extensions at run time from hosts these machines cannot reach.",
         "- *peak RSS*: worst run; `ru_maxrss` of the child from `wait4` (largest single process); "
         f"figures near {meta.get('rss_measurement_floor_mb')} MB (what `true` reports) are at most that.",
         "- *client CPU s*: user + system CPU of the child (the server's CPU is not included).",
