@@ -89,7 +89,11 @@ class PostgresChangeReader(PsycopgPostgresReader):
         except psycopg.Error as exc:
             raise translate_error(exc, self._info, table=self._spec.table) from exc
         # Its changes arrive under its own oid, or a partition's (pgoutput publishes the leaf partitions).
-        tree = self._side.execute("SELECT relid::oid FROM pg_partition_tree(%s::regclass)", (self._relation,))
+        # (pg_partition_tree is empty for a table that is not partitioned.)
+        tree = self._side.execute(
+            "SELECT %s::regclass::oid UNION SELECT relid::oid FROM pg_partition_tree(%s::regclass)",
+            (self._relation, self._relation),
+        )
         self._oids = {int(row[0]) for row in tree.fetchall()}
         self._exported: ExportedSlot | HeldSnapshot | None = None
         self._held: list[ExportedSlot | HeldSnapshot] = []
