@@ -16,12 +16,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dativo.engine.cdc import ChangeTable, _confirm
-from dativo.engine.pipeline import ProgressSink, _call, new_summary
-from dativo.engine.plan import build_plan
 from dativo.errors import ConfigError, SourceError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the run's modules load when a group runs: planning streams stays light
+    from dativo.engine.cdc import ChangeTable
+    from dativo.engine.pipeline import ProgressSink
     from dativo.engine.streams import Stream, StreamOutcome
 
 __all__ = ["change_groups", "check_whole_groups", "run_change_group"]
@@ -80,6 +79,9 @@ def run_change_group(
     is logged (the next run advances it). KeyboardInterrupt aborts the uncommitted tables and
     propagates. Nothing is retried within the run: the next run reads again what was not committed.
     """
+    from dativo.engine.cdc import ChangeTable
+    from dativo.engine.pipeline import _call, new_summary
+    from dativo.engine.plan import build_plan
     from dativo.engine.streams import StreamOutcome
 
     tables: list[ChangeTable] = []
@@ -179,6 +181,8 @@ def _advance(ready: list[ChangeTable], errors: dict[int, BaseException], held: l
             exc,
         )
         return
+    from dativo.engine.cdc import _confirm
+
     facts = _confirm(owner.change_reader, owner.names[0], least)
     for table in ready:
         if id(table) not in errors:

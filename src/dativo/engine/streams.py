@@ -20,7 +20,6 @@ from typing import Any
 from dativo.config.loader import LoadedJob, LoadedStreams
 from dativo.config.streams import StreamEntry, fill_template, split_name
 from dativo.engine import pipeline
-from dativo.engine.cdc_group import change_groups, check_whole_groups, run_change_group
 from dativo.engine.plan import build_plan
 from dativo.engine.retry import run_job
 from dativo.errors import ConfigError, DativoError, SourceError, is_transient
@@ -80,6 +79,8 @@ def plan_streams(loaded: LoadedJob | LoadedStreams, select: Sequence[str] | None
     streams = list(out.values())
     _no_shared_targets(loaded, streams)
     chosen = select_streams(streams, select, loaded.path.name)
+    from dativo.engine.cdc_group import check_whole_groups
+
     check_whole_groups(streams, chosen, loaded.path.name)  # the tables of one slot run together
     return chosen
 
@@ -239,6 +240,8 @@ def run_streams(
     streams that finished before stay committed. ``on_done`` sees each outcome as it ends.
     The ``source.cdc`` streams sharing a slot run first, together (dativo.engine.cdc_group).
     """
+    from dativo.engine.cdc_group import change_groups, run_change_group
+
     original = list(streams)
     groups, streams = change_groups(streams)
     if groups:  # source.cdc streams sharing a slot: read once, committed per table (docs/cdc.md)

@@ -7,9 +7,9 @@ cdc/group.py, which also holds the decision of each run's start).
 * **First run** (nothing committed): the slot is created over a replication
   connection with its snapshot exported, and the table is read inside that
   snapshot (a slot that exists already: a fresh snapshot, positioned at the slot's
-  confirmed LSN, the overlap replayed idempotently by the next run). The target is replaced by those rows, committed with the slot's
-  consistent LSN: every transaction committed before it is in the snapshot, every
-  later one comes from the slot.
+  confirmed LSN, the overlap replayed idempotently by the next run). The target
+  is replaced by those rows, committed with the slot's consistent LSN: every
+  transaction committed before it is in the snapshot, every later one comes from the slot.
 * **Change runs**: the server's WAL is flushed past a point ``upto`` taken at
   the start; the slot's changes up to it are read with
   ``pg_logical_slot_peek_binary_changes`` (``pgoutput``, decoded in Python),
