@@ -118,6 +118,21 @@ class ChangeTable:
         self.schema = _declared_schema(self.reader, names[0])
         self.keys = _keys(plan, self.change_reader, names[0])
 
+    def begin_with(self, tables: Sequence[ChangeTable], held: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """Start ``tables`` (this one first) of one slot together; one start each (``begin_changes_together``).
+
+        ``held``: committed positions of the slot's tables that do not run now. Raises ConfigError
+        when the reader cannot serve several tables from one slot; the reader's errors propagate.
+        """
+        begin = getattr(self.change_reader, "begin_changes_together", None)
+        if begin is None:
+            raise ConfigError(
+                f"reader '{self.names[0]}' cannot read several tables from one slot; "
+                "give each stream its own source.cdc.slot and publication"
+            )
+        members = [(t.change_reader, t.committed, t.keys) for t in tables]
+        return list(_call(begin, self.names[0], "begin_changes_together", members, held, role="reader"))
+
     def apply(self, start: Mapping[str, Any], progress: ProgressSink | None) -> None:
         """Write what ``start`` announced as one commit with its position; raises (after aborting) on failure."""
         plan, names, summary = self.plan, self.names, self.summary

@@ -80,7 +80,7 @@ def run_change_group(
     propagates. Nothing is retried within the run: the next run reads again what was not committed.
     """
     from dativo.engine.cdc import ChangeTable
-    from dativo.engine.pipeline import _call, new_summary
+    from dativo.engine.pipeline import new_summary
     from dativo.engine.plan import build_plan
     from dativo.engine.streams import StreamOutcome
 
@@ -110,15 +110,7 @@ def run_change_group(
         starts: list[Any] = []
         if ready:
             try:
-                owner = ready[0]
-                begin = getattr(owner.change_reader, "begin_changes_together", None)
-                if begin is None:
-                    raise ConfigError(
-                        f"reader '{owner.names[0]}' cannot read several tables from one slot; "
-                        "give each stream its own source.cdc.slot and publication"
-                    )
-                members = [(t.change_reader, t.committed, t.keys) for t in ready]
-                starts = list(_call(begin, owner.names[0], "begin_changes_together", members, held, role="reader"))
+                starts = ready[0].begin_with(ready, held)
             except Exception as exc:
                 for table in ready:
                     table.fail(exc)
