@@ -281,3 +281,39 @@ def test_a_table_that_cannot_start_holds_the_slot_at_what_it_committed(tmp_path,
     assert run(path).returncode == 0
     assert_equal(tmp_path, pg_db)
     assert slot_lsn(pg_db) > before
+
+
+def test_a_slot_busy_with_another_reader_is_retried_then_every_table_commits(tmp_path, pg_db):
+    make_tables(pg_db, 10)
+    path = streams_job(tmp_path, pg_db)
+    assert run(path).returncode == 0
+    changes(pg_db, 1)
+
+    def hold_slot(seconds: int) -> subprocess.Popen:
+        """Another consumer holds the slot (active) for ``seconds``: the shared start fails, transiently."""
+        recvlogical = str(pg_db.server.bindir / "pg_recvlogical")
+        holder = subprocess.Popen(
+            ["timeout", str(seconds), recvlogical, "-d", pg_db.dsn, "--slot", "dativo_shop", "--start",
+             "-o", "proto_version=1", "-o", "publication_names=dativo_shop", "-f", "/dev/null"],
+        )  # fmt: skip
+        wait_for(lambda: pg_db.execute("SELECT active FROM pg_replication_slots") == [(True,)], timeout=30)
+        return holder
+
+    holder = hold_slot(60)
+    try:
+        busy = summary_failing(path, tmp_path)  # one attempt only (max_attempts: 1)
+    finally:
+        holder.terminate()  # timeout passes SIGTERM on to pg_recvlogical
+        holder.wait()
+    assert {s["status"] for s in busy["streams"]} == {"failed"}
+    assert all("active" in s["error"] for s in busy["streams"]), busy["streams"]
+    wait_for(lambda: pg_db.execute("SELECT active FROM pg_replication_slots") == [(False,)], timeout=30)
+    path.write_text(path.read_text().replace("max_attempts: 1", "max_attempts: 12, initial_delay_s: 1, max_delay_s: 2"))
+    holder = hold_slot(8)  # gone after 8 s, while the run retries (start-up is a few seconds)
+    try:
+        retried = summary(path, tmp_path)
+    finally:
+        holder.terminate()  # timeout passes SIGTERM on to pg_recvlogical
+        holder.wait()
+    assert all(s["attempt"] >= 2 for s in retried["streams"]), [s["attempt"] for s in retried["streams"]]
+    assert_equal(tmp_path, pg_db)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dativo.errors import ConfigError, SourceError
+from dativo.errors import ConfigError, SourceError, is_transient
 
 if TYPE_CHECKING:  # the run's modules load when a group runs: planning streams stays light
     from dativo.engine.cdc import ChangeTable
@@ -75,10 +77,38 @@ def run_change_group(
 
     A stream that cannot start, or whose write or commit fails, has its error in its outcome
     and leaves the others to commit; a failure of the shared start (the slot) fails every
-    stream. The slot is advanced only to what every table committed; a failure to advance it
-    is logged (the next run advances it). KeyboardInterrupt aborts the uncommitted tables and
-    propagates. Nothing is retried within the run: the next run reads again what was not committed.
+    stream, and is retried as ``engine.retry`` says when it is transient (the slot busy with
+    another run, a lost connection) — nothing was committed then. The slot is advanced only to
+    what every table committed; a failure to advance it is logged (the next run advances it).
+    KeyboardInterrupt aborts the uncommitted tables and propagates. A table's own failure is not
+    retried within the run: the next run reads again what was not committed.
     """
+    policy = streams[0].job.config.engine.retry
+    attempt = 1
+    while True:
+        outcomes, shared = _attempt(streams, run_id, progress, attempt)
+        if shared is None or attempt >= policy.max_attempts or not is_transient(shared):
+            break
+        delay = min(policy.max_delay_s, policy.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        log.info(
+            "attempt %d of %d to start the tables of one slot failed with a transient error; retrying in %.1f s: %s",
+            attempt,
+            policy.max_attempts,
+            delay,
+            shared,
+        )
+        time.sleep(delay)
+        attempt += 1
+    for outcome in outcomes:
+        if on_done is not None:
+            on_done(outcome)
+    return outcomes
+
+
+def _attempt(
+    streams: Sequence[Stream], run_id: str | None, progress: ProgressSink | None, attempt: int
+) -> tuple[list[StreamOutcome], BaseException | None]:
+    """One attempt: the outcomes, and the error of the shared start if that is what failed."""
     from dativo.engine.cdc import ChangeTable
     from dativo.engine.pipeline import new_summary
     from dativo.engine.plan import build_plan
@@ -86,6 +116,7 @@ def run_change_group(
 
     tables: list[ChangeTable] = []
     errors: dict[int, BaseException] = {}
+    shared: BaseException | None = None
     try:
         for stream in streams:
             plan = build_plan(stream.job, run_id)
@@ -112,6 +143,7 @@ def run_change_group(
             try:
                 starts = ready[0].begin_with(ready, held)
             except Exception as exc:
+                shared = exc
                 for table in ready:
                     table.fail(exc)
                     errors[id(table)] = exc
@@ -135,13 +167,11 @@ def run_change_group(
     outcomes = []
     for stream, table in zip(streams, tables, strict=False):
         error = errors.get(id(table))
+        table.summary.attempt = attempt
         if error is None:
             table.summary.status = "succeeded"
-        outcome = StreamOutcome(stream, table.summary, error, 1)
-        if on_done is not None:
-            on_done(outcome)
-        outcomes.append(outcome)
-    return outcomes
+        outcomes.append(StreamOutcome(stream, table.summary, error, attempt))
+    return outcomes, shared
 
 
 def _not_run(blocker: ChangeTable, reason: BaseException) -> SourceError:
