@@ -685,7 +685,7 @@ def parquet_fingerprint(folder: Path, key_file: Path | None = None) -> dict[str,
     fp: dict[str, int] = {"rows": 0, "sum_id": 0}
     for path in sorted(folder.glob("*.parquet")):
         if key_file is not None:
-            from dativo.kms.local import LocalKeyFileKms
+            from dativo.encryption.kms.local import LocalKeyFileKms
             from dativo.targets.encrypted_parquet import read_encrypted
 
             table = read_encrypted(str(path), LocalKeyFileKms({"type": "local", "key_file": str(key_file)}, folder))
@@ -721,7 +721,7 @@ def parquet_target_variant(key: str, label: str, *, encrypted: bool, description
 
     def build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
         if encrypted:
-            from dativo.kms.local import new_key_file
+            from dativo.encryption.kms.local import new_key_file
 
             new_key_file(run_dir / "keys.json", ["footer_key", "phi_key"])
         invocation = base.build(ctx, source, run_dir)
@@ -754,8 +754,10 @@ VARIANTS: list[Variant] = [
     ),
     dativo_variant(
         "adbc",
-        "dativo postgres-adbc (default)",
-        description="dativo run --quiet, default ADBC reader, into a fresh embedded Iceberg table",
+        "dativo postgres-adbc",
+        reader="postgres-adbc",
+        description="dativo run --quiet, ADBC reader (the default without dativo[native]), into a fresh "
+        "embedded Iceberg table",
     ),
     dativo_variant(
         "psycopg",
@@ -766,12 +768,14 @@ VARIANTS: list[Variant] = [
     dativo_variant(
         "adbc-1",
         "dativo postgres-adbc, 1 connection",
+        reader="postgres-adbc",
         job={"source": {"parallelism": 1}},
         description="default ADBC reader, source.parallelism: 1 (one stream), into Iceberg",
     ),
     dativo_variant(
         "adbc-2",
         "dativo postgres-adbc, 2 connections",
+        reader="postgres-adbc",
         job={"source": {"parallelism": 2}},
         description="default ADBC reader, source.parallelism: 2 (ctid ranges in one exported snapshot), into Iceberg",
     ),
@@ -826,7 +830,7 @@ VARIANTS: list[Variant] = [
     ),
     dativo_variant(
         "one-row",
-        "dativo 1-row job (start-up)",
+        "dativo 1-row job (start-up, default reader)",
         job={"source": {"table": None, "query": "SELECT * FROM public.wide WHERE id = 1"}},
         description="a 1-row PostgreSQL -> Iceberg job, default reader: start-up, planning and one commit",
         verify_iceberg=False,

@@ -23,17 +23,9 @@ step "installing dativo with its test extras into $($python -c 'import sys; prin
 $python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 # The native PostgreSQL reader plugin (Rust + PyO3, built by maturin; needs cargo/rustc >= 1.74).
-# Its wheel is cached by the hash of its sources: built once, reinstalled in seconds.
-rs=plugins/postgres-rs
-rs_hash=$(cat "$rs/Cargo.toml" "$rs/Cargo.lock" "$rs/pyproject.toml" $(find "$rs/src" "$rs/python" -type f \( -name '*.rs' -o -name '*.py' \) | sort) | sha256sum | cut -c1-16)
-rs_wheels="$cache/postgres-rs-$rs_hash"
-if ! ls "$rs_wheels"/*.whl >/dev/null 2>&1; then
-  step "building the postgres-rs reader plugin (cargo --release via maturin; 3-6 minutes the first time)"
-  CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" $python -m pip wheel --quiet --disable-pip-version-check --no-deps \
-    -w "$rs_wheels.tmp" "./$rs"
-  rm -rf "$rs_wheels" && mv "$rs_wheels.tmp" "$rs_wheels"
-fi
-step "installing the postgres-rs reader plugin ($rs_hash)"
+# Its wheel is cached by the hash of its sources (scripts/install-native.sh): built once, reinstalled in seconds.
+rs_wheels=$(PYTHON=$python ./scripts/install-native.sh --wheel-only)
+step "installing the postgres-rs reader plugin ($(basename "$rs_wheels"))"
 $python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$rs_wheels"/*.whl
 
 # The suite starts its own PostgreSQL server (initdb + pg_ctl as an unprivileged user).

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dativo.audit import open_chain_key
+from dativo.encryption.audit import open_chain_key
+from dativo.encryption.kms import KmsClient, KmsError, load_kms
+from dativo.encryption.kms.aws import AwsKms
+from dativo.encryption.kms.local import LocalKeyFileKms
 from dativo.errors import ConfigError, PluginError, SourceError
-from dativo.kms import KmsClient, KmsError, load_kms
-from dativo.kms.aws import AwsKms
-from dativo.kms.local import LocalKeyFileKms
 from dativo.targets.encrypted_parquet import read_encrypted
 from test_postgres_readers import FIDELITY, create_fidelity_table, norm
 
@@ -537,10 +537,14 @@ def test_kms_clients_load_by_entry_point_or_import_path(tmp_path, key_file):
     custom = load_kms({"type": "test_encrypted_parquet:XorKms"}, tmp_path)
     assert isinstance(custom, XorKms)
     custom.check(["any"])  # the default check round-trips a random key
-    with pytest.raises(ConfigError, match=r"unknown KMS type 'vault' \(known: aws-kms, local"):
+    with pytest.raises(
+        PluginError, match=r"KMS client 'vault': no installed KMS client has that name .*aws-kms, local"
+    ):
         load_kms({"type": "vault"}, tmp_path)
-    with pytest.raises(PluginError, match=r"not a subclass of dativo\.kms\.KmsClient"):
+    with pytest.raises(PluginError, match=r"KMS client 'json:dumps' is a function, not a class"):
         load_kms({"type": "json:dumps"}, tmp_path)
+    with pytest.raises(PluginError, match=r"not a subclass of dativo\.encryption\.kms\.KmsClient"):
+        load_kms({"type": "pathlib:Path"}, tmp_path)
 
 
 def test_a_damaged_log_tail_stops_the_next_run_before_it_writes(audited, tmp_path):

@@ -19,9 +19,9 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
-from dativo.audit import AuditLog, canonical
-from dativo.kms.aws import AwsKms
-from dativo.kms.local import LocalKeyFileKms
+from dativo.encryption.audit import AuditLog, canonical
+from dativo.encryption.kms.aws import AwsKms
+from dativo.encryption.kms.local import LocalKeyFileKms
 from dativo.targets.encrypted_parquet import read_encrypted
 from test_encrypted_parquet import audit_records, aws_target, csv_source, local_target, write_job
 

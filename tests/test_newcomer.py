@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dativo.scaffold import generate
+from dativo.testing.scaffold import generate
 
 from support.cli import assert_one_line_error, dativo
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dativo import SDK_API_VERSION
-from dativo.scaffold import generate
+from dativo.testing.scaffold import generate
 
 from support.cli import dativo
 

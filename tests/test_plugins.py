@@ -73,8 +73,8 @@ def test_wrong_api_version_states_both_versions():
         ("1.1", True),
         ("^1.1.0", True),
         (">=1.0,<2", True),
-        (">=1.1,<1.4", True),
-        ("1.4", False),  # needs an SDK newer than this one
+        (">=1.1,<1.5", True),
+        ("1.5", False),  # needs an SDK newer than this one
         (">=2,<3", False),
         ("0.9", False),
     ],

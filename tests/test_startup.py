@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from dativo import SDK_API_VERSION, __version__
 
@@ -38,3 +39,68 @@ def test_the_lazy_names_are_exactly_what_the_sdk_and_the_api_export():
     assert set(dativo._SDK) | {"SDK_API_VERSION"} == set(sdk.__all__) - protocols
     assert set(dativo._API) <= set(api.__all__)
     assert {name for name in dativo.__all__ if not name.startswith("__")} >= set(dativo._SDK) | set(dativo._API)
+
+
+# What the CLI, config parsing and plan building must not import (issue 15): a run loads these when it
+# needs them, `validate --offline` never does.
+NEVER_OFFLINE = {"pyiceberg", "sqlalchemy", "adbc_driver_manager", "adbc_driver_postgresql", "boto3", "psycopg"}
+
+
+def write_job(tmp_path, source: str) -> str:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: startup\nsource:\n{source}\ntarget:\n  connector: iceberg\n  table: demo.items\n")
+    return str(job)
+
+
+def test_validate_offline_imports_no_pyiceberg_sqlalchemy_or_pyarrow_compute(tmp_path):
+    job = write_job(tmp_path, "  connector: sqlite\n  path: items.db\n  table: items")
+    names, stdout = imported_modules("-m", "dativo", "validate", "--offline", job)
+    assert "reader sqlite, writer iceberg" in stdout
+    heavy = NEVER_OFFLINE | {"pyarrow.compute", "pyarrow.dataset", "pyarrow.parquet"}
+    assert not heavy & names, sorted(heavy & names)
+    # the audit, KMS, CDC and maintenance commands load only when they run
+    assert not {"dativo.cli_audit", "dativo.cli_cdc", "dativo.cli_maintain", "dativo.engine.pipeline"} & names
+
+
+def test_validate_offline_of_a_postgres_job_connects_nowhere_and_imports_no_driver(tmp_path):
+    dsn = "postgresql://nobody@127.0.0.1:9/nowhere"  # port 9 (discard): nothing may connect to it
+    job = write_job(tmp_path, f"  connector: postgres\n  connection: {{dsn: '{dsn}'}}\n  table: public.items")
+    names, stdout = imported_modules("-m", "dativo", "validate", "--offline", job)
+    assert "writer iceberg" in stdout and "reader postgres-" in stdout
+    assert not NEVER_OFFLINE & names, sorted(NEVER_OFFLINE & names)
+
+
+def test_help_lists_the_lazy_commands_and_they_still_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dativo", "--help"], capture_output=True, text=True, timeout=120, check=True
+    )
+    for command in ("run", "validate", "audit", "kms", "cdc", "decrypt", "maintain", "plugins"):
+        assert f" {command} " in result.stdout, command
+    result = subprocess.run(
+        [sys.executable, "-m", "dativo", "cdc", "--help"], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "status" in result.stdout and "drop" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "dativo", "audti"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "No such command 'audti'" in result.stderr
+
+
+def test_a_writer_made_from_the_light_entry_class_is_the_full_iceberg_writer():
+    from dativo.core.registry import resolve_plugin
+    from dativo.targets.iceberg import writer as full
+
+    ref = resolve_plugin("writer", "iceberg", Path.cwd())
+    instance = ref.cls()
+    assert type(instance) is full.IcebergWriter and isinstance(instance, ref.cls)
+    assert ref.cls.supported_modes == full.IcebergWriter.supported_modes == {"append", "overwrite", "merge"}
+
+
+def test_a_run_into_the_embedded_catalog_imports_the_sql_catalog_only(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "items.db") as db:
+        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO items VALUES (1, 'one')")
+    job = write_job(tmp_path, "  connector: sqlite\n  connection: {path: items.db}\n  table: items")
+    names, _ = imported_modules("-m", "dativo", "run", "--quiet", job)
+    assert "pyiceberg.catalog.sql" in names  # the embedded catalog
+    assert not {"pyiceberg.catalog.rest", "requests", "boto3", "adbc_driver_manager", "psycopg"} & names

@@ -215,11 +215,12 @@ def test_validate_discover_and_state_per_stream(lake):
 
 def test_import_dativo_does_not_load_the_engine():
     code = (
-        "import sys, dativo; loaded = lambda: 'dativo.engine.pipeline' in sys.modules; "
-        "print(loaded()); dativo.run; print(loaded())"
+        "import sys, dativo; loaded = lambda: [m in sys.modules for m in ('dativo.engine', 'dativo.engine.pipeline')]; "
+        "print(*loaded()); dativo.run; print(*loaded()); dativo.api.ProgressSink; print(*loaded())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "True"]
+    # the API loads the engine's planning; the pipeline (pyarrow.compute) only when a run or the sink needs it
+    assert out == ["False", "False", "True", "False", "True", "True"]
 
 
 def test_sigterm_aborts_running_streams_and_keeps_finished_ones(tmp_path):

@@ -3,7 +3,7 @@
 //
 // It does not decide types itself: dativo sends the canonical plan of the source in the
 // handshake (config.postgres_plan: the SQL, the Arrow schema and each column's kind, built by
-// dativo.connectors.postgres.types.describe_source), and this program decodes PostgreSQL's
+// dativo.postgres_sdk.describe_source), and this program decodes PostgreSQL's
 // binary values into exactly that schema, failing on the same values the built-in readers
 // fail on (numeric that does not fit, infinite dates, multi-dimensional arrays).
 package main
@@ -17,8 +17,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/big"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -85,9 +87,29 @@ type pluginError struct {
 	Message   string
 	Hint      string
 	Transient bool
+	Cause     error // the driver's error, if any: its SQLSTATE decides Transient in writeError
 }
 
 func (e *pluginError) Error() string { return e.Message }
+func (e *pluginError) Unwrap() error { return e.Cause }
+
+// transientSQLState mirrors dativo.postgres_sdk.is_transient_sqlstate: connection exceptions (08),
+// insufficient resources (53), system errors (58), serialization failures and deadlocks, a lock not
+// available, and the server ending or refusing the session (57P01-57P03, 57P05). Everything else,
+// authentication (28), syntax and undefined objects (42), data (22) ..., is terminal.
+func transientSQLState(code string) bool {
+	switch code {
+	case "40001", "40P01", "55P03", "57P01", "57P02", "57P03", "57P05":
+		return true
+	}
+	return strings.HasPrefix(code, "08") || strings.HasPrefix(code, "53") || strings.HasPrefix(code, "58")
+}
+
+// connectionLost: the client lost the connection without a server error (socket closed, timeout).
+func connectionLost(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &netErr) || pgconn.Timeout(err)
+}
 
 func schemaError(msg, hint string) error {
 	return &pluginError{Class: "SchemaError", Message: msg, Hint: hint}
@@ -103,9 +125,13 @@ func writeError(err error, fallback string) {
 		}
 		record["transient"] = pe.Transient
 	}
+	// Transient by SQLSTATE where the server sent one, else by the error's type; never by its text.
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		record["message"] = "PostgreSQL: " + pgErr.Message
+		record["transient"] = transientSQLState(pgErr.Code)
+	} else if pe == nil && connectionLost(err) {
+		record["transient"] = true
 	}
 	line, _ := json.Marshal(record)
 	os.Stderr.Write(append(line, '\n'))
@@ -187,7 +213,7 @@ func serve(p *plan, in *bufio.Reader, out *bufio.Writer) error {
 	}
 	conn, err := pgconn.ConnectConfig(ctx, config)
 	if err != nil {
-		return &pluginError{Class: "SourceError", Message: "cannot connect to PostgreSQL: " + err.Error(), Transient: true}
+		return &pluginError{Class: "SourceError", Message: "cannot connect to PostgreSQL: " + err.Error(), Transient: true, Cause: err}
 	}
 	defer conn.Close(context.Background())
 

@@ -47,11 +47,13 @@ if TYPE_CHECKING:  # the SDK needs pyarrow and the Python API the engine: both l
     )
     from dativo.sdk import (
         CHANGE_COLUMNS,
+        FAULT_HOOK_KEY,
         BatchLike,
         ChangeReader,
         DataReader,
         DataWriter,
         DescribesTargetTypes,
+        FaultHook,
         IncrementalReader,
         ListsTables,
         PartitionedReader,
@@ -59,6 +61,9 @@ if TYPE_CHECKING:  # the SDK needs pyarrow and the Python API the engine: both l
         ReadPartition,
         StatefulWriter,
         WriteMode,
+        fault_hook,
+        redact,
+        register_secret,
     )
 
 #: Names of the Python API (dativo.api), imported on first access (PEP 562) so ``import dativo`` stays cheap.
@@ -89,6 +94,8 @@ _SDK = frozenset(
         "DataReader",
         "DataWriter",
         "DescribesTargetTypes",
+        "FAULT_HOOK_KEY",
+        "FaultHook",
         "IncrementalReader",
         "ListsTables",
         "PartitionedReader",
@@ -96,6 +103,9 @@ _SDK = frozenset(
         "ReadPartition",
         "StatefulWriter",
         "WriteMode",
+        "fault_hook",
+        "redact",
+        "register_secret",
     }
 )
 
@@ -115,6 +125,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CHANGE_COLUMNS",
+    "FAULT_HOOK_KEY",
     "SDK_API_VERSION",
     "BatchLike",
     "ChangeReader",
@@ -124,6 +135,7 @@ __all__ = [
     "DativoError",
     "DescribesTargetTypes",
     "DiscoveredStream",
+    "FaultHook",
     "IncrementalReader",
     "Job",
     "ListsTables",
@@ -144,8 +156,11 @@ __all__ = [
     "WriteMode",
     "__version__",
     "discover",
+    "fault_hook",
     "list_streams",
     "load_job",
+    "redact",
+    "register_secret",
     "run",
     "validate",
 ]

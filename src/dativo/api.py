@@ -22,15 +22,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from dativo.config.loader import LoadedJob, LoadedStreams, load_job_file
-from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
 from dativo.engine.streams import Stream, StreamOutcome, plan_streams, run_streams, select_streams, windowed
 from dativo.errors import DativoError
+
+if TYPE_CHECKING:
+    from dativo.engine.pipeline import ProgressSink
 
 __all__ = [
     "DiscoveredStream",
@@ -49,7 +51,16 @@ __all__ = [
     "validate",
 ]
 
-ProgressSink = pipeline.ProgressSink
+
+def __getattr__(name: str) -> Any:
+    """``ProgressSink`` comes from the pipeline, which loads on first use (it imports pyarrow.compute)."""
+    if name == "ProgressSink":
+        from dativo.engine.pipeline import ProgressSink
+
+        return ProgressSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 RetryHook = Callable[[int, int, float, BaseException], None]
 
 
@@ -364,6 +375,8 @@ def validate(
             plan = build_plan(stream.job)
             reader, writer = plan.reader.ref.name, plan.writer.ref.name
             if not offline:
+                from dativo.engine import pipeline
+
                 pipeline.validate(plan)
             out.append(ValidatedStream(stream.name, reader, writer))
         except Exception as exc:
@@ -378,6 +391,9 @@ class DiscoveredStream:
     name: str
     schema: pa.Schema
     target_types: dict[str, str] | None
+    #: The reader and writer the stream would run with (e.g. ``postgres-rs`` where installed).
+    reader: str | None = None
+    writer: str | None = None
 
 
 def discover(job_or_path: JobLike, *, streams: Sequence[str] | None = None) -> list[DiscoveredStream]:
@@ -386,8 +402,12 @@ def discover(job_or_path: JobLike, *, streams: Sequence[str] | None = None) -> l
     Raises the first stream's error (SourceError for an unreachable source or missing
     table, TypeMappingError for a column the target cannot hold).
     """
+    from dativo.engine import pipeline
+
     out = []
     for stream in plan_streams(_job(job_or_path).loaded, streams):
-        schema, types = pipeline.discover(build_plan(stream.job))
-        out.append(DiscoveredStream(stream.name, schema, dict(types) if types is not None else None))
+        plan = build_plan(stream.job)
+        schema, types = pipeline.discover(plan)
+        target_types = dict(types) if types is not None else None
+        out.append(DiscoveredStream(stream.name, schema, target_types, plan.reader.ref.name, plan.writer.ref.name))
     return out

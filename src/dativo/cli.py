@@ -14,33 +14,36 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dativo import __version__
-from dativo import api as python_api
 from dativo._logging import configure_logging
+from dativo._sdk_version import SDK_API_VERSION
 from dativo._secrets import redact
-from dativo.cli_audit import audit_app, decrypt, kms_app
-from dativo.cli_cdc import cdc_app
 from dativo.cli_common import err, fail, out, state
-from dativo.cli_maintain import maintain
+from dativo.cli_lazy import LazyGroup, lazy_command
 from dativo.cli_streams import print_discovered, print_streams_summary, stream_errors
-from dativo.config.loader import LoadedStreams
-from dativo.core.registry import list_plugins
-from dativo.engine import pipeline
-from dativo.engine.plan import build_plan
-from dativo.engine.streams import Stream, plan_streams
 from dativo.errors import ConfigError, PluginError
-from dativo.sdk import SDK_API_VERSION
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from dativo import api as python_api
+    from dativo.engine import pipeline
+    from dativo.engine.streams import Stream
+
+# Only what every command needs is imported above: the engine, the Python API and the
+# plugins load inside the commands that use them, so `dativo validate --offline` and
+# `dativo --help` do not import pyiceberg, SQLAlchemy, ADBC or boto3 (issue 15).
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
+    cls=LazyGroup,
     name="dativo",
     help="Move tables into Iceberg and Parquet with pluggable Arrow readers and writers.",
     no_args_is_help=True,
@@ -51,13 +54,13 @@ plugins_app = typer.Typer(help="Inspect installed readers and writers.", no_args
 app.add_typer(plugins_app, name="plugins")
 state_app = typer.Typer(help="Inspect or reset the state a job commits with its data.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
-app.add_typer(audit_app, name="audit")  # encrypted-parquet: dativo audit verify LOG
-app.add_typer(kms_app, name="kms")
-app.add_typer(cdc_app, name="cdc")  # change data capture: dativo cdc status|drop JOB
 init_app = typer.Typer(help="Generate a new project from dativo's templates.", no_args_is_help=True)
 app.add_typer(init_app, name="init")
-app.command("decrypt")(decrypt)
-app.command("maintain")(maintain)  # iceberg: expire snapshots, remove orphans, compact
+lazy_command("audit", "dativo.cli_audit:audit_app")  # encrypted-parquet: dativo audit verify LOG
+lazy_command("kms", "dativo.cli_audit:kms_app")
+lazy_command("cdc", "dativo.cli_cdc:cdc_app")  # change data capture: dativo cdc status|drop JOB
+lazy_command("decrypt", "dativo.cli_audit:decrypt")
+lazy_command("maintain", "dativo.cli_maintain:maintain")  # iceberg: expire snapshots, remove orphans, compact
 
 
 def _flags_take_no_value() -> None:
@@ -134,6 +137,8 @@ def run(
             fail(ConfigError("--follow takes no --summary-json, --run-id or --stream (each commit is its own run)"))
         follow_changes(job, interval=None, quiet=quiet)
         return
+    from dativo import api as python_api
+
     loaded = _guard(lambda: _load(job))
     done: list[python_api.StreamResult] = []
     try:
@@ -180,6 +185,10 @@ def _streams_json(job: python_api.Job, done: list[python_api.StreamResult]) -> d
 @state_app.command("show")
 def state_show(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> None:
     """Print the state the job's last successful run committed with its data (JSON; one per stream)."""
+    from dativo.engine import pipeline
+    from dativo.engine.plan import build_plan
+    from dativo.engine.streams import plan_streams
+
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
@@ -197,6 +206,10 @@ def state_reset(
     debug: DebugOpt = False,
 ) -> None:
     """Forget the job's state: its next run reads from source.incremental.initial again."""
+    from dativo.engine import pipeline
+    from dativo.engine.plan import build_plan
+    from dativo.engine.streams import plan_streams
+
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
@@ -219,6 +232,8 @@ def validate(
     debug: DebugOpt = False,
 ) -> None:
     """Check a job file, its plugins and (unless --offline) the source's columns, the mode and the cursor."""
+    from dativo import api as python_api
+
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     results = _guard(lambda: python_api.validate(loaded, streams=stream, offline=offline))
@@ -241,6 +256,10 @@ def validate(
 @app.command()
 def check(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> None:
     """Connect to the source and the target with the job's credentials."""
+    from dativo.engine import pipeline
+    from dativo.engine.plan import build_plan
+    from dativo.engine.streams import plan_streams
+
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
@@ -277,6 +296,8 @@ def discover(
     debug: DebugOpt = False,
 ) -> None:
     """Print the source schema as Arrow types and as the target types it will become."""
+    from dativo import api as python_api
+
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     found = _guard(lambda: python_api.discover(loaded, streams=stream))
@@ -286,6 +307,8 @@ def discover(
 @plugins_app.command("list")
 def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List every reader and writer a job can name, with origin and SDK API version."""
+    from dativo.core.registry import list_plugins
+
     rows = list_plugins()
     if as_json:
         keys = ("kind", "name", "origin", "api_version", "problem")
@@ -314,7 +337,7 @@ def init_plugin(
     force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
 ) -> None:
     """Generate a buildable plugin project (code, packaging, example job, conformance tests, README)."""
-    from dativo.scaffold import generate
+    from dativo.testing.scaffold import generate
 
     dest = directory or Path(name)
     written = _guard(lambda: generate(name, kind, lang, dest, force))  # type: ignore[arg-type]
@@ -364,6 +387,8 @@ def plugins_certify(
 
 def _load(path: Path) -> python_api.Job:
     """Load the job file and remember it, so errors about a key can point at its line."""
+    from dativo import api as python_api
+
     job = python_api.load_job(path)
     state["job"] = job.loaded
     return job
@@ -386,6 +411,8 @@ def _guard(action: Callable[[], T], stream: Stream | None = None, *, streams: bo
 
 def _print_stream_errors(failures: list[tuple[str, BaseException]], job: python_api.Job | None) -> None:
     """One ``error: stream NAME: ...`` line per problem of each failed stream."""
+    from dativo.config.loader import LoadedStreams
+
     streams = (
         {s.key: s.job for s in job.loaded.entries} if job is not None and isinstance(job.loaded, LoadedStreams) else {}
     )
@@ -412,6 +439,8 @@ def _progress(quiet: bool) -> Iterator[pipeline.ProgressSink | None]:
     if quiet or not err.is_terminal:
         yield None
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn("[bold]{task.fields[rows]:,}[/bold] rows"),
         TextColumn("{task.fields[mb]:,.1f} MB"),

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from dativo._secrets import redact
-from dativo.audit import AuditLog
+from dativo.encryption.audit import AuditLog
+from dativo.encryption.kms import KmsClient, scrub
 from dativo.errors import ConfigError
-from dativo.kms import KmsClient, scrub
 from dativo.targets._encryption import ReadFile
 
 __all__ = ["job_audit_log", "record_access"]
@@ -64,7 +64,7 @@ def record_access(
     error: str | None = None,
 ) -> None:
     """Append one ``access`` record (and refresh the log's copy); raises TargetError / KmsError when it cannot."""
-    from dativo.audit import who
+    from dativo.encryption.audit import who
 
     log.append(
         "access",

@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import typer
 
 from dativo._secrets import redact
-from dativo.audit_verify import verify
 from dativo.cli_common import err, fail, guard, out
 from dativo.config.loader import load_job
+from dativo.encryption.audit_verify import verify
+from dativo.encryption.kms import load_kms, scrub
+from dativo.encryption.kms.local import new_key_file
 from dativo.errors import ConfigError, DativoError
-from dativo.kms import load_kms, scrub
-from dativo.kms.local import new_key_file
 from dativo.storage import S3_CONNECTION_KEYS
 
 __all__ = ["audit_app", "decrypt", "kms_app"]

@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 
 from dativo._secrets import redact
-from dativo.config.loader import LoadedJob
 from dativo.errors import ConfigError, DativoError, PluginError
 
 __all__ = ["err", "fail", "guard", "out", "state"]
@@ -35,8 +34,11 @@ def fail(exc: BaseException, clean: Callable[[str], str] = redact) -> NoReturn:
     if isinstance(exc, DativoError):
         message = str(exc)
         job = state.get("job")
-        if exc.config_key and isinstance(job, LoadedJob):
-            message = f"{job.locate(exc.config_key)}: {exc.config_key}: {message}"
+        if exc.config_key and job is not None:
+            from dativo.config.loader import LoadedJob  # loaded already: state["job"] holds one
+
+            if isinstance(job, LoadedJob):
+                message = f"{job.locate(exc.config_key)}: {exc.config_key}: {message}"
     else:
         message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
     # One line per problem (a job file with three mistakes shows all three).

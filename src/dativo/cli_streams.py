@@ -12,11 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from dativo._secrets import redact
-from dativo.config.loader import LoadedJob
 from dativo.errors import DativoError
 
 if TYPE_CHECKING:
     from dativo.api import DiscoveredStream, RunResult
+    from dativo.config.loader import LoadedJob
 
 __all__ = ["print_discovered", "print_streams_summary", "stream_errors"]
 
@@ -64,8 +64,12 @@ def print_discovered(out: Console, found: Sequence[DiscoveredStream], *, as_json
     if as_json:
         out.print_json(json.dumps(rows if per_stream else next(iter(rows.values()))))
         return
+    sides = {item.name: f"reader {item.reader}, writer {item.writer}" for item in found if item.reader}
     for name, columns in rows.items():
-        table = Table("column", "arrow type", "target type", title=escape(name) if per_stream else None)
+        caption = escape(sides[name]) if name in sides else None
+        table = Table(
+            "column", "arrow type", "target type", title=escape(name) if per_stream else None, caption=caption
+        )
         for row in columns:
             table.add_row(escape(row["column"]), escape(row["arrow"]), escape(row["target"] or "-"))
         out.print(table)

@@ -15,16 +15,18 @@ never methods every plugin must carry.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeAlias, runtime_checkable
 
 import pyarrow as pa
 
+from dativo import _secrets
 from dativo._sdk_version import SDK_API_VERSION as _SDK_API_VERSION
 
 __all__ = [
     "CHANGE_COLUMNS",
+    "FAULT_HOOK_KEY",
     "SDK_API_VERSION",
     "ArrowArrayExportable",
     "ArrowStreamExportable",
@@ -33,6 +35,7 @@ __all__ = [
     "DataReader",
     "DataWriter",
     "DescribesTargetTypes",
+    "FaultHook",
     "IncrementalReader",
     "ListsTables",
     "PartitionedReader",
@@ -40,6 +43,9 @@ __all__ = [
     "ReadPartition",
     "StatefulWriter",
     "WriteMode",
+    "fault_hook",
+    "redact",
+    "register_secret",
 ]
 
 #: The version of this SDK (semver ``MAJOR.MINOR.PATCH``, distinct from dativo's own
@@ -55,6 +61,55 @@ SDK_API_VERSION = _SDK_API_VERSION
 #: ``job`` holding ``{"name": ..., "dir": ..., "run_id": ...}`` (relative paths
 #: resolve against ``dir``; ``run_id`` is unique to this run).
 PluginConfig = Mapping[str, Any]
+
+#: A crash-point hook (SDK 1.4): a plugin calls it with a point's name (``"files_published"``) at each
+#: step where a crash test may stop the process; outside such tests it does nothing. See :func:`fault_hook`.
+FaultHook: TypeAlias = Callable[[str], None]
+
+#: The ``initialize`` config key under which the host passes the :data:`FaultHook` (SDK 1.4). It is only
+#: present in process (a Python callable is never sent over a wire); read it with :func:`fault_hook`.
+FAULT_HOOK_KEY = "fault_hook"
+
+
+def _no_fault(name: str) -> None:
+    """The hook of a plugin whose host passed none: every point is passed through."""
+
+
+def fault_hook(config: PluginConfig) -> FaultHook:
+    """The crash-point hook the host passed in ``config`` (SDK 1.4), or a hook that does nothing.
+
+    A writer that publishes in several steps calls the hook between them, so that
+    dativo's crash tests (``DATIVO_CRASH_AT=NAME``) can SIGKILL the process exactly
+    there and prove that a run leaves either nothing or everything visible::
+
+        def initialize(self, config):
+            self._crash_point = fault_hook(config)
+        ...
+            self._crash_point("files_published")
+
+    Never raises; a hook that is missing or not callable counts as none.
+    """
+    hook = config.get(FAULT_HOOK_KEY) if isinstance(config, Mapping) else None
+    return hook if callable(hook) else _no_fault
+
+
+def register_secret(value: str | None) -> None:
+    """Have dativo mask ``value`` (as ``***``) in every log line, error message and summary (SDK 1.4).
+
+    Call it as soon as a plugin learns a secret dativo did not give it (a token it
+    fetched, a password inside a setting of its own); values from the job's secrets
+    and connection passwords are registered already. Values shorter than 4
+    characters are ignored (masking them would garble ordinary text). Never raises.
+    """
+    _secrets.register_secret(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and every connection-string password masked (SDK 1.4).
+
+    Use it on driver messages before putting them into an error. Never raises.
+    """
+    return _secrets.redact(text)
 
 
 @runtime_checkable

@@ -11,6 +11,8 @@
 //! (exact numeric fit, no infinite dates, one-dimensional arrays).
 
 mod decode;
+mod numeric;
+mod tls;
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,13 +25,14 @@ use arrow_array::{Array, RecordBatch, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::DataType;
-use postgres::{CancelToken, Client, Config, NoTls};
+use postgres::{CancelToken, Client};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyTuple};
 
 use decode::{ColumnSpec, Decoder, NativeError};
+use tls::{ConnectFailure, Connector};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -53,22 +56,26 @@ fn server_error(err: postgres::Error) -> NativeError {
 struct Connection {
     client: Arc<Mutex<Option<Client>>>,
     cancel: CancelToken,
+    connector: Connector,
     closed: Arc<AtomicBool>,
 }
 
 #[pymethods]
 impl Connection {
-    /// Connect with a libpq-style `key=value` string (keys rust-postgres knows). Releases the GIL.
+    /// Connect with a libpq-style `key=value` string (keys rust-postgres knows, plus `sslmode` and
+    /// `sslrootcert`: TLS with rustls, see `tls.rs`). Releases the GIL. ValueError for a malformed
+    /// string; ServerError for everything else (TLS problems start with "SSL/TLS:").
     #[staticmethod]
     fn connect(py: Python<'_>, conninfo: String) -> PyResult<Connection> {
-        let config: Config = conninfo
-            .parse()
-            .map_err(|e: postgres::Error| PyValueError::new_err(format!("invalid connection settings: {e}")))?;
-        let client = py.detach(|| config.connect(NoTls)).map_err(|e| to_py(server_error(e)))?;
+        let (client, connector) = py.detach(|| tls::connect(&conninfo)).map_err(|e| match e {
+            ConnectFailure::Invalid(message) => PyValueError::new_err(message),
+            ConnectFailure::Server(native) => to_py(native),
+        })?;
         let cancel = client.cancel_token();
         Ok(Connection {
             client: Arc::new(Mutex::new(Some(client))),
             cancel,
+            connector,
             closed: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -151,13 +158,14 @@ impl Connection {
             handle: Mutex::new(Some(handle)),
             stop,
             cancel: self.cancel.clone(),
+            connector: self.connector.clone(),
         })
     }
 
     /// Ask the server to cancel the statement running on this connection. Releases the GIL.
     fn cancel(&self, py: Python<'_>) {
-        let token = self.cancel.clone();
-        let _ = py.detach(move || token.cancel_query(NoTls));
+        let (token, connector) = (self.cancel.clone(), self.connector.clone());
+        py.detach(move || tls::cancel(&token, &connector));
     }
 
     /// Close the connection. If a copy is still running, it is cancelled and
@@ -167,8 +175,8 @@ impl Connection {
         let taken = match self.client.try_lock() {
             Ok(mut guard) => guard.take(),
             Err(_) => {
-                let token = self.cancel.clone();
-                let _ = py.detach(move || token.cancel_query(NoTls));
+                let (token, connector) = (self.cancel.clone(), self.connector.clone());
+                py.detach(move || tls::cancel(&token, &connector));
                 None
             }
         };
@@ -221,6 +229,7 @@ struct BatchStream {
     handle: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     cancel: CancelToken,
+    connector: Connector,
 }
 
 #[pymethods]
@@ -261,8 +270,8 @@ impl BatchStream {
         if !self.stop.swap(true, Ordering::SeqCst) {
             let running = self.handle.lock().map(|h| h.as_ref().is_some_and(|h| !h.is_finished())).unwrap_or(false);
             if running {
-                let token = self.cancel.clone();
-                let _ = py.detach(move || token.cancel_query(NoTls));
+                let (token, connector) = (self.cancel.clone(), self.connector.clone());
+                py.detach(move || tls::cancel(&token, &connector));
             }
         }
         self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -71,9 +71,8 @@ import pyarrow.csv as pcsv
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from dativo._secrets import redact, register_secret
 from dativo.errors import ConfigError, PluginError, SchemaError, SourceError
-from dativo.sdk import DataReader, PluginConfig
+from dativo.sdk import DataReader, PluginConfig, redact, register_secret
 
 __all__ = ["FORMAT_EXTENSIONS", "FileReader", "parse_arrow_type"]
 

@@ -2,14 +2,18 @@
 
 Built-in plugins are registered through the same ``dativo.readers`` /
 ``dativo.writers`` entry points as third-party ones; nothing here knows them.
+Other plugin groups (KMS clients, ``dativo.kms``) are found the same way through
+:func:`resolve_class`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ __all__ = [
     "PluginRef",
     "check_api_version",
     "list_plugins",
+    "resolve_class",
     "resolve_plugin",
     "supported_sdk_range",
 ]
@@ -78,27 +83,41 @@ def resolve_plugin(kind: PluginKind, implementation: str, base_dir: Path) -> Plu
     written for an SDK version this engine does not support.
     """
     spec = implementation.strip()
-    entry = _entry_points(kind).get(spec)
-    if entry is not None:
-        cls = _load_entry_point(kind, entry)
-        origin = f"entry point {entry.group}:{entry.name} ({_distribution(entry)})"
-    elif ".py:" in spec or spec.endswith(".py"):
-        cls, origin = _load_from_file(kind, spec, base_dir)
-    elif ":" in spec or "." in spec:
-        cls, origin = _load_from_module(kind, spec)
-    else:
-        names = sorted(_entry_points(kind))
-        close = difflib.get_close_matches(spec, names, n=1, cutoff=0.5)
-        known = ", ".join(names) or "none installed"
-        raise PluginError(
-            f"{kind} '{spec}': no installed {kind} has that name ("
-            + (f"did you mean '{close[0]}'? " if close else "")
-            + f"installed: {known}); "
-            f"use an import path like 'my_pkg.module.Class' or a file like 'plugins/my_{kind}.py:Class'"
-        )
+    cls, origin = _find(kind, spec, base_dir, _entry_points(kind))
     _check_class(kind, spec, cls)
     check_api_version(kind, spec, cls)
     return PluginRef(kind=kind, name=spec, cls=cls, origin=origin)
+
+
+def resolve_class(group: str, what: str, spec: str, base_dir: Path) -> tuple[type, str]:
+    """The class ``spec`` names in another plugin group (KMS clients: ``dativo.kms``), and where it came from.
+
+    ``spec`` is resolved exactly like a reader's implementation: a name registered in
+    the entry-point ``group``, a dotted path or a file relative to ``base_dir``. ``what``
+    names the kind in messages (``"KMS client"``). The caller checks the class's base.
+    Raises PluginError naming ``spec``, the cause and the installed names.
+    """
+    return _find(what, spec.strip(), base_dir, {entry.name: entry for entry in entry_points(group=group)})
+
+
+def _find(what: str, spec: str, base_dir: Path, entries: dict[str, EntryPoint]) -> tuple[type, str]:
+    entry = entries.get(spec)
+    if entry is not None:
+        return _load_entry_point(what, entry), f"entry point {entry.group}:{entry.name} ({_distribution(entry)})"
+    if ".py:" in spec or spec.endswith(".py"):
+        return _load_from_file(what, spec, base_dir)
+    if ":" in spec or "." in spec:
+        return _load_from_module(what, spec)
+    names = sorted(entries)
+    close = difflib.get_close_matches(spec, names, n=1, cutoff=0.5)
+    known = ", ".join(names) or "none installed"
+    raise PluginError(
+        f"{what} '{spec}': no installed {what} has that name ("
+        + (f"did you mean '{close[0]}'? " if close else "")
+        + f"installed: {known}); "
+        f"use an import path like 'my_pkg.module.Class' or a file like "
+        f"'plugins/my_{what.lower().replace(' ', '_')}.py:Class'"
+    )
 
 
 def supported_sdk_range(declared: str) -> SpecifierSet:
@@ -162,7 +181,25 @@ def list_plugins() -> list[tuple[PluginKind, str, str, str, str | None]]:
 
 
 def _entry_points(kind: PluginKind) -> dict[str, EntryPoint]:
-    return {entry.name: entry for entry in entry_points(group=_GROUPS[kind])}
+    return {entry.name: entry for entry in _scan(_GROUPS[kind], _path_state())}
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(group: str, path_state: tuple[tuple[str, int], ...]) -> tuple[EntryPoint, ...]:
+    """One group's entry points. Reading every distribution's metadata costs 20-70 ms, so a job with many
+    streams (a plan per stream) scans once, until ``sys.path`` or an installation changes (``path_state``)."""
+    return tuple(entry_points(group=group))
+
+
+def _path_state() -> tuple[tuple[str, int], ...]:
+    """``sys.path`` with each folder's mtime: installing or removing a distribution changes it (new scan)."""
+    state = []
+    for folder in sys.path:
+        try:
+            state.append((folder, os.stat(folder or ".").st_mtime_ns))
+        except OSError:
+            state.append((folder, -1))
+    return tuple(state)
 
 
 def _distribution(entry: EntryPoint) -> str:
@@ -170,7 +207,7 @@ def _distribution(entry: EntryPoint) -> str:
     return f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
 
 
-def _load_entry_point(kind: PluginKind, entry: EntryPoint) -> type:
+def _load_entry_point(kind: str, entry: EntryPoint) -> type:
     try:
         loaded = entry.load()
     except Exception as exc:
@@ -180,7 +217,7 @@ def _load_entry_point(kind: PluginKind, entry: EntryPoint) -> type:
     return _as_class(kind, entry.name, loaded)
 
 
-def _load_from_module(kind: PluginKind, spec: str) -> tuple[type, str]:
+def _load_from_module(kind: str, spec: str) -> tuple[type, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep:
         module_name, _, attr = spec.rpartition(".")
@@ -204,7 +241,7 @@ def _load_from_module(kind: PluginKind, spec: str) -> tuple[type, str]:
     return _attribute(kind, spec, module, attr), f"module {module_name}"
 
 
-def _load_from_file(kind: PluginKind, spec: str, base_dir: Path) -> tuple[type, str]:
+def _load_from_file(kind: str, spec: str, base_dir: Path) -> tuple[type, str]:
     file_part, sep, attr = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
     if not sep or not attr:
         raise PluginError(f"{kind} '{spec}': name the class after the file, as 'path/to/file.py:ClassName'")
@@ -236,7 +273,7 @@ def _load_from_file(kind: PluginKind, spec: str, base_dir: Path) -> tuple[type, 
 _FILE_IMPORT_LOCK = threading.RLock()
 
 
-def _attribute(kind: PluginKind, spec: str, module: object, attr: str) -> type:
+def _attribute(kind: str, spec: str, module: object, attr: str) -> type:
     try:
         value = getattr(module, attr)
     except AttributeError:
@@ -246,7 +283,7 @@ def _attribute(kind: PluginKind, spec: str, module: object, attr: str) -> type:
     return _as_class(kind, spec, value)
 
 
-def _as_class(kind: PluginKind, spec: str, value: object) -> type:
+def _as_class(kind: str, spec: str, value: object) -> type:
     if not isinstance(value, type):
         raise PluginError(f"{kind} '{spec}' is a {type(value).__name__}, not a class")
     return value

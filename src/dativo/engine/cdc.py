@@ -22,12 +22,14 @@ import pyarrow.compute as pc
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo.core.batches import as_record_batches, conform
-from dativo.engine.parallel import PartitionPump, plan_partitioned_read
-from dativo.engine.pipeline import ProgressSink, RunSummary, _call, _close, _declared_schema, new_summary
+from dativo.core.calls import call as _call
+from dativo.core.calls import close_quietly as _close
+from dativo.core.calls import declared_schema as _declared_schema
+from dativo.core.hosting import host_reader, host_writer
+from dativo.core.pump import SINGLE_STREAM, Pump, plan_read
+from dativo.engine.pipeline import ProgressSink, RunSummary, new_summary
 from dativo.engine.plan import Plan
-from dativo.errors import ConfigError, DativoError, SourceError, TargetError, is_transient
-from dativo.runtimes import host_reader, host_writer
+from dativo.errors import ConfigError, DativoError, SourceError, TargetError
 from dativo.sdk import CHANGE_COLUMNS, ChangeReader, DataReader, DataWriter, StatefulWriter
 
 __all__ = ["ChangeTable", "check_changes", "run_changes"]
@@ -88,7 +90,7 @@ class ChangeTable:
         self.reader: DataReader | None = None
         self.writer: DataWriter | None = None
         self.change_reader: Any = None
-        self.pump: PartitionPump | None = None
+        self.pump: Pump | None = None
         self.published = False
         self.state: Mapping[str, Any] | None = None
         self.committed: Mapping[str, Any] | None = None
@@ -152,8 +154,8 @@ class ChangeTable:
         _call(writer.prepare, names[1], "prepare", data_schema)
         buffered: list[pa.RecordBatch] = []
         assert self.reader is not None
-        stream, self.pump = _stream(plan, self.reader, self.schema, bool(start.get("snapshot")))
-        for batch in stream:
+        self.pump = pump = _pump(plan, self.reader, self.schema, bool(start.get("snapshot")))
+        for batch in pump:
             summary.rows += batch.num_rows
             summary.bytes += batch.nbytes
             summary.batches += 1
@@ -307,28 +309,10 @@ def _latest_per_key(batches: list[pa.RecordBatch], keys: Sequence[str], soft: bo
     return table.drop_columns(["__pos"])
 
 
-def _stream(plan: Plan, reader: DataReader, schema: pa.Schema, snapshot: bool) -> tuple[Any, PartitionPump | None]:
-    """The run's batches: an initial load in parallel partitions when the reader can, else ``read_batch``."""
+def _pump(plan: Plan, reader: DataReader, schema: pa.Schema, snapshot: bool) -> Pump:
+    """The run's batches: an initial load in parallel partitions when the reader can, else its one stream."""
     name = plan.reader.ref.name
-    partitioned = plan_partitioned_read(reader, name, plan.job.config.source.parallelism) if snapshot else None
-    if partitioned is None:
-        return _batches(reader, name, schema, plan.batch_size), None
-    pump = PartitionPump(reader, name, schema, plan.batch_size, plan.queue_size, *partitioned)
+    read = plan_read(reader, name, plan.job.config.source.parallelism) if snapshot else SINGLE_STREAM
+    pump = Pump(reader, name, schema, plan.batch_size, plan.queue_size, read)
     pump.start()
-    return pump, pump
-
-
-def _batches(reader: DataReader, name: str, schema: pa.Schema, batch_size: int) -> Any:
-    index = 0
-    try:
-        for item in reader.read_batch(batch_size):
-            for raw in as_record_batches(item, name):
-                if raw.num_rows:
-                    yield conform(raw, schema, name, index)
-                    index += 1
-    except DativoError:
-        raise
-    except Exception as exc:
-        raise SourceError(
-            f"reader '{name}' failed after {index} batches: {type(exc).__name__}: {exc}", transient=is_transient(exc)
-        ) from exc
+    return pump

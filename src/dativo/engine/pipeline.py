@@ -1,6 +1,7 @@
 """plan -> runtime -> batches -> writer -> commit.
 
-The reader runs ahead on its own thread into a bounded queue while the main
+The reader runs ahead on the pump's threads (:class:`dativo.core.pump.Pump`: one
+stream, or a partitioned reader's partitions) into a bounded queue while the main
 thread writes, so reading, converting and writing overlap and memory stays
 bounded by ``queue_size`` batches plus what the writer buffers. The writer
 publishes only in ``finalize``; any failure (including Ctrl-C) aborts it.
@@ -9,10 +10,8 @@ publishes only in ``finalize``; any failure (including Ctrl-C) aborts it.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,12 +20,12 @@ import pyarrow as pa
 
 from dativo import __version__
 from dativo._faults import crash_point
-from dativo.core.batches import as_record_batches, conform
+from dativo.core.calls import abort_quietly, call, close_quietly, declared_schema
+from dativo.core.hosting import host_reader, host_writer
+from dativo.core.pump import Pump, plan_read
 from dativo.engine.incremental import CursorTracker, IncrementalPlan, plan_incremental
-from dativo.engine.parallel import PartitionPump, plan_partitioned_read
 from dativo.engine.plan import Plan
-from dativo.errors import ConfigError, DativoError, PluginError, SourceError, TargetError, is_transient
-from dativo.runtimes import host_reader, host_writer
+from dativo.errors import ConfigError, DativoError
 from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes, IncrementalReader, StatefulWriter
 
 __all__ = [
@@ -122,12 +121,12 @@ def run(
     started = time.perf_counter()
     reader: DataReader | None = None
     writer: DataWriter | None = None
-    pump: _ReaderPump | PartitionPump | None = None
+    pump: Pump | None = None
     published = False
     log.info("run started", extra={"job": summary.job, "run_id": plan.run_id, "reader": summary.reader})
     try:
         reader = host_reader(plan.reader)
-        schema = summary.schema = _declared_schema(reader, plan.reader.ref.name)
+        schema = summary.schema = declared_schema(reader, plan.reader.ref.name)
         writer = host_writer(plan.writer)
         state = _prior_state(plan, writer)
         if plan.run_id_given and state is not None and state.get("run_id") == plan.run_id:
@@ -136,17 +135,14 @@ def run(
             log.warning("run %s of job %s was already committed; nothing to do", plan.run_id, summary.job)
             return summary
         tracker = _start_incremental(plan, reader, writer, schema, state)
-        _call(writer.prepare, plan.writer.ref.name, "prepare", schema)
-        partitioned = plan_partitioned_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)
-        if partitioned is not None:
-            pump = PartitionPump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size, *partitioned)
-        else:
-            pump = _ReaderPump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size)
+        call(writer.prepare, plan.writer.ref.name, "prepare", schema)
+        read = plan_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)
+        pump = Pump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size, read)
         pump.start()
         for batch in pump:
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
-            _call(writer.write_batch, plan.writer.ref.name, "write_batch", batch)
+            call(writer.write_batch, plan.writer.ref.name, "write_batch", batch)
             crash_point("batch")
             if tracker is not None:
                 tracker[1].update(batch)
@@ -162,7 +158,7 @@ def run(
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         crash_point("before_finalize")
-        metadata = _call(writer.finalize, plan.writer.ref.name, "finalize")
+        metadata = call(writer.finalize, plan.writer.ref.name, "finalize")
         published = True
         crash_point("after_finalize")
         summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
@@ -174,7 +170,7 @@ def run(
         if pump is not None:
             pump.cancel()
         if writer is not None and not published:
-            _abort(writer, plan.writer.ref.name)
+            abort_quietly(writer, plan.writer.ref.name)
         raise
     finally:
         summary.duration_s = time.perf_counter() - started
@@ -182,7 +178,7 @@ def run(
             pump.join(timeout=30)
         for plugin, name in ((reader, plan.reader.ref.name), (writer, plan.writer.ref.name)):
             if plugin is not None:
-                _close(plugin, name)
+                close_quietly(plugin, name)
         log.info(
             "run finished",
             extra={"job": summary.job, "run_id": plan.run_id, "status": summary.status, "rows": summary.rows},
@@ -215,7 +211,7 @@ def _prior_state(plan: Plan, writer: DataWriter) -> dict[str, Any] | None:
     """Check the write mode against the writer and load the job's committed state, if the writer keeps one."""
     _check_mode(plan, writer)
     if isinstance(writer, StatefulWriter):
-        loaded = _call(writer.load_state, plan.writer.ref.name, "load_state")
+        loaded = call(writer.load_state, plan.writer.ref.name, "load_state")
         return dict(loaded) if loaded else None
     return None
 
@@ -231,7 +227,7 @@ def _start_incremental(
     assert isinstance(reader, IncrementalReader)
     incremental = plan_incremental(spec, schema, state)
     name = plan.reader.ref.name
-    _call(reader.set_incremental, name, "set_incremental", incremental.column, incremental.after, role="reader")
+    call(reader.set_incremental, name, "set_incremental", incremental.column, incremental.after, role="reader")
     log.info("incremental read", extra={"cursor": incremental.column, "after": str(incremental.after)})
     return incremental, CursorTracker(incremental, schema)
 
@@ -255,10 +251,10 @@ def load_state(plan: Plan) -> dict[str, Any] | None:
     writer = _stateful_writer(plan)
     assert isinstance(writer, StatefulWriter)
     try:
-        loaded = _call(writer.load_state, plan.writer.ref.name, "load_state")
+        loaded = call(writer.load_state, plan.writer.ref.name, "load_state")
         return dict(loaded) if loaded else None
     finally:
-        _close(writer, plan.writer.ref.name)
+        close_quietly(writer, plan.writer.ref.name)
 
 
 def reset_state(plan: Plan, force: bool) -> str:
@@ -266,15 +262,15 @@ def reset_state(plan: Plan, force: bool) -> str:
     writer = _stateful_writer(plan)
     assert isinstance(writer, StatefulWriter)
     try:
-        return str(_call(writer.reset_state, plan.writer.ref.name, "reset_state", force))
+        return str(call(writer.reset_state, plan.writer.ref.name, "reset_state", force))
     finally:
-        _close(writer, plan.writer.ref.name)
+        close_quietly(writer, plan.writer.ref.name)
 
 
 def _stateful_writer(plan: Plan) -> DataWriter:
     writer = host_writer(plan.writer)
     if not isinstance(writer, StatefulWriter):
-        _close(writer, plan.writer.ref.name)
+        close_quietly(writer, plan.writer.ref.name)
         raise ConfigError(f"writer '{plan.writer.ref.name}' keeps no state (it does not implement StatefulWriter)")
     return writer
 
@@ -302,10 +298,10 @@ def check(plan: Plan) -> list[tuple[str, str]]:
     results: list[tuple[str, str]] = []
     reader = host_reader(plan.reader)
     try:
-        schema = _declared_schema(reader, plan.reader.ref.name)
+        schema = declared_schema(reader, plan.reader.ref.name)
         results.append(("source", f"reachable; {len(schema)} columns"))
     finally:
-        _close(reader, plan.reader.ref.name)
+        close_quietly(reader, plan.reader.ref.name)
     return results + _check_target(plan)
 
 
@@ -313,10 +309,10 @@ def _check_target(plan: Plan) -> list[tuple[str, str]]:
     results: list[tuple[str, str]] = []
     writer = host_writer(plan.writer)
     try:
-        _call(writer.check, plan.writer.ref.name, "check")
+        call(writer.check, plan.writer.ref.name, "check")
         results.append(("target", "reachable"))
     finally:
-        _close(writer, plan.writer.ref.name)
+        close_quietly(writer, plan.writer.ref.name)
     return results
 
 
@@ -324,16 +320,16 @@ def discover(plan: Plan) -> tuple[pa.Schema, list[tuple[str, str]] | None]:
     """Return the source's Arrow schema and, if the writer can say, the target type of each column."""
     reader = host_reader(plan.reader)
     try:
-        schema = _declared_schema(reader, plan.reader.ref.name)
+        schema = declared_schema(reader, plan.reader.ref.name)
     finally:
-        _close(reader, plan.reader.ref.name)
+        close_quietly(reader, plan.reader.ref.name)
     writer = host_writer(plan.writer)
     try:
         if isinstance(writer, DescribesTargetTypes):
-            return schema, _call(writer.describe_types, plan.writer.ref.name, "describe_types", schema)
+            return schema, call(writer.describe_types, plan.writer.ref.name, "describe_types", schema)
         return schema, None
     finally:
-        _close(writer, plan.writer.ref.name)
+        close_quietly(writer, plan.writer.ref.name)
 
 
 def validate(plan: Plan) -> None:
@@ -354,124 +350,6 @@ def validate(plan: Plan) -> None:
             _check_incremental(plan, reader, writer)
             plan_incremental(spec, schema, None)
     finally:
-        _close(reader, plan.reader.ref.name)
+        close_quietly(reader, plan.reader.ref.name)
         if writer is not None:
-            _close(writer, plan.writer.ref.name)
-
-
-def _declared_schema(reader: DataReader, name: str) -> pa.Schema:
-    schema = _call(reader.get_schema, name, "get_schema", role="reader")
-    if not isinstance(schema, pa.Schema):
-        raise PluginError(f"reader '{name}': get_schema() returned {type(schema).__name__}, not a pyarrow.Schema")
-    return schema
-
-
-def _call(fn: Any, name: str, method: str, *args: Any, role: str = "writer") -> Any:
-    """Call a plugin method; a non-dativo exception becomes an error naming the plugin and method."""
-    try:
-        return fn(*args)
-    except DativoError:
-        raise
-    except Exception as exc:
-        error = TargetError if role == "writer" else SourceError
-        raise error(
-            f"{role} '{name}' failed in {method}(): {type(exc).__name__}: {exc}", transient=is_transient(exc)
-        ) from exc
-
-
-def _abort(writer: DataWriter, name: str) -> None:
-    try:
-        writer.abort()
-    except Exception:
-        log.exception("writer '%s' failed to abort; staged files may remain", name)
-
-
-def _close(plugin: DataReader | DataWriter, name: str) -> None:
-    try:
-        plugin.close()
-    except Exception:
-        log.exception("plugin '%s' failed to close", name)
-
-
-_END = object()
-
-
-class _ReaderPump:
-    """Runs ``read_batch`` on a thread, handing conformed batches over a bounded queue."""
-
-    def __init__(self, reader: DataReader, name: str, schema: pa.Schema, batch_size: int, depth: int) -> None:
-        self._reader = reader
-        self._name = name
-        self._schema = schema
-        self._batch_size = batch_size
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
-        self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name=f"dativo-reader-{name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("reader '%s' did not stop within %.0f s of cancellation", self._name, timeout)
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                item = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    raise SourceError(f"reader '{self._name}' stopped without finishing its stream") from None
-                continue
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, pa.RecordBatch)
-            yield item
-
-    def _produce(self) -> None:
-        index = 0
-        stream = None
-        try:
-            stream = iter(self._reader.read_batch(self._batch_size))
-            for item in stream:
-                for raw in as_record_batches(item, self._name):
-                    if raw.num_rows == 0:
-                        continue
-                    if not self._put(conform(raw, self._schema, self._name, index)):
-                        return
-                    index += 1
-                    crash_point("read")
-                if self._cancelled.is_set():
-                    return
-            self._put(_END)
-        except DativoError as exc:
-            self._put(exc)
-        except Exception as exc:
-            error = SourceError(
-                f"reader '{self._name}' failed after {index} batches: {type(exc).__name__}: {exc}",
-                transient=is_transient(exc),
-            )
-            error.__cause__ = exc
-            self._put(error)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.debug("closing the stream of reader '%s' raised", self._name, exc_info=True)
-
-    def _put(self, item: object) -> bool:
-        while not self._cancelled.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+            close_quietly(writer, plan.writer.ref.name)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from dativo._faults import crash_point
 from dativo.config.loader import LoadedJob
 from dativo.config.models import SOURCE_CONNECTORS, TARGET_CONNECTORS, PluginSpec
 from dativo.core.registry import PluginKind, PluginPlan, PluginRef, resolve_plugin
-from dativo.sdk import DataReader, DataWriter
+from dativo.sdk import FAULT_HOOK_KEY, DataReader, DataWriter
 
 __all__ = ["Plan", "PluginPlan", "build_plan"]
 
@@ -48,6 +49,10 @@ def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
     job_info = {"name": job.name, "dir": str(job.dir), "run_id": run_id}
     # Change data capture has its own default reader (issue 17, docs/cdc.md).
     default_reader = "postgres-cdc" if source.cdc is not None else SOURCE_CONNECTORS[source.connector]
+    if default_reader == "postgres-adbc" and source.reader is None:  # the Rust reader where installed (issue 15)
+        from dativo.connectors.postgres.native import choose_default_reader
+
+        default_reader, _ = choose_default_reader(source.connection)
     reader = _plugin_plan(
         "reader",
         source.reader,
@@ -80,6 +85,7 @@ def _plugin_plan(
     if spec is not None and spec.type != "custom":
         # Out of process: nothing to import; the runtime starts or calls it.
         return PluginPlan(ref=_remote_ref(kind, spec), runtime=spec.type, config=config, spec=spec)
+    config[FAULT_HOOK_KEY] = crash_point  # in process only: the crash-point hook is passed in (SDK 1.4)
     # The models guarantee a spec wherever the connector has no default.
     implementation = spec.implementation if spec is not None else default
     assert implementation is not None

@@ -15,15 +15,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dativo.config.loader import LoadedJob, LoadedStreams
 from dativo.config.streams import StreamEntry, fill_template, split_name
-from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
-from dativo.engine.retry import run_job
 from dativo.errors import ConfigError, DativoError, SourceError, is_transient
 from dativo.sdk import ListsTables
+
+if TYPE_CHECKING:
+    from dativo.engine import pipeline  # loaded by the runs themselves: validate --offline stays light
 
 __all__ = ["Stream", "StreamOutcome", "plan_streams", "run_streams", "select_streams", "stream_name", "windowed"]
 
@@ -287,6 +288,8 @@ def _run_one(
 ) -> StreamOutcome:
     if stop is not None and stop.is_set():
         raise KeyboardInterrupt
+    from dativo.engine.retry import run_job
+
     attempts: list[pipeline.RunSummary] = []
     error: BaseException | None = None
     try:

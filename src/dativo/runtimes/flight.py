@@ -28,29 +28,16 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import pyarrow as pa  # after the environment above
 import pyarrow.flight as flight
 
+from dativo.core.hosting import ClassRuntime
 from dativo.core.registry import PluginPlan
 from dativo.errors import ConfigError, DativoError, PluginError, SourceError, TargetError
 from dativo.runtimes import protocol
 from dativo.runtimes.protocol import PROTOCOL_VERSION, ProtocolError, decode_line, encode_line
 from dativo.sdk import DataReader, DataWriter, PluginConfig
 
-__all__ = ["FlightReader", "FlightWriter", "host_reader", "host_writer"]
+__all__ = ["FlightReader", "FlightWriter", "runtime"]
 
 log = logging.getLogger("dativo.runtimes.flight")
-
-
-def host_reader(plan: PluginPlan) -> DataReader:
-    """Connect to the planned Flight reader and read its schema; raises its failure as a dativo error."""
-    reader = FlightReader(plan)
-    reader.initialize(plan.config)
-    return reader
-
-
-def host_writer(plan: PluginPlan) -> DataWriter:
-    """Connect to the planned Flight writer; raises ConfigError/PluginError when it cannot be reached."""
-    writer = FlightWriter(plan)
-    writer.initialize(plan.config)
-    return writer
 
 
 #: A TLS failure in a gRPC message: terminal (retrying cannot make a certificate trusted).
@@ -317,3 +304,9 @@ class FlightWriter(DataWriter):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+#: The ``flight`` runtime (reached through :data:`dativo.runtimes.flight_runtime`, which imports this module
+#: at first use): a reader's ``initialize`` reads the endpoint's schema, a writer's only creates the client;
+#: failures raise as dativo errors (ConfigError/PluginError when the endpoint cannot be reached).
+runtime = ClassRuntime(FlightReader, FlightWriter)

@@ -1,4 +1,7 @@
-"""The in-process runtime: the plugin is a Python class (or a PyO3 module) in dativo's own process."""
+"""The in-process runtime (``custom``): the plugin is a Python class (or a PyO3 module) in dativo's own process.
+
+Registered as the ``custom`` runtime under the ``dativo.runtimes`` entry points (this module is the runtime).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from dativo.core.registry import PluginPlan
 from dativo.errors import DativoError, PluginError
 from dativo.sdk import DataReader, DataWriter
 
-__all__ = ["host"]
+__all__ = ["host", "host_reader", "host_writer"]
 
 P = TypeVar("P", DataReader, DataWriter)
 
@@ -35,3 +38,13 @@ def host(plan: PluginPlan, base: type[P]) -> P:
         plugin.close()
         raise PluginError(f"{plan.ref.kind} '{name}': initialize() failed: {type(exc).__name__}: {exc}") from exc
     return plugin
+
+
+def host_reader(plan: PluginPlan) -> DataReader:
+    """Instantiate and initialize the planned reader class; raises as :func:`host`."""
+    return host(plan, DataReader)  # type: ignore[type-abstract]  # used for isinstance only
+
+
+def host_writer(plan: PluginPlan) -> DataWriter:
+    """Instantiate and initialize the planned writer class; raises as :func:`host`."""
+    return host(plan, DataWriter)  # type: ignore[type-abstract]  # used for isinstance only

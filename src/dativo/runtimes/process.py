@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from dativo.core.hosting import ClassRuntime
 from dativo.core.registry import PluginPlan
 from dativo.errors import PluginError, SchemaError, SourceError
 from dativo.runtimes import protocol
@@ -29,23 +30,9 @@ from dativo.runtimes._plugin_process import STOP_GRACE_S, PluginProcess, Stopped
 from dativo.runtimes.protocol import PROTOCOL_VERSION, EofWatchingReader, ProtocolError, decode_line, open_ipc_stream
 from dativo.sdk import DataReader, DataWriter, PluginConfig
 
-__all__ = ["ProcessReader", "ProcessWriter", "host_reader", "host_writer"]
+__all__ = ["ProcessReader", "ProcessWriter", "runtime"]
 
 log = logging.getLogger("dativo.runtimes.process")
-
-
-def host_reader(plan: PluginPlan) -> DataReader:
-    """Start the planned process reader and initialize it; raises PluginError or the reader's own error."""
-    reader = ProcessReader(plan)
-    reader.initialize(plan.config)
-    return reader
-
-
-def host_writer(plan: PluginPlan) -> DataWriter:
-    """Start the planned process writer and initialize it; raises PluginError or the writer's own error."""
-    writer = ProcessWriter(plan)
-    writer.initialize(plan.config)
-    return writer
 
 
 def _handshake(plan: PluginPlan, kind: str, config: PluginConfig) -> dict[str, Any]:
@@ -332,6 +319,11 @@ class ProcessWriter(DataWriter):
         self._stream = None
         if proc is not None:
             proc.finish()
+
+
+#: The ``process`` runtime (entry point ``dativo.runtimes: process``): starting a plugin is
+#: ``initialize``; a failure raises PluginError or the plugin's own error, after ending its process tree.
+runtime = ClassRuntime(ProcessReader, ProcessWriter)
 
 
 def _with_source_plan(config: PluginConfig) -> PluginConfig:

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-from dativo.core.batches import as_record_batches, conform
+from dativo.core.pump import Pump
 from dativo.core.registry import PluginKind, resolve_plugin
 from dativo.errors import DativoError, PluginError
 from dativo.runtimes import protocol
@@ -59,14 +59,13 @@ def _kind_of(cls: type) -> PluginKind:
     raise PluginError(f"{cls.__qualname__} is neither a DataReader nor a DataWriter")
 
 
-def _conformed(reader: DataReader, schema: pa.Schema, name: str, batch_size: int) -> Iterator[pa.RecordBatch]:
-    """The reader's batches, held to its declared schema exactly as the engine does."""
-    index = 0
-    for item in reader.read_batch(batch_size):
-        for raw in as_record_batches(item, name):
-            if raw.num_rows:
-                yield conform(raw, schema, name, index)
-                index += 1
+#: Batches the plugin side reads ahead of what it has sent (dativo's side has its own queue).
+_READ_AHEAD = 2
+
+
+def _pump(reader: DataReader, schema: pa.Schema, name: str, batch_size: int) -> Pump:
+    """The reader's batches through the engine's own pump: held to its declared schema, errors wrapped alike."""
+    return Pump(reader, name, schema, batch_size, _READ_AHEAD)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,11 +193,13 @@ def _serve_reader(reader: DataReader, config: dict[str, Any], name: str, stdin: 
     batch_size = int(command.get("batch_size") or 65536)
     failures: list[BaseException] = []
     done = threading.Event()
+    pump = _pump(reader, schema, name, batch_size)
 
     def produce() -> None:
         try:
             stream = pa.ipc.new_stream(out, schema)
-            for batch in _conformed(reader, schema, name, batch_size):
+            pump.start()
+            for batch in pump:
                 stream.write_batch(batch)
             stream.close()
             out.flush()
@@ -207,11 +208,14 @@ def _serve_reader(reader: DataReader, config: dict[str, Any], name: str, stdin: 
         finally:
             done.set()
 
-    # Read on a thread so that SIGTERM (dativo stopping us) reaches the main thread at once;
+    # Read and send on threads so that SIGTERM (dativo stopping us) reaches the main thread at once;
     # serve_process then closes the reader, which cancels what it is waiting for.
     threading.Thread(target=produce, name="dativo-serve-reader", daemon=True).start()
-    while not done.wait(0.2):
-        pass
+    try:
+        while not done.wait(0.2):
+            pass
+    finally:
+        pump.cancel()
     if failures:
         raise failures[0]
 
@@ -359,6 +363,7 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
         except Exception as exc:
             raise flight_error(exc) from None
         batch_size = int(request.get("batch_size") or 65536)
+        pump = _pump(reader, schema, self.name, batch_size)
         finished = threading.Event()
 
         def watch() -> None:
@@ -373,7 +378,8 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
             threading.Thread(target=watch, name="dativo-flight-cancel", daemon=True).start()
             try:
                 count = 0
-                for batch in _conformed(reader, schema, self.name, batch_size):
+                pump.start()
+                for batch in pump:
                     count += 1
                     yield batch
                 # The end marker: a zero-row batch whose app metadata says the stream is complete.
@@ -382,6 +388,7 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
                 raise flight_error(exc) from None
             finally:
                 finished.set()
+                pump.cancel()
                 reader.close()
 
         return _flight().GeneratorStream(schema, batches())

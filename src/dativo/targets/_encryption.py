@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 from pyarrow import fs as pafs
 
-from dativo._secrets import redact
+from dativo.encryption.kms import KmsClient, KmsError, scrub
 from dativo.errors import ConfigError, SourceError
-from dativo.kms import KmsClient, KmsError, scrub
+from dativo.sdk import redact
 from dativo.storage import filesystem_for
 
 __all__ = [

@@ -14,9 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from dativo._faults import crash_point
-from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
+from dativo.sdk import FaultHook, fault_hook, redact
 
 __all__ = ["ParquetSettings", "RollingParquetWriter", "StagedFolder", "WrittenFile"]
 
@@ -265,8 +264,11 @@ class StagedFolder:
     ``display`` is the location as the user wrote it, secrets masked.
     """
 
-    def __init__(self, fs: pafs.FileSystem, root: str, run_id: str, display: str) -> None:
+    def __init__(
+        self, fs: pafs.FileSystem, root: str, run_id: str, display: str, crash_point: FaultHook | None = None
+    ) -> None:
         self.fs = fs
+        self.crash_point: FaultHook = crash_point or fault_hook({})
         self.root = root
         self.run_id = run_id
         self.display = display
@@ -308,7 +310,7 @@ class StagedFolder:
             final = self.final_path(path)
             self.fs.move(path, final)
             self.published.append(final)
-            crash_point("file_moved")
+            self.crash_point("file_moved")
         self.remove_staging()
         return list(self.published)
 

@@ -11,10 +11,10 @@ plugin, so it doubles as the reference example of a serious custom writer.
   the last manifest lists it. Only the file-encoding step differs.
 * That step is Parquet Modular Encryption (``pyarrow.parquet.encryption``) with
   envelope encryption: a random data key per file and per column key, wrapped by
-  master keys held in a KMS (:mod:`dativo.kms`); files record the master key's
+  master keys held in a KMS (:mod:`dativo.encryption.kms`); files record the master key's
   resolved id (an ARN, not the alias). Only ciphertext reaches the output
   stream, hashed on the way (SHA-256 for the audit record).
-* Every run appends to a KMS-keyed, HMAC-chained audit log (:mod:`dativo.audit`):
+* Every run appends to a KMS-keyed, HMAC-chained audit log (:mod:`dativo.encryption.audit`):
   run start, each file, the commit, failures, run end; a run that died is closed
   by the next run with ``run_abandoned``. ``dativo audit verify LOG`` checks it.
 
@@ -33,10 +33,9 @@ from typing import Any, ClassVar, TypeVar
 import pyarrow as pa
 from pyarrow import fs as pafs
 
-from dativo._faults import crash_point
-from dativo.audit import AuditLog, DeadRun, Retention, job_identity
+from dativo.encryption.audit import AuditLog, DeadRun, Retention, job_identity
+from dativo.encryption.kms import KmsClient, load_kms, scrub
 from dativo.errors import ConfigError, DativoError, TargetError
-from dativo.kms import KmsClient, load_kms, scrub
 from dativo.sdk import PluginConfig
 from dativo.targets._encryption import (
     EncryptionSettings,
@@ -53,6 +52,7 @@ from dativo.targets.parquet import ParquetDatasetWriter, read_manifest
 __all__ = [
     "EncryptedParquetWriter",
     "EncryptionSettings",
+    "read_back",
     "read_encrypted",
     "read_encrypted_files",
 ]
@@ -310,7 +310,7 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
         sequence = int(manifest.get("sequence", 0)) + 1
         self._audit.append("commit", manifest=sequence, files=len(files), superseded=superseded)
         self._superseded = [path.removeprefix("s3://") for path in superseded]
-        crash_point("audit_recorded")
+        self._crash_point("audit_recorded")
 
     def after_commit(self, result: dict[str, Any]) -> dict[str, Any]:
         """Record the run's end; a failing audit copy is reported, not raised (the commit stands)."""
@@ -396,3 +396,20 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
             audit.append("failure", stage=stage, error=scrub(message))
         except DativoError:
             log.warning("could not record a failure in the audit log")
+
+
+def read_back(files: list[str], config: Mapping[str, Any]) -> pa.Table:
+    """Decrypt ``files`` with the KMS of a writer's ``config`` (its ``options.kms``, ``connection`` and job dir).
+
+    The ``read_back`` with which ``dativo plugins certify`` checks this writer's round trip
+    (``writer: {read_back: "dativo.targets.encrypted_parquet:read_back"}`` in a scenario
+    file). Raises what :func:`read_encrypted` raises (SourceError, KmsError).
+    """
+    base_dir = Path(str((config.get("job") or {}).get("dir", ".")))
+    connection = config.get("connection") or {}
+    kms = load_kms((config.get("options") or {}).get("kms") or {}, base_dir)
+    try:
+        tables = [read_encrypted(file, kms, connection=connection, base_dir=base_dir) for file in files]
+    finally:
+        kms.close()
+    return pa.concat_tables(tables)

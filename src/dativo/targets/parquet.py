@@ -24,10 +24,8 @@ import pyarrow as pa
 from pyarrow import fs as pafs
 
 from dativo import __version__
-from dativo._faults import crash_point
-from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
-from dativo.sdk import DataWriter, PluginConfig
+from dativo.sdk import DataWriter, PluginConfig, fault_hook, redact
 from dativo.storage import filesystem_for
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder, WrittenFile
 
@@ -49,12 +47,16 @@ class ParquetDatasetWriter(DataWriter):
         self.config = config
         self._rolling: RollingParquetWriter | None = None
         self._state: dict[str, Any] | None = None
+        self._finalized = False
         location = config.get("path")
         if not location:
             raise ConfigError(f"{self.label} target: 'path' is required (a local folder or s3://bucket/prefix)")
         job = config.get("job", {})
         fs, root = filesystem_for(str(location), config.get("connection") or {}, Path(job.get("dir", ".")))
-        self._folder = StagedFolder(fs, root, str(job.get("run_id", "run")), redact(str(location)))
+        self._crash_point = fault_hook(config)
+        self._folder = StagedFolder(
+            fs, root, str(job.get("run_id", "run")), redact(str(location)), crash_point=self._crash_point
+        )
         self._job = str(job.get("name", ""))
         self._mode = str(config.get("mode") or "append")
         self._settings = self.parquet_settings(config.get("options") or {})
@@ -124,8 +126,10 @@ class ParquetDatasetWriter(DataWriter):
         return result
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
-        """Stage ``batch`` in the temporary folder."""
+        """Stage ``batch`` in the temporary folder; raises TargetError after :meth:`finalize` (the run is published)."""
         assert self._rolling is not None, "prepare() was not called"
+        if self._finalized:
+            raise TargetError(f"{self.label} target: write_batch() after finalize(); the run is already published")
         self._rolling.write(batch)
 
     def finalize(self) -> dict[str, Any]:
@@ -135,18 +139,19 @@ class ParquetDatasetWriter(DataWriter):
         another writer published a manifest meanwhile (nothing of this run is then listed).
         """
         assert self._rolling is not None, "prepare() was not called"
+        self._finalized = True
         written = self._rolling.close()
         manifest = read_manifest(self._folder.fs, self._folder.root) or self._baseline()
         names = [file.path.rsplit("/", 1)[1] for file in written]
         files = names if self._mode == "overwrite" else [*manifest["files"], *names]
         self.before_publish(written, manifest, files)
         self._folder.publish([file.path for file in written] + self.companion_files(written))
-        crash_point("files_published")
+        self._crash_point("files_published")
         states = dict(manifest.get("states", {}))
         if self._state is not None:
             states[self._job] = self._state
         sequence = self._write_manifest(manifest, files, states)
-        crash_point("after_commit")
+        self._crash_point("after_commit")
         if self._mode == "overwrite":
             for name in set(manifest["files"]) - set(files):
                 with contextlib.suppress(OSError, pa.ArrowException):

@@ -2,8 +2,8 @@
 
 :class:`PluginUnderTest` turns one description of a plugin into fresh,
 initialized :class:`~dativo.sdk.DataReader` / :class:`~dativo.sdk.DataWriter`
-instances through the same runtimes a job uses (:func:`dativo.runtimes.host_reader`
-/ :func:`~dativo.runtimes.host_writer`), so every conformance check sees exactly
+instances through the same runtimes a job uses (:func:`dativo.core.hosting.host_reader`
+/ :func:`~dativo.core.hosting.host_writer`), so every conformance check sees exactly
 what the engine would see.
 """
 
@@ -100,13 +100,13 @@ class PluginUnderTest:
 
     def reader(self, config: Mapping[str, Any]) -> DataReader:
         """A fresh reader, initialized with ``config``; raises what ``initialize`` raises."""
-        from dativo.runtimes import host_reader
+        from dativo.core.hosting import host_reader
 
         return host_reader(self.plan(config))
 
     def writer(self, config: Mapping[str, Any], writable: Sequence[Path] = ()) -> DataWriter:
         """A fresh writer, initialized with ``config`` (``writable``: folders a sandboxed plugin may write)."""
-        from dativo.runtimes import host_writer
+        from dativo.core.hosting import host_writer
 
         return host_writer(self.plan(config, writable))
 

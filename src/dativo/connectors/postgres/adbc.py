@@ -22,32 +22,22 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from dativo.connectors.postgres.base import PlannedPostgresReader
-from dativo.connectors.postgres.connection import (
-    PG_EXTRA_HINT,
-    PgConnectionInfo,
-    build_connection,
-    connect_psycopg,
-    import_psycopg,
-    translate_error,
-)
-from dativo.connectors.postgres.partitions import SnapshotPartitioner, snapshot_setup_sql
+from dativo.connectors.postgres.base import SnapshotPartitionedReader
+from dativo.connectors.postgres.connection import PG_EXTRA_HINT
+from dativo.connectors.postgres.partitions import snapshot_setup_sql
 from dativo.connectors.postgres.types import (
     ColumnPlan,
-    SourcePlan,
-    SourceSpec,
     check_array_dims,
     check_temporal_range,
     decimal_from_strings,
-    describe_source,
     rebuild_list,
 )
-from dativo.errors import DativoError, PluginError, SourceError
+from dativo.errors import PluginError, SourceError
 from dativo.sdk import PluginConfig, ReadPartition
 
 __all__ = ["AdbcPostgresReader"]
@@ -68,6 +58,30 @@ def _import_adbc() -> Any:
     except ImportError as exc:
         raise PluginError(f"the postgres-adbc reader requires the PostgreSQL extra: {PG_EXTRA_HINT}") from exc
     return dbapi
+
+
+def _result_stream(cursor: Any) -> Any:
+    """The query's result stream, wrapped so that a failure mid-stream carries its SQLSTATE.
+
+    ``fetch_record_batch()`` returns pyarrow's bare reader, whose errors are ``OSError`` with
+    libpq's text only (apache/arrow-adbc#1523); the cursor's results hold ADBC's wrapper of
+    the same stream, which raises the driver's error with ``sqlstate`` (57P01 for a terminated
+    backend, say). Falls back to the bare reader where a driver version lacks the wrapper.
+    """
+    reader = getattr(getattr(cursor, "_results", None), "reader", None)
+    return reader if reader is not None else cursor.fetch_record_batch()
+
+
+def _hint_bytes(schema: pa.Schema, batch_size: int) -> int:
+    """The driver's batch size hint (bytes) for batches of about ``batch_size`` rows."""
+    return min(max(batch_size * _row_width(schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
+
+
+def _execute(cursor: Any, sql: str, hint_bytes: int) -> Any:
+    """Run ``sql`` on ``cursor`` with the batch size hint; returns its result stream (see _result_stream)."""
+    cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint_bytes)})
+    cursor.execute(sql)
+    return _result_stream(cursor)
 
 
 def _storage(arr: pa.Array) -> pa.Array:
@@ -146,7 +160,7 @@ def _row_width(schema: pa.Schema) -> int:
     return max(width, 8)
 
 
-class AdbcPostgresReader(PlannedPostgresReader):
+class AdbcPostgresReader(SnapshotPartitionedReader):
     """Read a PostgreSQL table or query through the ADBC driver's binary COPY.
 
     ``initialize`` connects (psycopg, for schema discovery, then ADBC) and
@@ -165,65 +179,47 @@ class AdbcPostgresReader(PlannedPostgresReader):
     }
 
     def __init__(self) -> None:
+        super().__init__(cancel=lambda cursor: cursor.adbc_cancel())
         self._conn: Any = None
         self._cursor: Any = None
-        self._info: PgConnectionInfo | None = None
-        self._spec: SourceSpec | None = None
-        self._plan: SourcePlan | None = None
         self._converters: list[ArrayConverter] = []
         # Held while the driver is inside read_next_batch: close() from another
         # thread cancels the query and waits, instead of freeing a stream in use.
         self._reading = threading.Lock()
-        self._partitioner: SnapshotPartitioner | None = None
-        self._partition_lock = threading.Lock()
-        self._partition_cursors: set[Any] = set()
 
     def initialize(self, config: PluginConfig) -> None:
         """Describe the source with psycopg, then open the ADBC connection; see the class docstring."""
-        self.config = config
         dbapi = _import_adbc()
-        self._spec = SourceSpec.from_config(config)
-        self._info = info = build_connection(config.get("connection"))
-        psycopg = import_psycopg()
-        with contextlib.closing(connect_psycopg(info)) as pg:
-            try:
-                self._plan = describe_source(pg, self._spec)
-            except psycopg.Error as exc:
-                raise translate_error(exc, info, table=self._spec.table) from exc
-        self._converters = [_column_converter(c) for c in self._plan.columns]
+        self.setup_source(config)
+        plan = self.plan()
+        self._converters = [_column_converter(c) for c in plan.columns]
         try:
-            self._conn = dbapi.connect(info.conninfo, autocommit=True)
+            self._conn = dbapi.connect(self.source()[2].conninfo, autocommit=True)
         except Exception as exc:
-            raise translate_error(exc, info, connecting=True) from exc
+            raise self.translate(exc, connecting=True) from exc
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield record batches of roughly ``batch_size`` rows; raises on any failure (never ends early)."""
-        plan = self._require_plan()
-        info, spec, conn = self._info, self._spec, self._conn
-        if info is None or spec is None or conn is None:
+        plan = self.plan()
+        conn = self._conn
+        if conn is None:
             raise SourceError("the PostgreSQL reader is closed")
         batch_size = max(1, int(batch_size))
-        hint = min(max(batch_size * _row_width(plan.schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
         try:
-            with self._reading:
-                cursor = conn.cursor()
-                self._cursor = cursor
-                cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
-                cursor.execute(plan.sql)
-                stream = cursor.fetch_record_batch()
-            while True:
+            with self.translating():
                 with self._reading:
-                    if self._cursor is None:
-                        raise SourceError("the PostgreSQL reader was closed while reading")
-                    try:
-                        raw = stream.read_next_batch()
-                    except StopIteration:
-                        break
-                yield from self._sized(self._convert(raw), batch_size)
-        except DativoError:
-            raise
-        except Exception as exc:
-            raise translate_error(exc, info, table=spec.table) from exc
+                    cursor = conn.cursor()
+                    self._cursor = cursor
+                    stream = _execute(cursor, plan.sql, _hint_bytes(plan.schema, batch_size))
+                while True:
+                    with self._reading:
+                        if self._cursor is None:
+                            raise SourceError("the PostgreSQL reader was closed while reading")
+                        try:
+                            raw = stream.read_next_batch()
+                        except StopIteration:
+                            break
+                    yield from self._sized(self._convert(raw), batch_size)
         finally:
             with self._reading:
                 self._close_cursor()
@@ -240,52 +236,34 @@ class AdbcPostgresReader(PlannedPostgresReader):
         for start in range(0, n, step):
             yield batch.slice(start, step)
 
-    def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
-        """Export a snapshot and split a ``table`` source into ctid page ranges (empty for a query source)."""
-        plan, info, spec = self._require_plan(), self._info, self._spec
-        if info is None or spec is None:
-            raise SourceError("the PostgreSQL reader is closed")
-        self._partitioner = SnapshotPartitioner(info, spec, plan)
-        return self._partitioner.plan(parallelism)
-
     def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Read one partition on an ADBC connection of its own, inside the exported snapshot."""
-        plan, info, spec = self._require_plan(), self._info, self._spec
-        if info is None or spec is None or self._conn is None:
+        plan, _, info = self.source()
+        if self._conn is None:
             raise SourceError("the PostgreSQL reader is closed")
         dbapi = _import_adbc()
         batch_size = max(1, int(batch_size))
-        hint = min(max(batch_size * _row_width(plan.schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
         conn: Any = None
         cursor: Any = None
         try:
-            conn = dbapi.connect(info.conninfo, autocommit=True)
-            cursor = conn.cursor()
-            with self._partition_lock:
-                if self._conn is None:
-                    raise SourceError("the PostgreSQL reader was closed while reading")
-                self._partition_cursors.add(cursor)
-            for statement in snapshot_setup_sql(str(partition.spec["snapshot"])).split("; "):
-                cursor.execute(statement)  # the driver prepares statements: one command each
-            cursor.adbc_statement.set_options(**{_BATCH_HINT_OPTION: str(hint)})
-            cursor.execute(str(partition.spec["sql"]))
-            stream = cursor.fetch_record_batch()
-            for raw in stream:
-                yield from self._sized(self._convert(raw), batch_size)
-        except DativoError:
-            raise
-        except Exception as exc:
-            raise translate_error(exc, info, table=spec.table) from exc
+            with self.translating():
+                conn = dbapi.connect(info.conninfo, autocommit=True)
+                cursor = conn.cursor()
+                self.running.add(cursor)
+                for statement in snapshot_setup_sql(str(partition.spec["snapshot"])).split("; "):
+                    cursor.execute(statement)  # the driver prepares statements: one command each
+                stream = _execute(cursor, str(partition.spec["sql"]), _hint_bytes(plan.schema, batch_size))
+                for raw in stream:
+                    yield from self._sized(self._convert(raw), batch_size)
         finally:
-            with self._partition_lock:
-                self._partition_cursors.discard(cursor)
+            self.running.discard(cursor)
             for closable in (cursor, conn):
                 if closable is not None:
                     with contextlib.suppress(Exception):
                         closable.close()
 
     def _convert(self, raw: pa.RecordBatch) -> pa.RecordBatch:
-        plan = self._require_plan()
+        plan = self.plan()
         n_data = len(plan.columns)
         if raw.num_columns != n_data + len(plan.array_columns):
             raise SourceError(
@@ -310,14 +288,7 @@ class AdbcPostgresReader(PlannedPostgresReader):
         and waits for that thread to leave the driver (up to 10 s; after that the
         connection is left to the garbage collector rather than freed in use).
         """
-        with self._partition_lock:
-            running = list(self._partition_cursors)
-        for cursor in running:
-            with contextlib.suppress(Exception):
-                cursor.adbc_cancel()
-        partitioner, self._partitioner = self._partitioner, None
-        if partitioner is not None:
-            partitioner.close()
+        super().close()  # cancels the partitions' cursors, ends the snapshot transaction
         if not self._reading.acquire(blocking=False):
             cursor = self._cursor
             if cursor is not None:

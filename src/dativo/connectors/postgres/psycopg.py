@@ -31,13 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dativo.connectors.postgres.base import PlannedPostgresReader
-from dativo.connectors.postgres.connection import (
-    PgConnectionInfo,
-    build_connection,
-    connect_psycopg,
-    import_psycopg,
-    translate_error,
-)
+from dativo.connectors.postgres.connection import import_psycopg
 from dativo.connectors.postgres.types import (
     OID_BPCHAR,
     OID_DATE,
@@ -49,12 +43,9 @@ from dativo.connectors.postgres.types import (
     OID_UUID,
     OID_VARCHAR,
     ColumnPlan,
-    SourcePlan,
-    SourceSpec,
     check_array_dims,
     check_temporal_range,
     decimal_from_strings,
-    describe_source,
     rebuild_list,
 )
 from dativo.errors import DativoError, SourceError
@@ -275,25 +266,16 @@ class PsycopgPostgresReader(PlannedPostgresReader):
         self._conn: psycopg.Connection[Any] | None = None
         self._cursor: psycopg.ServerCursor[Any] | None = None
         self._prefetcher: _Prefetcher | None = None
-        self._info: PgConnectionInfo | None = None
-        self._spec: SourceSpec | None = None
-        self._plan: SourcePlan | None = None
         self._converters: list[Converter] = []
 
     def initialize(self, config: PluginConfig) -> None:
         """Connect, describe the source and prepare converters; see the class docstring for failures."""
-        self.config = config
-        self._spec = SourceSpec.from_config(config)
-        self._info = build_connection(config.get("connection"))
-        psycopg = import_psycopg()
-        self._conn = connect_psycopg(self._info)
-        try:
-            self._register_loaders(self._conn)
-            self._plan = describe_source(self._conn, self._spec, numeric_as_text=True)
-            self._conn.rollback()
-        except psycopg.Error as exc:
-            raise translate_error(exc, self._info, table=self._spec.table) from exc
-        self._converters = [_converter(c) for c in self._plan.columns]
+        self._conn = self.setup_source(config, numeric_as_text=True, keep=True)
+        self._converters = [_converter(c) for c in self.plan().columns]
+
+    def prepare_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """Load text as str and date/time/uuid values as raw bytes (decoded vectorised by the converters)."""
+        self._register_loaders(conn)
 
     @staticmethod
     def _register_loaders(conn: psycopg.Connection[Any]) -> None:
@@ -312,9 +294,9 @@ class PsycopgPostgresReader(PlannedPostgresReader):
         Rows are fetched in chunks of at most about 200,000 values (and at most
         ``batch_size`` rows) to bound memory, converted per chunk and combined.
         """
-        plan = self._require_plan()
-        conn, info, spec = self._conn, self._info, self._spec
-        if conn is None or info is None or spec is None:
+        plan = self.plan()
+        conn = self._conn
+        if conn is None:
             raise SourceError("the PostgreSQL reader is closed")
         psycopg = import_psycopg()
         batch_size = max(1, int(batch_size))
@@ -342,13 +324,13 @@ class PsycopgPostgresReader(PlannedPostgresReader):
         except DativoError:
             raise
         except psycopg.Error as exc:
-            raise translate_error(exc, info, table=spec.table) from exc
+            raise self.translate(exc) from exc
         finally:
             self._stop_reading()
 
     def _to_arrays(self, rows: list[tuple[Any, ...]]) -> list[pa.Array]:
         """Convert fetched rows into one canonical array per column (checking array dimensions first)."""
-        plan = self._require_plan()
+        plan = self.plan()
         n_data = len(plan.columns)
         columns = list(zip(*rows, strict=True))
         for pos, idx in enumerate(plan.array_columns):

@@ -61,7 +61,9 @@ __all__ = [
     "decimal_from_strings",
     "describe_source",
     "quote_ident",
+    "rebuild_list",
     "split_qualified_name",
+    "with_lower_bound",
 ]
 
 #: How the values of a column (or of its array elements) are represented.

@@ -8,8 +8,8 @@ from typing import Any
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
 
-from dativo._secrets import redact, register_secret
 from dativo.errors import TargetError
+from dativo.sdk import redact, register_secret
 
 __all__ = ["ensure_namespace", "open_catalog"]
 

@@ -51,10 +51,8 @@ from pyiceberg.table.locations import load_location_provider
 from pyiceberg.typedef import Record
 
 from dativo import __version__
-from dativo._faults import crash_point
-from dativo._secrets import redact
 from dativo.errors import ConfigError, TargetError
-from dativo.sdk import DataWriter, PluginConfig
+from dativo.sdk import PluginConfig, fault_hook, redact
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
@@ -67,6 +65,7 @@ from dativo.targets.iceberg.partitioning import (
     check_writable,
     parse_partition_by,
 )
+from dativo.targets.iceberg.plugin import IcebergWriter as IcebergWriterEntry
 from dativo.targets.iceberg.schema import evolve, iceberg_type_of, small_types, to_file_schema
 from dativo.targets.iceberg.state import RESET_PROPERTY, is_maintenance, latest_job_state, writer_of
 
@@ -77,14 +76,13 @@ log = logging.getLogger("dativo.targets.iceberg")
 _COMMIT_ATTEMPTS = 5
 
 
-class IcebergWriter(DataWriter):
+class IcebergWriter(IcebergWriterEntry):
     """Appends to, overwrites or merges into an Iceberg table (created if missing) in one commit per run."""
-
-    supported_modes = frozenset({"append", "overwrite", "merge"})
 
     def initialize(self, config: PluginConfig) -> None:
         """Connect to the catalog. Raises ConfigError for a bad table name, TargetError if unreachable."""
         self.config = config
+        self._crash_point = fault_hook(config)
         table = str(config.get("table") or "")
         parts = tuple(part for part in table.split(".") if part)
         if len(parts) < 2:
@@ -101,6 +99,7 @@ class IcebergWriter(DataWriter):
         self._settings = ParquetSettings.from_options(config.get("options") or {})
         self._catalog = open_catalog(dict(config.get("catalog") or {}), self._job_dir)
         self._rolling: RollingParquetWriter | PartitionedFiles | None = None
+        self._finalized = False
         self._merge_keys: MergeKeys | None = None
         self._deduplicated: list[str] = []
         self._rewritten: list[str] = []
@@ -263,8 +262,13 @@ class IcebergWriter(DataWriter):
         return path, self._io.new_output(path).create(overwrite=False)
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
-        """Write ``batch`` into a data file of this run (not yet referenced by the table)."""
+        """Write ``batch`` into a data file of this run (not yet referenced by the table).
+
+        Raises TargetError after :meth:`finalize`: the run is committed, a later batch would be lost.
+        """
         assert self._rolling is not None, "prepare() was not called"
+        if self._finalized:
+            raise TargetError(f"iceberg target {self._name}: write_batch() after finalize(); the run is committed")
         if self._merge_keys is not None:
             batch = self._merge_keys.add(batch)
         # last_wins resolves duplicates by arrival order, which sorting would change.
@@ -281,15 +285,16 @@ class IcebergWriter(DataWriter):
         fails terminally and commits nothing). Raises TargetError if the commit fails.
         """
         assert self._rolling is not None, "prepare() was not called"
+        self._finalized = True
         written = self._rolling.close()
-        crash_point("files_written")
+        self._crash_point("files_written")
         drop, written = self._resolve_merge(written)
         if not written and not self._needs_commit(drop):
             return self._result(None, written, 0)
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
                 removed = self._stage_commit(written, drop)
-                crash_point("before_commit")
+                self._crash_point("before_commit")
                 table = self._transaction.commit_transaction()
                 break
             except (CommitFailedException, TableAlreadyExistsError, ValidationException) as exc:
@@ -308,7 +313,7 @@ class IcebergWriter(DataWriter):
                 table, snapshot_id = self._resolve_unknown(exc, written)
                 self._created_namespace = False
                 return self._result(snapshot_id, written, removed)
-        crash_point("after_commit")
+        self._crash_point("after_commit")
         self._created_namespace = False
         snapshot = table.current_snapshot()
         return self._result(snapshot.snapshot_id if snapshot is not None else None, written, removed)

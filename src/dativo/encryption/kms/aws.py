@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dativo._secrets import register_secret
+from dativo.encryption.kms import KmsClient, KmsError, register_key_material, scrub
 from dativo.errors import ConfigError
-from dativo.kms import KmsClient, KmsError, register_key_material, scrub
 
 __all__ = ["AwsKms"]
 

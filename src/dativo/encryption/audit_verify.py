@@ -24,9 +24,9 @@ import pyarrow as pa
 from pyarrow import fs as pafs
 
 from dativo._secrets import redact
-from dativo.audit import CHAIN_KEY_EVENT, GENESIS, canonical, open_chain_key, record_hash
+from dativo.encryption.audit import CHAIN_KEY_EVENT, GENESIS, canonical, open_chain_key, record_hash
+from dativo.encryption.kms import KmsClient, load_kms, scrub
 from dativo.errors import ConfigError, DativoError
-from dativo.kms import KmsClient, load_kms, scrub
 from dativo.storage import filesystem_for
 
 __all__ = ["Problem", "VerifyResult", "verify", "verify_text"]

@@ -1,6 +1,7 @@
 """``dativo init plugin``: generate a complete, buildable plugin project from the templates shipped with dativo.
 
-Templates live in ``dativo/templates/<lang>/<kind>/`` (package data). A file
+Templates live in ``dativo/testing/templates/<lang>/<kind>/`` (package data, next to the
+conformance suite every generated project runs). A file
 ending in ``.j2`` is rendered with Jinja2 and loses the suffix; every other
 file is copied as is. Path parts may contain ``{{package}}`` / ``{{name}}``.
 A freshly generated project builds and passes ``dativo plugins certify`` with
@@ -73,7 +74,7 @@ def names_for(name: str, kind: Kind, lang: Lang) -> PluginNames:
 
 
 def _template_root(lang: Lang, kind: Kind) -> Traversable:
-    return files("dativo").joinpath("templates", lang, kind)
+    return files("dativo.testing").joinpath("templates", lang, kind)
 
 
 def template_digest(lang: Lang, kind: Kind) -> str:

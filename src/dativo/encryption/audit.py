@@ -10,7 +10,7 @@ record (``chain_key``). Whoever can edit the log but cannot unwrap that key
 cannot produce a valid hash: a record appended with a recomputed hash is caught.
 
 Changing a byte, deleting, inserting or reordering lines breaks the chain at a
-record :func:`dativo.audit_verify.verify` names; a run whose process died is
+record :func:`dativo.encryption.audit_verify.verify` names; a run whose process died is
 closed by the next run with a ``run_abandoned`` record (its staged files cleaned
 first), so a crash never leaves the log unverifiable.
 
@@ -45,8 +45,8 @@ from pyarrow import fs as pafs
 
 from dativo import __version__
 from dativo._secrets import redact
+from dativo.encryption.kms import KmsClient, register_key_material, scrub
 from dativo.errors import ConfigError, TargetError
-from dativo.kms import KmsClient, register_key_material, scrub
 from dativo.storage import filesystem_for
 
 __all__ = [

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dativo.encryption.kms import KmsClient, KmsError, register_key_material
 from dativo.errors import ConfigError
-from dativo.kms import KmsClient, KmsError, register_key_material
 
 __all__ = ["LocalKeyFileKms", "new_key_file"]
 

@@ -4,25 +4,24 @@ A *KMS client* wraps (encrypts) and unwraps the random data keys that Parquet
 Modular Encryption generates for every file and column, using *master keys*
 that never leave the key management service. Built in:
 
-* ``local`` (:class:`dativo.kms.local.LocalKeyFileKms`): master keys in a JSON
+* ``local`` (:class:`dativo.encryption.kms.local.LocalKeyFileKms`): master keys in a JSON
   key file with 0600 permissions, for development;
-* ``aws-kms`` (:class:`dativo.kms.aws.AwsKms`): AWS KMS through boto3, every
+* ``aws-kms`` (:class:`dativo.encryption.kms.aws.AwsKms`): AWS KMS through boto3, every
   wrapped key bound to an encryption context naming the job, run and file.
 
-Anyone can add one: subclass :class:`KmsClient` and register the class in the
-``dativo.kms`` entry-point group (or name it as ``"pkg.module:Class"``).
+Every client is a plugin: the built-in ones are registered in the ``dativo.kms``
+entry-point group exactly like a third-party one. Anyone can add one: subclass
+:class:`KmsClient` and register the class there (or name it as ``"pkg.module:Class"``).
 Key material is never logged and never part of an error message.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib
 import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -123,41 +122,25 @@ class KmsClient(ABC):
 def load_kms(config: Mapping[str, Any], base_dir: Path) -> KmsClient:
     """Build the KMS client a job's ``kms:`` mapping names by ``type``.
 
-    ``type`` is a built-in name (``local``, ``aws-kms``), the name of a
-    ``dativo.kms`` entry point, or ``"pkg.module:Class"``. Raises ConfigError
-    for a missing or unknown type and PluginError when the class cannot be
-    imported or is not a :class:`KmsClient`.
+    ``type`` is found like a reader's ``implementation`` (through the same plugin
+    registry, :func:`dativo.core.registry.resolve_class`): the name of a ``dativo.kms``
+    entry point (the built-in ``local`` and ``aws-kms`` are registered there like any
+    third-party client), ``"pkg.module:Class"``, or ``"path/file.py:Class"`` relative
+    to ``base_dir``. Raises ConfigError for a missing type, and PluginError naming the
+    installed clients for an unknown one, or when the class cannot be imported, is not
+    a :class:`KmsClient` or fails to start.
     """
+    from dativo.core.registry import resolve_class
+
     if not isinstance(config, Mapping) or not config.get("type"):
         raise ConfigError("encryption: 'kms.type' is required (local, aws-kms or an installed dativo.kms plugin)")
     name = str(config["type"])
-    cls = _resolve(name)
+    cls, origin = resolve_class(ENTRY_POINT_GROUP, "KMS client", name, base_dir)
+    if not issubclass(cls, KmsClient):
+        raise PluginError(f"KMS client '{name}' ({origin}) is not a subclass of dativo.encryption.kms.KmsClient")
     try:
         return cls(config, base_dir)
     except DativoError:
         raise
     except Exception as exc:
         raise PluginError(f"KMS client '{name}' failed to start: {type(exc).__name__}: {scrub(str(exc))}") from None
-
-
-def _resolve(name: str) -> type[KmsClient]:
-    target: Any = None
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                target = ep.load()
-            except Exception as exc:
-                raise PluginError(f"KMS client '{name}' cannot be imported: {type(exc).__name__}: {exc}") from None
-            break
-    if target is None and ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            target = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise PluginError(f"KMS client '{name}' cannot be imported: {exc}") from None
-    if target is None:
-        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-        raise ConfigError(f"unknown KMS type '{name}' (known: {', '.join(known)}; or 'pkg.module:Class')")
-    if not (isinstance(target, type) and issubclass(target, KmsClient)):
-        raise PluginError(f"KMS client '{name}' is not a subclass of dativo.kms.KmsClient")
-    return target

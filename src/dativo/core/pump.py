@@ -1,0 +1,210 @@
+"""The one pump: a reader's partitions, read on worker threads into one bounded queue of conformed batches.
+
+A single stream is one partition (:data:`WHOLE_STREAM`, read with ``read_batch``);
+a :class:`~dativo.sdk.PartitionedReader` plans several (read with
+``read_partition``, up to ``workers`` at once, in one snapshot). Whatever the
+reader yields goes through :func:`~dativo.core.batches.as_record_batches` and
+:func:`~dativo.core.batches.conform`; its own exceptions are wrapped by
+:func:`~dativo.core.calls.plugin_error`, which keeps ``transient``. The first
+failure in any partition stops the others and is raised to whoever iterates.
+
+The engine's run (every runtime: in process, process, Flight), change runs, and
+``dativo serve`` (the plugin side of the process and Flight protocols) all read
+through :class:`Pump`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from dativo._faults import crash_point
+from dativo.core.batches import as_record_batches, conform
+from dativo.core.calls import call, plugin_error
+from dativo.errors import DativoError, SourceError
+from dativo.sdk import DataReader, PartitionedReader, ReadPartition
+
+__all__ = ["SINGLE_STREAM", "WHOLE_STREAM", "Pump", "ReadPlan", "plan_read"]
+
+# The run's log: the pump's lines belong with the pipeline's (same logger).
+log = logging.getLogger("dativo.engine")
+
+#: The partition that is the reader's whole stream (``read_batch``).
+WHOLE_STREAM = ReadPartition(index=0, label="whole stream")
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """What the pump reads: the partitions, and how many worker threads (connections) read them."""
+
+    partitions: Sequence[ReadPartition]
+    workers: int = 1
+
+
+#: Read the reader's one stream on one thread.
+SINGLE_STREAM = ReadPlan((WHOLE_STREAM,), 1)
+
+
+def plan_read(reader: DataReader, name: str, parallelism: int | None) -> ReadPlan:
+    """Ask a partition-capable reader for its partitions; :data:`SINGLE_STREAM` when it has none to offer.
+
+    ``parallelism`` 1 (or a reader that is no PartitionedReader, or a plan of fewer than
+    two partitions) means one stream. ``None`` lets the reader choose, on at most one
+    worker per CPU. Planning failures propagate (wrapped like any plugin call).
+    """
+    if parallelism == 1 or not isinstance(reader, PartitionedReader):
+        return SINGLE_STREAM
+    partitions = list(call(reader.plan_partitions, name, "plan_partitions", parallelism, role="reader"))
+    if len(partitions) < 2:
+        return SINGLE_STREAM
+    workers = min(len(partitions), parallelism or os.cpu_count() or 1)
+    log.info("reading in %d partitions on %d connections", len(partitions), workers, extra={"reader": name})
+    return ReadPlan(tuple(partitions), workers)
+
+
+_DONE = object()
+
+
+class Pump:
+    """Reads the planned partitions on worker threads into one bounded queue of ``depth`` batches.
+
+    ``start`` the threads, iterate for conformed batches (in order for one stream,
+    in arrival order across partitions), ``cancel`` to stop the workers at their next
+    batch, ``join`` to wait for them. Iterating raises the first failure of any
+    partition (a reader's non-dativo exception as a SourceError, ``transient`` kept),
+    or SourceError when the workers stopped without finishing.
+    """
+
+    def __init__(
+        self,
+        reader: DataReader,
+        name: str,
+        schema: pa.Schema,
+        batch_size: int,
+        depth: int,
+        plan: ReadPlan = SINGLE_STREAM,
+    ) -> None:
+        self._reader = reader
+        self._name = name
+        self._schema = schema
+        self._batch_size = batch_size
+        self._pending: queue.SimpleQueue[ReadPartition] = queue.SimpleQueue()
+        for partition in plan.partitions:
+            self._pending.put(partition)
+        self._single = len(plan.partitions) == 1
+        workers = max(1, min(plan.workers, len(plan.partitions)))
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(depth, workers))
+        self._cancelled = threading.Event()
+        self._index_lock = threading.Lock()
+        self._index = 0
+        names = [f"dativo-reader-{name}"] if workers == 1 else [f"dativo-reader-{name}-{i}" for i in range(workers)]
+        self._threads = [threading.Thread(target=self._work, name=n, daemon=True) for n in names]
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        for thread in self._threads:
+            thread.start()
+
+    def cancel(self) -> None:
+        """Ask the workers to stop at their next batch; never blocks."""
+        self._cancelled.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for each worker; logs a warning for one still running."""
+        for thread in self._threads:
+            if thread.ident is None:
+                continue  # never started
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("reader '%s' did not stop within %.0f s of cancellation", self._name, timeout)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        running = len(self._threads)
+        while running:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if not any(t.is_alive() for t in self._threads) and self._queue.empty():
+                    what = "its stream" if self._single else "its partitions"
+                    raise SourceError(f"reader '{self._name}' stopped without finishing {what}") from None
+                continue
+            if item is _DONE:
+                running -= 1
+                continue
+            if isinstance(item, BaseException):
+                self._cancelled.set()
+                raise item
+            assert isinstance(item, pa.RecordBatch)
+            yield item
+
+    def _work(self) -> None:
+        try:
+            while not self._cancelled.is_set():
+                try:
+                    partition = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if not self._read(partition):
+                    return
+            self._put(_DONE)
+        except DativoError as exc:
+            self._cancelled.set()
+            self._put(exc, force=True)
+
+    def _open(self, partition: ReadPartition) -> Iterable[object]:
+        if partition is WHOLE_STREAM:
+            return self._reader.read_batch(self._batch_size)
+        assert isinstance(self._reader, PartitionedReader)
+        return self._reader.read_partition(partition, self._batch_size)
+
+    def _read(self, partition: ReadPartition) -> bool:
+        """Read one partition into the queue; False when cancelled. Raises its failure as a DativoError."""
+        count = 0
+        stream: Iterator[object] | None = None
+        try:
+            stream = iter(self._open(partition))
+            for item in stream:
+                for raw in as_record_batches(item, self._name):
+                    if raw.num_rows == 0:
+                        continue
+                    with self._index_lock:
+                        index, self._index = self._index, self._index + 1
+                    if not self._put(conform(raw, self._schema, self._name, index)):
+                        return False
+                    count += 1
+                    crash_point("read")
+                if self._cancelled.is_set():
+                    return False
+            return True
+        except DativoError:
+            raise
+        except Exception as exc:
+            where = "" if partition is WHOLE_STREAM else f" in partition {partition.label}"
+            raise plugin_error(exc, "reader", self._name, f"failed{where} after {count} batches") from exc
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.debug("closing a stream of reader '%s' raised", self._name, exc_info=True)
+
+    def _put(self, item: object, *, force: bool = False) -> bool:
+        # An error is delivered even after cancellation, so the first failure is the one reported.
+        while force or not self._cancelled.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                if force and self._cancelled.is_set() and self._queue.full():
+                    with contextlib.suppress(queue.Empty):  # make room: the consumer stops at the first error
+                        self._queue.get_nowait()
+                continue
+        return False

@@ -1,0 +1,143 @@
+"""Runtimes are found through the ``dativo.runtimes`` entry points: the built-in three and a third party's alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dativo.config.loader import load_job
+from dativo.core.hosting import find_runtime, host_reader, runtime_names
+from dativo.engine import pipeline
+from dativo.engine.plan import build_plan
+from dativo.errors import PluginError
+
+SUPPORT = Path(__file__).parent / "support" / "plugins.py"
+
+#: A third-party runtime: hosts Python classes in process, and records what it hosted.
+RUNTIME = """
+from dativo.sdk import DataReader, DataWriter
+
+HOSTED = []
+
+
+def _host(plan, base):
+    plugin = plan.ref.cls()
+    assert isinstance(plugin, base)
+    plugin.initialize(plan.config)
+    HOSTED.append((plan.ref.kind, plan.ref.name))
+    return plugin
+
+
+def host_reader(plan):
+    return _host(plan, DataReader)
+
+
+def host_writer(plan):
+    return _host(plan, DataWriter)
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A site dir on sys.path holding a distribution that registers runtimes through entry points."""
+    root = tmp_path / "site"
+    (root / "recording_runtime").mkdir(parents=True)
+    (root / "recording_runtime" / "__init__.py").write_text(RUNTIME)
+    (root / "broken_runtime.py").write_text("raise ImportError('needs a library that is not installed')\n")
+    (root / "not_a_runtime.py").write_text("thing = object()\n")
+    dist = root / "recording_runtime-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: recording-runtime\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[dativo.runtimes]\n"
+        "recording = recording_runtime\n"
+        "broken = broken_runtime\n"
+        "not-a-runtime = not_a_runtime:thing\n"
+    )
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    for name in ("recording_runtime", "broken_runtime", "not_a_runtime"):
+        sys.modules.pop(name, None)
+
+
+def write_job(tmp_path: Path) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            name: items
+            source:
+              connector: custom
+              reader: {{implementation: "{SUPPORT}:GeneratedReader", options: {{rows: 2500}}}}
+            target: {{connector: parquet, path: out}}
+            engine: {{batch_size: 1000}}
+            """
+        )
+    )
+    return path
+
+
+def test_built_in_runtimes_are_registered_by_entry_point():
+    assert {"custom", "process", "flight"} <= set(runtime_names())
+
+
+def test_a_third_party_runtime_hosts_a_run(tmp_path, site):
+    assert "recording" in runtime_names()
+    plan = build_plan(load_job(write_job(tmp_path)))
+    plan = dataclasses.replace(
+        plan,
+        reader=dataclasses.replace(plan.reader, runtime="recording"),
+        writer=dataclasses.replace(plan.writer, runtime="recording"),
+    )
+    summary = pipeline.run(plan)
+    assert (summary.status, summary.rows) == ("succeeded", 2500)
+    hosted = sys.modules["recording_runtime"].HOSTED
+    assert hosted == [("reader", plan.reader.ref.name), ("writer", "parquet")]
+    assert sum(f.stat().st_size > 0 for f in (tmp_path / "out").rglob("*.parquet")) >= 1
+
+
+def test_unknown_runtime_names_the_registered_ones(tmp_path):
+    plan = build_plan(load_job(write_job(tmp_path)))
+    with pytest.raises(PluginError) as info:
+        host_reader(dataclasses.replace(plan.reader, runtime="nope"))
+    message = str(info.value)
+    assert message.startswith(f"reader '{plan.reader.ref.name}': unknown runtime type 'nope' (registered runtimes: ")
+    assert "custom, flight, process" in message and "'dativo.runtimes' entry-point group" in message
+
+
+def test_a_runtime_that_fails_to_load_is_one_plugin_error(site):
+    with pytest.raises(PluginError, match=r"runtime 'broken' \(broken_runtime\) failed to import: ImportError: needs"):
+        find_runtime("broken")
+    with pytest.raises(PluginError, match=r"runtime 'not-a-runtime' .* does not define host_reader and host_writer"):
+        find_runtime("not-a-runtime")
+
+
+def test_loading_the_flight_entry_point_does_not_import_grpc():
+    code = (
+        "import sys\n"
+        "from dativo.core.hosting import find_runtime\n"
+        "from dativo.engine import pipeline\n"
+        "runtimes = [find_runtime(n) for n in ('custom', 'process', 'flight')]\n"
+        "print('pyarrow.flight' in sys.modules)\n"
+        "runtimes[2]._target()\n"
+        "print('pyarrow.flight' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+
+
+def test_stale_install_without_runtime_entry_points_says_to_reinstall(tmp_path, monkeypatch):
+    # An environment whose installed dativo metadata predates the group (nothing registered at all).
+    from dativo.core import hosting
+
+    monkeypatch.setattr(hosting, "_entries", dict)
+    plan = build_plan(load_job(write_job(tmp_path)))
+    stale = r"no runtime is registered .*not even dativo's own \(reinstall dativo \('pip install -e \.'"
+    with pytest.raises(PluginError, match=stale):
+        host_reader(plan.reader)
