@@ -220,3 +220,25 @@ def test_default_replica_identity_with_fixed_width_columns(tmp_path, pg_db):
     )
     assert run_job(load_job(path)).rows == 5  # the key change is a delete and a write
     assert target_rows(tmp_path) == source_rows(pg_db)
+
+
+def test_a_partitioned_table_gets_the_changes_of_its_partitions(tmp_path, pg_db):
+    # pgoutput sends the changes of a partitioned table under each leaf partition's oid.
+    pg_db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, amount numeric(10,2)) PARTITION BY RANGE (id);"
+        "CREATE TABLE items_a PARTITION OF items FOR VALUES FROM (0) TO (50);"
+        "CREATE TABLE items_b PARTITION OF items FOR VALUES FROM (50) TO (100000);"
+        "ALTER TABLE items REPLICA IDENTITY FULL; ALTER TABLE items_a REPLICA IDENTITY FULL;"
+        "ALTER TABLE items_b REPLICA IDENTITY FULL;"
+        "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(1, 100) g;"
+    )
+    path = job_file(tmp_path, pg_db)
+    assert run_job(load_job(path)).status == "succeeded"
+    assert target_rows(tmp_path) == source_rows(pg_db)
+    pg_db.psql(
+        "UPDATE items SET name = 'x' WHERE id % 10 = 0; DELETE FROM items WHERE id = 7;"
+        "INSERT INTO items VALUES (500, 'y', 1);"
+    )
+    summary = run_job(load_job(path))
+    assert summary.rows == 12
+    assert target_rows(tmp_path) == source_rows(pg_db)

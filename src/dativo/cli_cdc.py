@@ -1,4 +1,7 @@
-"""``dativo cdc status JOB`` and ``dativo cdc drop JOB``: the replication slot of a change-capture job.
+"""``dativo cdc status|drop|follow JOB``: the replication slot(s) of a change-capture job.
+
+A job with ``streams:`` may read several tables through one slot (docs/cdc.md): status
+and drop then cover each slot of its ``source.cdc`` streams, and follow runs them all.
 
 Registered on the main ``dativo`` app by :mod:`dativo.cli`. Errors print as one
 line (``error: ...``); exit code 1 for a server failure, 2 for a bad job file.
@@ -18,13 +21,15 @@ import typer
 from rich.table import Table
 
 from dativo.cli_common import fail, guard, out
-from dativo.config.loader import LoadedJob, load_job
+from dativo.config.loader import LoadedJob, load_job_file
+from dativo.connectors.postgres.cdc.pgoutput import parse_lsn
 from dativo.connectors.postgres.cdc.slot import CdcSettings, drop_slot, slot_info
 from dativo.connectors.postgres.connection import build_connection, connect_psycopg, import_psycopg, translate_error
 from dativo.connectors.postgres.types import quote_ident
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
 from dativo.engine.retry import run_job
+from dativo.engine.streams import plan_streams
 from dativo.errors import ConfigError, DativoError
 
 __all__ = ["cdc_app"]
@@ -54,31 +59,65 @@ def _on_server(loaded: LoadedJob, action: Callable[[Any], T]) -> T:
         conn.close()
 
 
-def status_of(job: Path) -> dict[str, Any]:
-    """The slot's state, the committed position and the lag, as a JSON-ready dict; raises DativoError."""
-    loaded = load_job(job)
-    settings = _settings(loaded)
-    slot = _on_server(loaded, lambda conn: slot_info(conn, settings.slot))
-    state = pipeline.load_state(build_plan(loaded)) or {}
-    committed = state.get("cdc") or {}
-    committed_at = committed.get("committed_at")
+def _slots(path: Path) -> tuple[str, bool, list[tuple[LoadedJob, CdcSettings, dict[str, LoadedJob]]]]:
+    """The job's name, whether it has streams, and each slot: a job to reach it, its settings, its tables."""
+    loaded = load_job_file(path)
+    if isinstance(loaded, LoadedJob):
+        return loaded.name, False, [(loaded, _settings(loaded), {loaded.config.source.table or loaded.name: loaded})]
+    slots: dict[tuple[str, str], tuple[LoadedJob, CdcSettings, dict[str, LoadedJob]]] = {}
+    for stream in plan_streams(loaded):
+        if stream.job.config.source.cdc is None:
+            continue
+        settings = _settings(stream.job)
+        key = (settings.slot, json.dumps(stream.job.config.source.connection, sort_keys=True, default=str))
+        slots.setdefault(key, (stream.job, settings, {}))[2][stream.name] = stream.job
+    if not slots:
+        raise ConfigError(f"job '{loaded.name}' has no stream with a source.cdc section")
+    return loaded.name, True, list(slots.values())
+
+
+def _slot_status(job: str, first: LoadedJob, settings: CdcSettings, tables: dict[str, LoadedJob]) -> dict[str, Any]:
+    slot = _on_server(first, lambda conn: slot_info(conn, settings.slot))
+    positions: dict[str, Any] = {}
+    stamps: list[str] = []
+    for name, loaded in tables.items():
+        committed = (pipeline.load_state(build_plan(loaded)) or {}).get("cdc") or {}
+        positions[name] = committed.get("lsn")
+        if committed.get("committed_at"):
+            stamps.append(committed["committed_at"])
     lag_s = None
-    if committed_at:
-        lag_s = round((datetime.now(UTC) - datetime.fromisoformat(committed_at)).total_seconds(), 1)
-    return {
-        "job": loaded.name,
+    if stamps:
+        lag_s = round((datetime.now(UTC) - datetime.fromisoformat(min(stamps))).total_seconds(), 1)
+    known = [lsn for lsn in positions.values() if lsn]
+    facts = {
+        "job": job,
         "slot": settings.slot,
         "publication": settings.publication,
         "exists": slot is not None,
         "active": slot.active if slot else None,
         "wal_status": slot.wal_status if slot else None,
         "confirmed_lsn": slot.confirmed_lsn if slot else None,
-        "committed_lsn": committed.get("lsn"),
+        # The least of the tables' positions: what the slot may be advanced to.
+        "committed_lsn": min(known, key=parse_lsn) if known else None,
         "current_lsn": slot.current_lsn if slot else None,
         "lag_bytes": slot.lag_bytes if slot else None,
         "retained_wal_bytes": slot.retained_bytes if slot else None,
         "seconds_since_last_commit": lag_s,
     }
+    if len(tables) > 1:
+        facts["tables"] = positions
+    return facts
+
+
+def status_of(job: Path) -> dict[str, Any]:
+    """The slot's state, the committed position and the lag, as a JSON-ready dict; raises DativoError.
+
+    For a job with ``streams:`` the dict is ``{"job", "slots": [...]}``, one entry per slot, each
+    with the committed position of every table it serves (``tables``).
+    """
+    name, has_streams, slots = _slots(job)
+    facts = [_slot_status(name, *slot) for slot in slots]
+    return {"job": name, "slots": facts} if has_streams else facts[0]
 
 
 @cdc_app.command("status")
@@ -88,12 +127,15 @@ def status(job: JobArg, as_json: Annotated[bool, typer.Option("--json", help="Pr
     if as_json:
         out.print_json(json.dumps(facts))
         return
-    table = Table(show_header=False, box=None)
-    for key, value in facts.items():
-        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
-    out.print(table)
-    if not facts["exists"] and facts["committed_lsn"]:
-        fail(DativoError(f"replication slot '{facts['slot']}' is gone; see docs/cdc.md (a lost slot)"))
+    for slot in facts.get("slots", [facts]):
+        table = Table(show_header=False, box=None)
+        for key, value in slot.items():
+            shown = ", ".join(f"{k} {v or '-'}" for k, v in value.items()) if isinstance(value, dict) else value
+            table.add_row(key.replace("_", " "), "-" if shown is None else str(shown))
+        out.print(table)
+    for slot in facts.get("slots", [facts]):
+        if not slot["exists"] and slot["committed_lsn"]:
+            fail(DativoError(f"replication slot '{slot['slot']}' is gone; see docs/cdc.md (a lost slot)"))
 
 
 @cdc_app.command("drop")
@@ -103,20 +145,31 @@ def drop(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Drop the job's replication slot (the server stops keeping WAL for it); the next run must load again."""
-    loaded = guard(lambda: load_job(job))
-    settings = guard(lambda: _settings(loaded))
-    if not yes and not typer.confirm(f"Drop replication slot '{settings.slot}'? Changes not yet read are lost"):
+    _, _, slots = guard(lambda: _slots(job))
+    names = ", ".join(f"'{settings.slot}'" for _, settings, _ in slots)
+    if not yes and not typer.confirm(f"Drop replication slot {names}? Changes not yet read are lost"):
         fail(ConfigError("cdc drop cancelled; nothing changed"))
+    for loaded, settings, _ in slots:
 
-    def act(conn: Any) -> list[str]:
-        done = [f"dropped slot '{settings.slot}'" if drop_slot(conn, settings.slot) else f"no slot '{settings.slot}'"]
-        if publication:
-            conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(settings.publication)}")
-            done.append(f"dropped publication '{settings.publication}'")
-        return done
+        def act(conn: Any, settings: CdcSettings = settings) -> list[str]:
+            slot = settings.slot
+            done = [f"dropped slot '{slot}'" if drop_slot(conn, slot) else f"no slot '{slot}'"]
+            if publication:
+                conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(settings.publication)}")
+                done.append(f"dropped publication '{settings.publication}'")
+            return done
 
-    out.print("; ".join(guard(lambda: _on_server(loaded, act))))
+        out.print("; ".join(guard(lambda loaded=loaded, act=act: _on_server(loaded, act))))  # type: ignore[misc]
     out.print("run 'dativo state reset' before the next run to load the table again")
+
+
+def _run_streams(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """One run of every stream of the job; raises the failure (one stream's error, or all of them)."""
+    from dativo import api
+
+    result = api.run(path)
+    result.raise_for_failures()
+    return [(stream.name, stream.summary) for stream in result.streams]
 
 
 @cdc_app.command("follow")
@@ -133,20 +186,25 @@ def follow(
     exits 0. A failed run (after the job's retries) exits 1 with its error; kill -9 is safe at any
     moment (the next run or follow continues from the committed position).
     """
-    loaded = guard(lambda: load_job(job))
-    cdc = loaded.config.source.cdc
-    if cdc is None:
-        fail(ConfigError(f"job '{loaded.name}' has no source.cdc section"))
+    _, has_streams, slots = guard(lambda: _slots(job))
+    first = slots[0][0]
+    cdc = first.config.source.cdc
+    assert cdc is not None
     period = interval if interval is not None else cdc.commit_interval_s
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     while not stop.is_set():
-        summary = guard(lambda: run_job(loaded))
-        if not quiet:
-            facts = summary.target.get("cdc", {})
-            out.print(f"committed {summary.rows} change(s) up to {facts.get('position', {}).get('lsn')}")
-        if not summary.target.get("cdc", {}).get("more"):  # max_rows cut this run short: go on at once
+        summaries = guard(lambda: _run_streams(job) if has_streams else [("", run_job(first).to_dict())])
+        more = False
+        for name, summary in summaries:
+            facts = summary.get("target", {}).get("cdc", {})
+            more |= bool(facts.get("more"))
+            if not quiet:
+                where = f"{name}: " if name else ""
+                lsn = facts.get("position", {}).get("lsn")
+                out.print(f"{where}committed {summary['rows']} change(s) up to {lsn}", markup=False)
+        if not more:  # max_rows cut this run short: go on at once
             stop.wait(period)
     if not quiet:
         out.print("stopped after a commit")

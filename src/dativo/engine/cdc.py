@@ -32,7 +32,7 @@ from dativo.engine.plan import Plan
 from dativo.errors import ConfigError, DativoError, SourceError, TargetError
 from dativo.sdk import CHANGE_COLUMNS, ChangeReader, DataReader, DataWriter, StatefulWriter
 
-__all__ = ["check_changes", "run_changes"]
+__all__ = ["ChangeTable", "check_changes", "run_changes"]
 
 log = logging.getLogger("dativo.engine.cdc")
 
@@ -55,42 +55,106 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
     before the commit abort the writer; a failure to confirm after the commit is only
     logged (the next run confirms again).
     """
-    summary = summary or new_summary(plan)
-    started = time.perf_counter()
-    reader: DataReader | None = None
-    writer: DataWriter | None = None
-    published = False
-    pump: Pump | None = None
-    names = plan.reader.ref.name, plan.writer.ref.name
+    table = ChangeTable(plan, summary or new_summary(plan))
     try:
+        table.open()
+        start = _call(
+            table.change_reader.begin_changes,
+            table.names[0],
+            "begin_changes",
+            table.committed,
+            table.keys,
+            role="reader",
+        )
+        table.apply(start, progress)
+        table.summary.target["cdc"].update(_confirm(table.change_reader, table.names[0], table.position))
+        table.summary.status = "succeeded"
+        return table.summary
+    except BaseException as exc:
+        table.fail(exc)
+        raise
+    finally:
+        table.close()
+
+
+class ChangeTable:
+    """One table of a change run: its reader and writer, opened, applied and committed on their own.
+
+    :func:`run_changes` drives one; ``dativo.engine.cdc_group`` drives several sharing a slot.
+    """
+
+    def __init__(self, plan: Plan, summary: RunSummary) -> None:
+        self.plan = plan
+        self.summary = summary
+        self.names = plan.reader.ref.name, plan.writer.ref.name
+        self.reader: DataReader | None = None
+        self.writer: DataWriter | None = None
+        self.change_reader: Any = None
+        self.pump: Pump | None = None
+        self.published = False
+        self.state: Mapping[str, Any] | None = None
+        self.committed: Mapping[str, Any] | None = None
+        self.keys: list[str] = []
+        self.position: dict[str, Any] = {}
+        self.state_loaded = False
+        self._started = time.perf_counter()
+
+    def open(self) -> None:
+        """Host the reader, check it reads changes, find the key, and load the committed state.
+
+        Raises ConfigError for ``overwrite``, a reader that is no ChangeReader, a writer that keeps
+        no state, or a table without a key.
+        """
+        plan, names = self.plan, self.names
         if plan.job.config.target.mode == "overwrite":
             raise ConfigError("target.mode: a source.cdc job merges changes into the table; 'overwrite' does not apply")
-        reader = host_reader(plan.reader)
-        change_reader = _change_reader(reader, names[0])
-        schema = _declared_schema(reader, names[0])
-        keys = _keys(plan, change_reader, names[0])
         writer = _stateful(host_writer(plan.writer), names[1])
-        state = _call(writer.load_state, names[1], "load_state")  # type: ignore[attr-defined]
-        committed = (state or {}).get("cdc")
-        start = _call(change_reader.begin_changes, names[0], "begin_changes", committed, keys, role="reader")
+        try:
+            self.state = _call(writer.load_state, names[1], "load_state")  # type: ignore[attr-defined]
+        finally:
+            _close(writer, names[1])
+        self.committed = (self.state or {}).get("cdc")
+        self.state_loaded = True  # from here on, the committed position is known even if the reader fails
+        self.reader = host_reader(plan.reader)
+        self.change_reader = _change_reader(self.reader, names[0])
+        self.schema = _declared_schema(self.reader, names[0])
+        self.keys = _keys(plan, self.change_reader, names[0])
+
+    def begin_with(self, tables: Sequence[ChangeTable], held: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """Start ``tables`` (this one first) of one slot together; one start each (``begin_changes_together``).
+
+        ``held``: committed positions of the slot's tables that do not run now. Raises ConfigError
+        when the reader cannot serve several tables from one slot; the reader's errors propagate.
+        """
+        begin = getattr(self.change_reader, "begin_changes_together", None)
+        if begin is None:
+            raise ConfigError(
+                f"reader '{self.names[0]}' cannot read several tables from one slot; "
+                "give each stream its own source.cdc.slot and publication"
+            )
+        members = [(t.change_reader, t.committed, t.keys) for t in tables]
+        return list(_call(begin, self.names[0], "begin_changes_together", members, held, role="reader"))
+
+    def apply(self, start: Mapping[str, Any], progress: ProgressSink | None) -> None:
+        """Write what ``start`` announced as one commit with its position; raises (after aborting) on failure."""
+        plan, names, summary = self.plan, self.names, self.summary
         position = dict(start["position"])
         replace = bool(start.get("replace"))
         soft = _deletes(plan) == "soft"
-        _close(writer, names[1])
-        writer = None
-        # The writer again, now in the mode this run needs; loading the state again arms its check that
-        # no other run of the job commits in between (a conflict with one fails this run, never merges twice).
-        writer = _stateful(host_writer(_writer_plan(plan, keys, soft, replace)), names[1])
-        if _call(writer.load_state, names[1], "load_state") != state:  # type: ignore[attr-defined]
+        # The writer in the mode this run needs; loading the state again arms its check that no
+        # other run of the job commits in between (a conflict with one fails this run, never merges twice).
+        self.writer = writer = _stateful(host_writer(_writer_plan(plan, self.keys, soft, replace)), names[1])
+        if _call(writer.load_state, names[1], "load_state") != self.state:  # type: ignore[attr-defined]
             raise TargetError(
                 f"another run of job '{summary.job}' committed while this run started; run the job again",
                 transient=True,
             )
-        row_schema = pa.schema([f for f in schema if f.name not in CHANGE_COLUMNS])
+        row_schema = pa.schema([f for f in self.schema if f.name not in CHANGE_COLUMNS])
         data_schema = _data_schema(row_schema, soft, replace)
         _call(writer.prepare, names[1], "prepare", data_schema)
         buffered: list[pa.RecordBatch] = []
-        pump = _pump(plan, reader, schema, bool(start.get("snapshot")))
+        assert self.reader is not None
+        self.pump = pump = _pump(plan, self.reader, self.schema, bool(start.get("snapshot")))
         for batch in pump:
             summary.rows += batch.num_rows
             summary.bytes += batch.nbytes
@@ -103,7 +167,7 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
             if progress is not None:
                 progress.advance(batch.num_rows, batch.nbytes)
         if buffered:
-            for batch in _latest_per_key(buffered, keys, soft).to_batches():
+            for batch in _latest_per_key(buffered, self.keys, soft).to_batches():
                 _call(writer.write_batch, names[1], "write_batch", _shape(batch, row_schema, soft, True))
         writer.stage_state(  # type: ignore[attr-defined]
             {"job": summary.job, "run_id": plan.run_id, "dativo_version": __version__, "rows": summary.rows}
@@ -111,7 +175,8 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
         )
         crash_point("cdc_before_commit")
         metadata = _call(writer.finalize, names[1], "finalize")
-        published = True
+        self.published = True
+        self.position = position
         crash_point("cdc_after_commit")
         summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
         summary.target["cdc"] = {
@@ -120,27 +185,29 @@ def run_changes(plan: Plan, progress: ProgressSink | None = None, summary: RunSu
             "changes": summary.rows,
             "more": bool(start.get("more")),
         }
-        summary.target["cdc"].update(_confirm(change_reader, names[0], position))
-        summary.status = "succeeded"
-        return summary
-    except BaseException as exc:
-        if pump is not None:
-            pump.cancel()
-        summary.status = "failed"
-        summary.error = str(exc) if isinstance(exc, DativoError) else f"{type(exc).__name__}: {exc}"
-        if writer is not None and not published:
+
+    def fail(self, exc: BaseException) -> None:
+        """Mark the summary failed with ``exc`` and abort the writer unless it committed."""
+        if self.pump is not None:
+            self.pump.cancel()
+        self.summary.status = "failed"
+        self.summary.error = str(exc) if isinstance(exc, DativoError) else f"{type(exc).__name__}: {exc}"
+        if self.writer is not None and not self.published:
             try:
-                writer.abort()
+                self.writer.abort()
             except Exception:
-                log.exception("writer '%s' failed to abort; staged files may remain", names[1])
-        raise
-    finally:
-        summary.duration_s = time.perf_counter() - started
-        if pump is not None:
-            pump.join(timeout=30)
-        for plugin, name in ((reader, names[0]), (writer, names[1])):
+                log.exception("writer '%s' failed to abort; staged files may remain", self.names[1])
+
+    def close(self) -> None:
+        """Close the reader and the writer; idempotent."""
+        self.summary.duration_s = time.perf_counter() - self._started
+        if self.pump is not None:
+            self.pump.join(timeout=30)
+            self.pump = None
+        for plugin, name in ((self.reader, self.names[0]), (self.writer, self.names[1])):
             if plugin is not None:
                 _close(plugin, name)
+        self.reader = self.writer = None
 
 
 def check_changes(plan: Plan) -> list[tuple[str, str]]:

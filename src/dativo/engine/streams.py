@@ -79,7 +79,11 @@ def plan_streams(loaded: LoadedJob | LoadedStreams, select: Sequence[str] | None
                 out.setdefault(table, Stream(table, _instantiate(entry, table, loaded.name)))
     streams = list(out.values())
     _no_shared_targets(loaded, streams)
-    return select_streams(streams, select, loaded.path.name)
+    chosen = select_streams(streams, select, loaded.path.name)
+    from dativo.engine.cdc_group import check_whole_groups
+
+    check_whole_groups(streams, chosen, loaded.path.name)  # the tables of one slot run together
+    return chosen
 
 
 def _matches(
@@ -235,7 +239,19 @@ def run_streams(
     KeyboardInterrupt stops everything: running streams are aborted (they commit
     nothing), streams not started are not run, and KeyboardInterrupt propagates;
     streams that finished before stay committed. ``on_done`` sees each outcome as it ends.
+    The ``source.cdc`` streams sharing a slot run first, together (dativo.engine.cdc_group).
     """
+    from dativo.engine.cdc_group import change_groups, run_change_group
+
+    original = list(streams)
+    groups, streams = change_groups(streams)
+    if groups:  # source.cdc streams sharing a slot: read once, committed per table (docs/cdc.md)
+        grouped = [o for g in groups for o in run_change_group(g, run_id=run_id, progress=progress, on_done=on_done)]
+        rest = run_streams(
+            streams, run_id=run_id, progress=progress, on_retry=on_retry, max_concurrent=max_concurrent, on_done=on_done
+        )
+        order = {id(s): i for i, s in enumerate(original)}
+        return sorted([*grouped, *rest], key=lambda outcome: order[id(outcome.stream)])
     if max_concurrent <= 1 or len(streams) <= 1:
         return [_run_one(stream, run_id, progress, on_retry, None, on_done) for stream in streams]
     stop = threading.Event()

@@ -1,12 +1,15 @@
-"""``postgres-cdc``: change data capture from one PostgreSQL table through a logical replication slot.
+"""``postgres-cdc``: change data capture from a PostgreSQL table through a logical replication slot.
 
-A :class:`dativo.ChangeReader` (see docs/cdc.md):
+A :class:`dativo.ChangeReader` (see docs/cdc.md). One reader reads one table; the readers of
+several tables sharing a slot start together (``begin_changes_together``, the slot read once:
+cdc/group.py, which also holds the decision of each run's start).
 
 * **First run** (nothing committed): the slot is created over a replication
   connection with its snapshot exported, and the table is read inside that
-  snapshot. The target is replaced by those rows, committed with the slot's
-  consistent LSN: every transaction committed before it is in the snapshot, every
-  later one comes from the slot.
+  snapshot (a slot that exists already: a fresh snapshot, positioned at the slot's
+  confirmed LSN, the overlap replayed idempotently by the next run). The target
+  is replaced by those rows, committed with the slot's consistent LSN: every
+  transaction committed before it is in the snapshot, every later one comes from the slot.
 * **Change runs**: the server's WAL is flushed past a point ``upto`` taken at
   the start; the slot's changes up to it are read with
   ``pg_logical_slot_peek_binary_changes`` (``pgoutput``, decoded in Python),
@@ -23,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -32,22 +33,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from dativo.connectors.postgres.cdc.pgoutput import (
-    UNCHANGED,
-    Begin,
-    Change,
-    Commit,
-    Decoder,
-    Relation,
-    Truncate,
-    format_lsn,
-)
+from dativo.connectors.postgres.cdc.group import begin_together
+from dativo.connectors.postgres.cdc.pgoutput import UNCHANGED, Change, Relation, format_lsn
 from dativo.connectors.postgres.cdc.pgoutput import parse_lsn as _parse_lsn
 from dativo.connectors.postgres.cdc.slot import (
     CdcSettings,
     ExportedSlot,
-    drop_slot,
-    ensure_publication,
+    HeldSnapshot,
     primary_key,
     problems,
     slot_info,
@@ -96,7 +88,15 @@ class PostgresChangeReader(PsycopgPostgresReader):
             self._keys = primary_key(self._side, self._relation)
         except psycopg.Error as exc:
             raise translate_error(exc, self._info, table=self._spec.table) from exc
-        self._exported: ExportedSlot | None = None
+        # Its changes arrive under its own oid, or a partition's (pgoutput publishes the leaf partitions).
+        # (pg_partition_tree is empty for a table that is not partitioned.)
+        tree = self._side.execute(
+            "SELECT %s::regclass::oid UNION SELECT relid::oid FROM pg_partition_tree(%s::regclass)",
+            (self._relation, self._relation),
+        )
+        self._oids = {int(row[0]) for row in tree.fetchall()}
+        self._exported: ExportedSlot | HeldSnapshot | None = None
+        self._held: list[ExportedSlot | HeldSnapshot] = []
         self._workdir: Path | None = None
         self._spill: Path | None = None
         self._snapshot_lsn = 0
@@ -123,40 +123,34 @@ class PostgresChangeReader(PsycopgPostgresReader):
 
     def begin_changes(self, committed: Mapping[str, Any] | None, keys: Sequence[str]) -> Mapping[str, Any]:
         """Create the slot and plan the snapshot (first run), or spill the changes after ``committed``."""
-        found = self.check_changes(keys)
-        if found:
-            raise SourceError(f"change capture of {self._relation} cannot start: " + "; ".join(found))
-        self._change_keys = list(keys)
-        settings = self._settings
-        self._guard(lambda: ensure_publication(self._side, self._relation, settings))
-        info = self._guard(lambda: slot_info(self._side, settings.slot))
-        if committed is None:
-            if info is not None:
-                self._drop_stale_slot(bool(info.active))
-            return self._begin_snapshot()
-        if committed.get("slot") != settings.slot:
-            raise ConfigError(
-                f"the target's committed change position is for slot '{committed.get('slot')}', not "
-                f"'{settings.slot}'; run 'dativo state reset' to load the table again through the new slot"
-            )
-        if info is None or info.wal_status == "lost":
-            state = "was invalidated (its WAL was removed)" if info is not None else "does not exist"
-            raise SourceError(
-                f"replication slot '{settings.slot}' {state}: the changes after LSN {committed.get('lsn')} are "
-                "lost; run 'dativo cdc drop' and 'dativo state reset', then run the job to load the table again"
-            )
-        committed_lsn = _parse_lsn(str(committed["lsn"]))
-        if info.confirmed_lsn is None or _parse_lsn(info.confirmed_lsn) < committed_lsn:
-            # An earlier run committed but did not confirm (killed in between): confirm its position now.
-            self.confirm({"lsn": format_lsn(committed_lsn)})
-        started: Mapping[str, Any] = self._begin_changes(committed_lsn)
-        return started
+        return begin_together([(self, committed, keys)])[0]
+
+    def begin_changes_together(
+        self,
+        members: Sequence[tuple[Any, Mapping[str, Any] | None, Sequence[str]]],
+        held: Sequence[Mapping[str, Any]] = (),
+    ) -> list[Mapping[str, Any]]:
+        """Start a change run of several tables of one slot, read once; ``members[0]`` must be this reader.
+
+        ``members`` are ``(reader, committed position, keys)``, every reader a postgres-cdc reader of
+        the same slot and publication; ``held`` the committed positions of the slot's tables that do
+        not run now (the slot is never moved past them). Returns one start per member (see
+        ``begin_changes``); ``confirm`` on this reader then advances the slot (to ``least_position``).
+        """
+        if not members or members[0][0] is not self:
+            raise ValueError("begin_changes_together: the first member must be the reader it is called on")
+        for reader, _, _ in members:
+            if not isinstance(reader, PostgresChangeReader):
+                raise ConfigError(f"tables read from one slot must all use the postgres-cdc reader, not {reader!r}")
+        return list(begin_together(members, held))
+
+    def least_position(self, positions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+        """The earliest of ``positions`` (what every table of a slot has committed); raises on an empty list."""
+        return min(positions, key=lambda position: _parse_lsn(str(position["lsn"])))
 
     def confirm(self, position: Mapping[str, Any]) -> Mapping[str, Any]:
         """Advance the slot to ``position`` (never backwards); returns the slot's lag and retained WAL."""
-        if self._exported is not None:
-            self._exported.close()
-            self._exported = None
+        self._release()
         lsn = _parse_lsn(str(position["lsn"]))
         slot = self._settings.slot
 
@@ -201,10 +195,8 @@ class PostgresChangeReader(PsycopgPostgresReader):
     def close(self) -> None:
         """Close the connections (the slot stays) and delete the spilled changes; idempotent."""
         super().close()
-        if getattr(self, "_exported", None) is not None:
-            assert self._exported is not None
-            self._exported.close()
-            self._exported = None
+        if hasattr(self, "_held"):
+            self._release()
         side = getattr(self, "_side", None)
         if side is not None:
             with contextlib.suppress(Exception):
@@ -216,25 +208,19 @@ class PostgresChangeReader(PsycopgPostgresReader):
 
     # -- first run ------------------------------------------------------------------------------------
 
-    def _drop_stale_slot(self, active: bool) -> None:
-        slot = self._settings.slot
-        if not self._settings.create:
-            raise ConfigError(
-                f"replication slot '{slot}' exists but the target has no committed change position, and "
-                "source.cdc.create is false: an initial load needs a slot dativo creates (its exported snapshot); "
-                "drop the slot or set create: true"
-            )
-        if active:
-            raise SourceError(f"replication slot '{slot}' is in use by another session", transient=True)
-        log.warning("replication slot '%s' has no committed position (an earlier first run failed); recreating", slot)
-        self._guard(lambda: drop_slot(self._side, slot))
+    def _release(self) -> None:
+        """Let go of the snapshots this reader holds for a group (the slot stays)."""
+        for held in self._held:
+            held.close()
+        self._held.clear()
+        self._exported = None
 
-    def _begin_snapshot(self) -> Mapping[str, Any]:
-        assert self._info is not None
-        self._exported = ExportedSlot(self._info, self._settings.slot)
-        self._snapshot_lsn = _parse_lsn(self._exported.consistent_lsn)
-        position = {"slot": self._settings.slot, "lsn": self._exported.consistent_lsn}
-        log.info("initial load of %s in the snapshot of slot %s at %s", self._relation, *position.values())
+    def _start_snapshot(self, snapshot: ExportedSlot | HeldSnapshot, lsn: str) -> dict[str, Any]:
+        """Plan the initial load of this table in ``snapshot``, positioned at ``lsn``."""
+        self._exported = snapshot
+        self._snapshot_lsn = _parse_lsn(lsn)
+        position = {"slot": self._settings.slot, "lsn": lsn}
+        log.info("initial load of %s in snapshot %s, position %s", self._relation, snapshot.snapshot, lsn)
         return {"position": position, "replace": True, "snapshot": True}
 
     def _read_snapshot(self, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -299,95 +285,12 @@ class PostgresChangeReader(PsycopgPostgresReader):
 
     # -- change runs ----------------------------------------------------------------------------------
 
-    def _flush_point(self) -> int:
-        """A WAL position such that every transaction committing before it is flushed and decodable.
-
-        ``upto`` is the WAL insert position (async commits may not be written yet); a transactional
-        logical message committed synchronously after it makes the server flush past it. The
-        flush position is then checked, so a server that flushes otherwise still cannot lose a change.
-        """
-
-        def flush() -> int:
-            with self._side.transaction():
-                self._side.execute("SET LOCAL synchronous_commit = on")
-                row = self._side.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8").fetchone()
-                self._side.execute("SELECT pg_logical_emit_message(true, 'dativo', 'flush')")
-            assert row is not None
-            upto = int(row[0])
-            deadline = time.monotonic() + 30
-            while True:
-                flushed = self._side.execute("SELECT (pg_current_wal_flush_lsn() - '0/0')::int8").fetchone()
-                if flushed is not None and int(flushed[0]) >= upto:
-                    return upto
-                if time.monotonic() > deadline:
-                    raise SourceError("PostgreSQL did not flush its WAL within 30 s", transient=True)
-                time.sleep(0.01)
-
-        return int(self._guard(flush))
-
-    def _begin_changes(self, committed: int) -> Mapping[str, Any]:
-        upto = self._flush_point()
-        self._workdir = Path(tempfile.mkdtemp(prefix="dativo-cdc-"))
-        spill = _Spill(self, self._workdir)
-        psycopg = import_psycopg()
+    def _prepare_stage(self) -> None:
+        """The temporary table change values are typed through (see ``_convert``)."""
         conn = self._conn
         assert conn is not None
-        try:
-            end, replace, capped = self._decode_into(conn, spill, committed, upto)
-            conn.commit()
-        except psycopg.Error as exc:
-            assert self._info is not None
-            error = translate_error(exc, self._info)
-            if getattr(exc, "sqlstate", None) == "55006":  # object in use: another run holds the slot
-                error = SourceError(str(error), transient=True)
-            raise error from exc
-        finally:
-            spill.close()
-        self._spill = spill.path
-        # Stopped early by max_rows: only the transactions read so far are covered.
-        reached = max(end, committed) if capped else max(upto, end, committed)
-        position = {"slot": self._settings.slot, "lsn": format_lsn(reached)}
-        log.info("%d change(s) of %s up to %s", spill.rows, self._relation, position["lsn"])
-        return {"position": position, "replace": replace, "snapshot": False, "changes": spill.rows, "more": capped}
-
-    def _decode_into(self, conn: Any, spill: _Spill, committed: int, upto: int) -> tuple[int, bool, bool]:
-        """Decode the slot's transactions before ``upto`` into ``spill``.
-
-        Returns the end of the last transaction read, whether a TRUNCATE was among them, and
-        whether ``max_rows`` stopped the read early (at a transaction boundary).
-        """
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS dativo_cdc_stage AS SELECT * FROM {self._relation} WITH NO DATA")
         conn.execute(f"ALTER TABLE {_STAGE} ADD COLUMN IF NOT EXISTS {_POS} int8")
-        decoder = Decoder()
-        cursor = conn.cursor(name="dativo_cdc_changes")
-        limit = self._settings.max_rows  # counted in pgoutput messages; decoding stops at the next commit
-        cursor.execute(
-            "SELECT (lsn - '0/0')::int8, data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
-            "'proto_version', '1', 'publication_names', %s)",
-            (self._settings.slot, format_lsn(upto), limit, quote_ident(self._settings.publication)),
-        )
-        messages = 0
-        skip, stamp, end, replace = False, None, 0, False
-        while rows := cursor.fetchmany(2000):
-            messages += len(rows)
-            for lsn, data in rows:
-                message = decoder.decode(bytes(data))
-                if isinstance(message, Begin):
-                    # Transactions whose commit precedes the committed position were applied by an earlier run.
-                    skip, stamp = message.final_lsn < committed, message.commit_time
-                elif isinstance(message, Commit):
-                    end = max(end, message.end_lsn)
-                elif skip or message is None:
-                    continue
-                elif isinstance(message, Truncate):
-                    spill.reset()  # the table is emptied: only what follows matters
-                    replace = True
-                elif isinstance(message, Change):
-                    for op, values in self._rows_of(message):
-                        spill.add(op, values, int(lsn), stamp)
-        cursor.close()
-        spill.flush()
-        return end, replace, limit is not None and messages >= limit
 
     def _layout(self, relation: Relation) -> tuple[list[int | None], list[int]]:
         """For a relation message: where each plan column is among its columns, and the key's plan positions."""
@@ -461,47 +364,6 @@ class PostgresChangeReader(PsycopgPostgresReader):
         except psycopg.Error as exc:
             assert self._info is not None
             raise translate_error(exc, self._info, table=self._spec.table if self._spec else None) from exc
-
-
-class _Spill:
-    """Converted change rows in a local Arrow IPC file, in source commit order."""
-
-    def __init__(self, reader: PostgresChangeReader, workdir: Path) -> None:
-        self._reader = reader
-        self._schema = reader.get_schema()
-        self.path = workdir / "changes.arrow"
-        self._pending: list[tuple[str, list[Any], int, datetime | None]] = []
-        self.rows = 0
-        self._writer = pa.ipc.new_file(str(self.path), self._schema)
-
-    def add(self, op: str, values: list[Any], lsn: int, stamp: datetime | None) -> None:
-        self._pending.append((op, values, lsn, stamp))
-        if len(self._pending) >= _CHUNK_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        arrays = self._reader._convert([values for _, values, _, _ in pending])
-        arrays += [
-            pa.array([p[0] for p in pending], pa.string()),
-            pa.array([p[2] for p in pending], pa.int64()),
-            pa.array([p[3] for p in pending], pa.timestamp("us", tz="UTC")),
-        ]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
-        self.rows += len(pending)
-
-    def reset(self) -> None:
-        """Forget everything so far (a TRUNCATE)."""
-        self._writer.close()
-        self._pending = []
-        self.rows = 0
-        self._writer = pa.ipc.new_file(str(self.path), self._schema)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
 
 
 def _pick(values: tuple[Any, ...], order: list[int | None]) -> list[Any]:

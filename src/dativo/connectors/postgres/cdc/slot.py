@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from dativo.errors import ConfigError, SourceError
 __all__ = [
     "CdcSettings",
     "ExportedSlot",
+    "HeldSnapshot",
     "SlotInfo",
     "drop_slot",
     "ensure_publication",
@@ -135,7 +136,7 @@ def problems(conn: Any, relation: str, settings: CdcSettings, keys: list[str]) -
             f"publication '{settings.publication}' does not exist (CREATE PUBLICATION "
             f"{quote_ident(settings.publication)} FOR TABLE {relation}, or set source.cdc.create: true)"
         )
-    elif pub is not None and not pub[1]:
+    elif pub is not None and not pub[1] and not settings.create:
         found.append(
             f"publication '{settings.publication}' does not include {relation} "
             f"(ALTER PUBLICATION {quote_ident(settings.publication)} ADD TABLE {relation})"
@@ -168,13 +169,36 @@ def problems(conn: Any, relation: str, settings: CdcSettings, keys: list[str]) -
     return found
 
 
-def ensure_publication(conn: Any, relation: str, settings: CdcSettings) -> bool:
-    """Create the publication for ``relation`` when it is missing and ``create`` is on; True if created."""
-    exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.publication,)).fetchone()
-    if exists is not None or not settings.create:
+def ensure_publication(conn: Any, relations: Sequence[str], settings: CdcSettings) -> bool:
+    """Make the publication cover ``relations`` when ``create`` is on: create it, or add the tables it lacks.
+
+    Returns True if anything changed. With ``create`` off nothing is touched (``problems`` reports
+    what is missing). A table added to an existing publication is published from that moment on:
+    its earlier changes are not decoded, so it is loaded from a snapshot taken after this.
+    """
+    if not settings.create:
         return False
-    conn.execute(f"CREATE PUBLICATION {quote_ident(settings.publication)} FOR TABLE {relation}")
-    return True
+    name = quote_ident(settings.publication)
+    exists = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (settings.publication,))
+    row = exists.fetchone()
+    if row is None:
+        conn.execute(f"CREATE PUBLICATION {name} FOR TABLE {', '.join(relations)}")
+        return True
+    if row[0]:
+        return False
+    missing = [
+        relation
+        for relation in relations
+        if conn.execute(
+            "SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid "
+            "WHERE p.pubname = %s AND r.prrelid = %s::regclass",
+            (settings.publication, relation),
+        ).fetchone()
+        is None
+    ]
+    if missing:
+        conn.execute(f"ALTER PUBLICATION {name} ADD TABLE {', '.join(missing)}")
+    return bool(missing)
 
 
 def drop_slot(conn: Any, slot: str) -> bool:
@@ -211,5 +235,35 @@ class ExportedSlot:
 
     def close(self) -> None:
         """Close the replication connection (the slot stays; the snapshot is no longer importable)."""
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+
+class HeldSnapshot:
+    """A fresh snapshot of the database, held open on a connection of its own and exported.
+
+    Used for a table whose slot already exists (made by the user, or serving other tables):
+    no exported snapshot of the slot is available, so the table is read in a snapshot taken
+    *after* reading the slot's confirmed position, and the changes between the two are
+    replayed by the next change run (idempotent: the last change of each key wins).
+    Raises the connection's translated error when it cannot be taken.
+    """
+
+    def __init__(self, info: PgConnectionInfo) -> None:
+        psycopg = import_psycopg()
+        try:
+            self._conn = psycopg.connect(info.conninfo, autocommit=False)
+        except psycopg.Error as exc:
+            raise translate_error(exc, info, connecting=True) from exc
+        try:
+            self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = self._conn.execute("SELECT pg_export_snapshot()").fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            raise translate_error(exc, info) from exc
+        self.snapshot = str(row[0])
+
+    def close(self) -> None:
+        """End the transaction holding the snapshot; idempotent."""
         with contextlib.suppress(Exception):
             self._conn.close()
