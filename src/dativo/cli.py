@@ -192,7 +192,9 @@ def state_show(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
-    states = {s.name: _guard(lambda s=s: pipeline.load_state(build_plan(s.job)), s) for s in streams}  # type: ignore[misc]
+    # The state is the writer's: a plan that never reaches the source (no source planner) does.
+    plans = {s.name: (s, _guard(lambda s=s: build_plan(s.job, contact_source=False), s)) for s in streams}  # type: ignore[misc]
+    states = {name: _guard(lambda p=p: pipeline.load_state(p), s) for name, (s, p) in plans.items()}  # type: ignore[misc]
     shown = states if loaded.has_streams else next(iter(states.values()))
     out.print_json(json.dumps(shown, default=str) if shown is not None else "null")
 
@@ -213,7 +215,7 @@ def state_reset(
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
-    plans = [(s, _guard(lambda s=s: build_plan(s.job), s)) for s in streams]  # type: ignore[misc]
+    plans = [(s, _guard(lambda s=s: build_plan(s.job, contact_source=False), s)) for s in streams]  # type: ignore[misc]
     what = f"job '{loaded.name}'" + (f" ({len(plans)} streams)" if loaded.has_streams else "")
     if not yes and not typer.confirm(f"Reset the state of {what}? Its next run re-reads the source"):
         fail(ConfigError("state reset cancelled; nothing changed"))
