@@ -50,7 +50,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-plugins_app = typer.Typer(help="Inspect installed readers and writers.", no_args_is_help=True)
+plugins_app = typer.Typer(
+    help="Inspect installed plugins (readers, writers, connectors, runtimes, KMS clients).", no_args_is_help=True
+)
 app.add_typer(plugins_app, name="plugins")
 state_app = typer.Typer(help="Inspect or reset the state a job commits with its data.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
@@ -308,25 +310,26 @@ def discover(
 
 @plugins_app.command("list")
 def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List every reader and writer a job can name, with origin and SDK API version."""
-    from dativo.core.registry import list_plugins
+    """List every installed plugin: readers, writers, connectors, runtimes, KMS clients (the table exits 1 if one
+    cannot load)."""
+    from dativo.cli_plugins import installed_plugins
 
-    rows = list_plugins()
-    if as_json:
-        keys = ("kind", "name", "origin", "api_version", "problem")
-        out.print_json(json.dumps([dict(zip(keys, row, strict=True)) for row in rows]))
+    rows = installed_plugins()
+    if as_json:  # exit 0: a consumer reads each row's problem
+        out.print_json(json.dumps([row.to_dict() for row in rows]))
         return
-    table = Table("kind", "name", "origin", "api", "status")
-    for kind, name, origin, api, problem in rows:
+    table = Table("kind", "name", "origin", "api", "details", "status")
+    for row in rows:
         table.add_row(
-            kind,
-            escape(name),
-            escape(origin),
-            escape(api),
-            f"[red]{escape(problem)}[/red]" if problem else "[green]ok[/green]",
+            row.kind,
+            escape(row.name),
+            escape(row.origin),
+            escape(row.api_version or "-"),
+            escape(row.details),
+            f"[red]{escape(row.problem)}[/red]" if row.problem else "[green]ok[/green]",
         )
     out.print(table)
-    if any(row[4] for row in rows):
+    if any(row.problem for row in rows):
         raise typer.Exit(1)
 
 
