@@ -47,10 +47,7 @@ def installed_plugins() -> list[PluginRow]:
     """Every plugin of every group, sorted by group then name. Never raises: a broken one carries its problem."""
     from dativo.core.registry import list_plugins
 
-    rows = [
-        PluginRow(kind, name, origin, api, "", problem)
-        for kind, name, origin, api, problem in list_plugins()
-    ]
+    rows = [PluginRow(kind, name, origin, api, "", problem) for kind, name, origin, api, problem in list_plugins()]
     for kind, describe in (("connector", _connector), ("runtime", _runtime), ("kms", _kms)):
         for entry in sorted(entry_points(group=GROUPS[kind]), key=lambda e: e.name):
             origin = _origin(entry)
