@@ -212,3 +212,23 @@ def test_a_third_party_type_takes_no_command_or_endpoint(tmp_path, site):
     job.write_text(job.read_text().replace("implementation: parquet", "endpoint: grpc://localhost:1"))
     with pytest.raises(ConfigError, match=r"'endpoint' does not apply to type 'recording'"):
         load_job(job)
+
+
+def test_a_third_party_type_without_implementation_plans_a_named_plugin(tmp_path, site):
+    """A runtime hosting something that is no Python class: the plan names it, the runtime reads its options."""
+    from dativo.sdk import DataReader
+
+    job = write_job_with_runtime(tmp_path, "recording")
+    job.write_text(job.read_text().replace(f'implementation: "{SUPPORT}:GeneratedReader"', "name: wasm-reader"))
+    plan = build_plan(load_job(job))
+    assert (plan.reader.ref.name, plan.reader.ref.origin, plan.reader.ref.cls) == (
+        "wasm-reader",
+        "runtime recording",
+        DataReader,
+    )
+    assert plan.reader.runtime == "recording" and plan.reader.config["options"] == {"rows": 2500}
+    assert "fault_hook" not in plan.reader.config  # only dativo's own in-process runtime is handed the hook
+
+    job.write_text(job.read_text().replace("    name: wasm-reader\n", ""))
+    with pytest.raises(ConfigError, match=r"type 'recording' needs 'implementation' \(a Python plugin\) or 'name'"):
+        load_job(job)
