@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,17 @@ import pyarrow as pa
 
 from dativo.core.hosting import ClassRuntime
 from dativo.core.registry import PluginPlan
-from dativo.errors import PluginError, SchemaError, SourceError
+from dativo.errors import ConfigError, PluginError, SchemaError, SourceError
 from dativo.runtimes import protocol
 from dativo.runtimes._plugin_process import STOP_GRACE_S, PluginProcess, Stopped
-from dativo.runtimes.protocol import PROTOCOL_VERSION, EofWatchingReader, ProtocolError, decode_line, open_ipc_stream
+from dativo.runtimes.protocol import (
+    CHANGES,
+    PROTOCOL_VERSION,
+    EofWatchingReader,
+    ProtocolError,
+    decode_line,
+    open_ipc_stream,
+)
 from dativo.sdk import DataReader, DataWriter, PluginConfig
 
 __all__ = ["ProcessReader", "ProcessWriter", "runtime"]
@@ -123,6 +130,19 @@ class _StdinFile:
         self.closed = True
 
 
+def _reply(proc: PluginProcess, doing: str) -> dict[str, Any]:
+    """The plugin's answer line to a command; raises its failure when it ends or stalls instead."""
+    idle = proc.spec.timeouts.idle_s
+    what = f"did not answer within timeouts.idle_s = {idle:g} s" if idle is not None else "stalled"
+    try:
+        line = proc.read_line(idle, what)
+    except Stopped:
+        line = None
+    if line is None:
+        raise proc.failure(doing)
+    return decode_line(line, f"{proc.label}'s answer to {doing}")
+
+
 def _arrow_detail(exc: BaseException) -> tuple[str, bool]:
     """Describe an Arrow error while reading the plugin's stream; True when it is a schema change."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -142,6 +162,7 @@ class ProcessReader(DataReader):
         self._proc: PluginProcess | None = None
         self._stream: Any = None
         self._schema: pa.Schema | None = None
+        self._changing = False
 
     def initialize(self, config: PluginConfig) -> None:
         """Start the plugin, handshake, and read its schema; raises its failure as a dativo error."""
@@ -202,7 +223,77 @@ class ProcessReader(DataReader):
             raise proc.failure("streaming batches")
         if source.hit_eof:  # a cut-short stream is never a complete one, whatever the exit code
             raise proc.failure("streaming batches", "its Arrow IPC stream ended without the end-of-stream marker")
-        proc.check_clean_exit("streaming batches")
+        if not self._changing:  # a change reader stays alive for 'confirm'
+            proc.check_clean_exit("streaming batches")
+
+    # -- dativo.ChangeReader, for a plugin whose hello lists the "changes" capability ------------------
+
+    @property
+    def reads_changes(self) -> bool:
+        """True when the plugin's hello lists the ``changes`` capability (it is a change reader)."""
+        capabilities = self._proc.hello.get("capabilities") if self._proc is not None else None
+        return isinstance(capabilities, list) and CHANGES in capabilities
+
+    def _ask(self, command: dict[str, Any], answer: str, doing: str) -> dict[str, Any]:
+        """Send a change command and return its answer line; raises the plugin's failure or ProtocolError."""
+        proc = self._proc
+        if proc is None:
+            raise PluginError(f"reader '{self._plan.ref.name}' is closed")
+        if not self.reads_changes:
+            raise ConfigError(
+                f"source.cdc: {proc.label} cannot read changes (its hello does not list the 'changes' capability; "
+                "see docs/process-protocol.md)"
+            )
+        try:
+            proc.send(command, doing)
+        except (BrokenPipeError, Stopped):
+            raise proc.failure(doing) from None
+        reply = _reply(proc, doing)
+        if reply.get("dativo") != answer:
+            proc.kill()
+            raise ProtocolError(
+                f"{proc.label} answered '{command['command']}' with {str(reply)[:200]}; "
+                f'expected {{"dativo": "{answer}", ...}} (see docs/process-protocol.md)'
+            )
+        return reply
+
+    def change_keys(self) -> list[str]:
+        """The source's key columns, as the plugin says (``change_keys``); raises its failure."""
+        keys = self._ask({"command": "change_keys"}, "change_keys", "naming its key").get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ProtocolError(f"{self._label()} answered 'change_keys' without a list of column names")
+        return keys
+
+    def check_changes(self, keys: Sequence[str]) -> list[str]:
+        """What stops change capture (``check_changes``); raises the plugin's failure."""
+        reply = self._ask({"command": "check_changes", "keys": list(keys)}, "change_problems", "checking changes")
+        problems = reply.get("problems")
+        if not isinstance(problems, list):
+            raise ProtocolError(f"{self._label()} answered 'check_changes' without a 'problems' list")
+        return [str(p) for p in problems]
+
+    def begin_changes(self, committed: Mapping[str, Any] | None, keys: Sequence[str]) -> Mapping[str, Any]:
+        """Ask the plugin what this run reads after ``committed`` (``begin_changes``); raises its failure."""
+        command = {"command": "begin_changes", "committed": dict(committed) if committed else None, "keys": list(keys)}
+        start = self._ask(command, "started", "beginning changes").get("start")
+        if not isinstance(start, dict) or not isinstance(start.get("position"), dict):
+            raise ProtocolError(f"{self._label()} answered 'begin_changes' without a 'start' holding a 'position'")
+        self._changing = True
+        return start
+
+    def confirm(self, position: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Tell the plugin ``position`` is committed (``confirm``), then let it exit; raises its failure."""
+        proc = self._proc
+        facts = self._ask({"command": "confirm", "position": dict(position)}, "confirmed", "confirming").get("facts")
+        if not isinstance(facts, dict):
+            raise ProtocolError(f"{self._label()} answered 'confirm' without a 'facts' object")
+        assert proc is not None
+        proc.close_stdin()
+        proc.check_clean_exit("confirming")
+        return facts
+
+    def _label(self) -> str:
+        return self._proc.label if self._proc is not None else f"reader plugin '{self._plan.ref.name}'"
 
     def close(self) -> None:
         """End the plugin's process tree; idempotent."""
@@ -236,17 +327,6 @@ class ProcessWriter(DataWriter):
             raise PluginError(f"writer '{self._plan.ref.name}' is not running")
         return self._proc
 
-    def _reply(self, proc: PluginProcess, doing: str) -> dict[str, Any]:
-        idle = proc.spec.timeouts.idle_s
-        what = f"did not answer within timeouts.idle_s = {idle:g} s" if idle is not None else "stalled"
-        try:
-            line = proc.read_line(idle, what)
-        except Stopped:
-            line = None
-        if line is None:
-            raise proc.failure(doing)
-        return decode_line(line, f"{proc.label}'s answer to {doing}")
-
     def check(self) -> None:
         """Ask the plugin to verify its target; raises its failure."""
         proc = self._require()
@@ -254,7 +334,7 @@ class ProcessWriter(DataWriter):
             proc.send({"command": "check"}, "checking")
         except (BrokenPipeError, Stopped):
             raise proc.failure("checking") from None
-        answer = self._reply(proc, "checking")
+        answer = _reply(proc, "checking")
         if answer.get("dativo") != "checked":
             raise ProtocolError(f"{proc.label} answered 'check' with {answer}; expected {{'dativo': 'checked'}}")
 
@@ -289,7 +369,7 @@ class ProcessWriter(DataWriter):
             proc.send({"command": "finalize"}, "finalizing")
         except (BrokenPipeError, Stopped, pa.ArrowException, OSError):
             raise proc.failure("finalizing") from None
-        answer = self._reply(proc, "finalizing")
+        answer = _reply(proc, "finalizing")
         if answer.get("dativo") != "result" or not isinstance(answer.get("metadata"), dict):
             raise ProtocolError(f"{proc.label} answered 'finalize' with {str(answer)[:200]}")
         proc.close_stdin()

@@ -44,6 +44,7 @@ from dativo.runtimes.protocol import (
     error_record,
     open_ipc_stream,
 )
+from dativo.runtimes.serve_changes import CHANGES, reads_changes, serve_changes
 from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["PluginFlightServer", "main", "schema_stream", "serve_process"]
@@ -154,10 +155,12 @@ def _read_handshake(stdin: BinaryIO, kind: str) -> dict[str, Any]:
     return handshake
 
 
-def _hello(out: Any, schema: pa.Schema | None = None) -> None:
+def _hello(out: Any, schema: pa.Schema | None = None, capabilities: list[str] | None = None) -> None:
     hello: dict[str, Any] = {"dativo": "hello", "protocol": PROTOCOL_VERSION, "plugin": "dativo serve"}
     if schema is not None:
         hello["schema"] = base64.b64encode(schema_stream(schema)).decode()
+    if capabilities:
+        hello["capabilities"] = capabilities
     out.write(encode_line(hello))
     out.flush()
 
@@ -184,13 +187,21 @@ def _serve_reader(reader: DataReader, config: dict[str, Any], name: str, stdin: 
     schema = reader.get_schema()
     if not isinstance(schema, pa.Schema):
         raise PluginError(f"reader '{name}': get_schema() returned {type(schema).__name__}, not a pyarrow.Schema")
+    if reads_changes(reader):
+        _hello(out, schema, [CHANGES])
+        serve_changes(reader, schema, name, stdin, out, stream_batches)
+        return
     _hello(out, schema)
     command = _command(stdin)
     if command is None or command.get("command") == "close":
         return
     if command.get("command") != "read":
         raise ProtocolError(f"expected the 'read' or 'close' command, got {command}")
-    batch_size = int(command.get("batch_size") or 65536)
+    stream_batches(reader, schema, name, int(command.get("batch_size") or 65536), out)
+
+
+def stream_batches(reader: DataReader, schema: pa.Schema, name: str, batch_size: int, out: Any) -> None:
+    """Write the reader's batches (through the pump) to ``out`` as one Arrow IPC stream; raises its failure."""
     failures: list[BaseException] = []
     done = threading.Event()
     pump = _pump(reader, schema, name, batch_size)

@@ -1,0 +1,172 @@
+"""Change readers out of process (issue 17, item 5): the built-in postgres-cdc reader over the process protocol
+and Arrow Flight, against the real PostgreSQL server and Iceberg catalog; exactly once across plugin crashes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dativo.config.loader import load_job
+from dativo.engine.retry import run_job
+
+from support.cli import dativo
+from test_cdc import catalog, items, job_file, source_rows, target_rows
+
+PY = sys.executable
+SERVE = [PY, "-m", "dativo.runtimes.serve", "process", "postgres-cdc"]
+GARBAGE = str(Path(__file__).parent / "support" / "change_plugins.py")
+
+
+def with_reader(path: Path, reader: dict) -> Path:
+    """Give the job's source a ``reader:`` block (JSON is YAML)."""
+    text = path.read_text().replace("  cdc: ", f"  reader: {json.dumps(reader)}\n  cdc: ", 1)
+    path.write_text(text)
+    return path
+
+
+def process_reader(*, env: dict | None = None, command: list[str] | None = None) -> dict:
+    return {
+        "type": "process",
+        "command": command or SERVE,
+        "sandbox": {"network": True},
+        "env": env or {},
+        "timeouts": {"startup_s": 60},
+    }
+
+
+def changes(db, step: int) -> None:
+    base = 1000 * step
+    db.psql(
+        f"INSERT INTO items SELECT g, 'new ' || g, g FROM generate_series({base + 1}, {base + 5}) g;"
+        f"UPDATE items SET name = 'changed {step}' WHERE id % 7 = {step};"
+        f"DELETE FROM items WHERE id % 11 = {step};"
+        f"UPDATE items SET amount = amount + 1 WHERE id = {base + 2};"
+    )
+
+
+def three_runs(tmp_path: Path, db, path: Path) -> None:
+    """Initial load and two change runs (inserts, updates, deletes): the target equals the source each time."""
+    first = run_job(load_job(path))
+    assert first.status == "succeeded", first.error
+    assert first.target["cdc"]["replaced"] is True and first.target["cdc"]["confirmed"] is True
+    assert target_rows(tmp_path) == source_rows(db)
+    for step in (1, 2):
+        changes(db, step)
+        summary = run_job(load_job(path))
+        assert summary.status == "succeeded", summary.error
+        assert summary.target["cdc"]["replaced"] is False and summary.target["cdc"]["confirmed"] is True
+        assert summary.rows > 5  # the changes, not a re-read of the 40 rows
+        assert target_rows(tmp_path) == source_rows(db)
+    slot = db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
+    assert slot[0][0] == summary.target["cdc"]["position"]["lsn"]
+
+
+def test_postgres_cdc_served_as_a_process_plugin(tmp_path, pg_db):
+    items(pg_db, 40)
+    path = with_reader(job_file(tmp_path, pg_db), process_reader())
+    three_runs(tmp_path, pg_db, path)
+
+
+@pytest.fixture
+def flight_server(tmp_path):
+    server = subprocess.Popen(
+        [PY, "-m", "dativo", "serve", "flight", "postgres-cdc", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert "serving postgres-cdc on grpc://" in line, line
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_postgres_cdc_served_over_flight(tmp_path, pg_db, flight_server):
+    items(pg_db, 40)
+    path = with_reader(job_file(tmp_path, pg_db), {"type": "flight", "endpoint": flight_server})
+    three_runs(tmp_path, pg_db, path)
+
+
+def test_plugin_killed_after_the_commit_before_confirming(tmp_path, pg_db):
+    """SIGKILL of the plugin between dativo's commit and the slot's confirmation: rerun, nothing lost or doubled."""
+    items(pg_db, 40)
+    plain = job_file(tmp_path, pg_db, cdc="{deletes: soft}")
+    text = plain.read_text()
+    path = with_reader(plain, process_reader())
+    assert run_job(load_job(path)).status == "succeeded"
+    confirmed = pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
+    changes(pg_db, 1)
+    plain.write_text(text)
+    with_reader(plain, process_reader(env={"DATIVO_CRASH_AT": "serve_confirm"}))
+    crashed = run_job(load_job(path))
+    assert crashed.status == "succeeded", crashed.error  # the data is committed; the position is not confirmed
+    assert crashed.target["cdc"]["confirmed"] is False
+    assert "SIGKILL" in crashed.target["cdc"]["confirm_error"]
+    assert pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots") == confirmed
+    plain.write_text(text)
+    with_reader(plain, process_reader())
+    changes(pg_db, 2)
+    rerun = run_job(load_job(path))
+    assert rerun.status == "succeeded", rerun.error
+    assert rerun.target["cdc"]["confirmed"] is True
+    live = [r for r in target_rows(tmp_path, ("id", "name", "amount", "_deleted")) if not r[3]]
+    assert [r[:3] for r in live] == source_rows(pg_db)
+    ops = catalog(tmp_path).load_table("raw.items").scan().to_arrow()
+    assert ops.num_rows == len(set(ops["id"].to_pylist()))  # one row per key: no change applied twice
+
+
+@pytest.mark.parametrize(
+    ("mode", "where", "message"),
+    [
+        ("garbage_confirm", "after", "answered 'confirm' with"),
+        ("die_at_confirm", "after", "exited with code 9"),
+        ("die_at_begin", "before", "exited with code 9"),
+        ("garbage_begin", "before", "is not a JSON line"),
+    ],
+)
+def test_a_change_plugin_that_breaks_the_protocol(tmp_path, pg_db, mode, where, message):
+    items(pg_db, 20)
+    plain = job_file(tmp_path, pg_db)
+    text = plain.read_text()
+    path = with_reader(plain, process_reader())
+    assert run_job(load_job(path)).status == "succeeded"
+    table = catalog(tmp_path).load_table("raw.items")
+    before = table.current_snapshot().snapshot_id
+    expected_before = source_rows(pg_db)
+    changes(pg_db, 1)
+    plain.write_text(text)
+    with_reader(plain, process_reader(command=[PY, GARBAGE, mode]))
+    result = dativo("run", path, "--quiet")
+    after = catalog(tmp_path).load_table("raw.items").current_snapshot().snapshot_id
+    if where == "before":
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0] and "reader plugin" in lines[0], result.stderr
+        assert after == before and target_rows(tmp_path) == expected_before  # the target keeps its last commit
+    else:
+        # The data committed; the unconfirmed position is one warning line, and the next run confirms it.
+        assert result.returncode == 0, result.stderr
+        warnings = [line for line in result.stderr.splitlines() if "could not confirm" in line]
+        assert len(warnings) == 1 and message in warnings[0], result.stderr
+        assert after != before and target_rows(tmp_path) == source_rows(pg_db)
+    plain.write_text(text)
+    with_reader(plain, process_reader())
+    rerun = run_job(load_job(path))
+    assert rerun.status == "succeeded", rerun.error
+    assert rerun.target["cdc"]["confirmed"] is True
+    assert target_rows(tmp_path) == source_rows(pg_db)
+
+
+def test_an_old_reader_plugin_is_refused_for_cdc(tmp_path, pg_db):
+    items(pg_db, 5)
+    path = with_reader(job_file(tmp_path, pg_db), process_reader(command=[PY, GARBAGE, "plain"]))
+    result = dativo("run", path, "--quiet")
+    assert result.returncode != 0
+    assert "cannot read changes" in result.stderr and "'changes' capability" in result.stderr, result.stderr
