@@ -239,10 +239,15 @@ def _confirm(reader: ChangeReader, name: str, position: Mapping[str, Any]) -> di
 
 
 def _change_reader(reader: DataReader, name: str) -> Any:
-    # A remote reader (process, Flight) has the methods; its plugin says whether it reads changes.
-    if not isinstance(reader, ChangeReader) or not getattr(reader, "reads_changes", True):
+    if not isinstance(reader, ChangeReader):
         raise ConfigError(
             f"source.cdc: reader '{name}' cannot read changes (it does not implement dativo.ChangeReader)"
+        )
+    # A remote reader (process, Flight) has the methods; its plugin says whether it reads changes.
+    if not getattr(reader, "reads_changes", True):
+        raise ConfigError(
+            f"source.cdc: reader '{name}' cannot read changes (its plugin does not announce the 'changes' "
+            "capability; see docs/process-protocol.md)"
         )
     return reader
 
