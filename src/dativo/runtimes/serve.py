@@ -44,7 +44,14 @@ from dativo.runtimes.protocol import (
     error_record,
     open_ipc_stream,
 )
-from dativo.runtimes.serve_changes import CHANGES, reads_changes, serve_changes
+from dativo.runtimes.serve_changes import (
+    CHANGE_ACTIONS,
+    CHANGES,
+    ChangeSessions,
+    change_action,
+    reads_changes,
+    serve_changes,
+)
 from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["PluginFlightServer", "main", "schema_stream", "serve_process"]
@@ -343,6 +350,12 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
         self.name = name or plugin_cls.__name__
         middleware = {"auth": _TokenCheck(token)} if token else None
         super().__init__(location, tls_certificates=tls_certificates or [], middleware=middleware)
+        self.sessions = ChangeSessions(self._reader)
+
+    def shutdown(self) -> None:
+        """Stop serving and close the change sessions still open."""
+        super().shutdown()
+        self.sessions.close_all()
 
     def _reader(self, config: Mapping[str, Any]) -> DataReader:
         reader: DataReader = self.plugin_cls()
@@ -366,13 +379,20 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
             raise flight_error(exc) from None
 
     def do_get(self, context: Any, ticket: Any) -> Any:
-        """DoGet: stream the reader's batches (held to its declared schema)."""
+        """DoGet: stream the reader's batches (held to its declared schema); a change session's reader stays open."""
         try:
-            request = _request(ticket.ticket, "reader")
-            reader = self._reader(request["config"])
+            request = decode_line(ticket.ticket, "the Flight ticket")
+            session = request.get("session")
+            if session is None:
+                request = _request(ticket.ticket, "reader")
+                reader = self._reader(request["config"])
+            else:
+                reader = self.sessions.get(session)
             schema = reader.get_schema()
         except Exception as exc:
             raise flight_error(exc) from None
+        # A change session's reader lives on until 'confirm' or 'close_changes'; any other is closed here.
+        done = reader.close if session is None else _nothing
         batch_size = int(request.get("batch_size") or 65536)
         pump = _pump(reader, schema, self.name, batch_size)
         finished = threading.Event()
@@ -382,7 +402,10 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
             while not finished.wait(0.2):
                 if context.is_cancelled():
                     log.info("the client cancelled DoGet; closing reader '%s'", self.name)
-                    reader.close()
+                    if session is None:
+                        reader.close()
+                    else:
+                        self.sessions.close(session)
                     return
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -400,7 +423,7 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
             finally:
                 finished.set()
                 pump.cancel()
-                reader.close()
+                done()
 
         return _flight().GeneratorStream(schema, batches())
 
@@ -441,7 +464,16 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
                 plugin.close()
 
     def do_action(self, context: Any, action: Any) -> Iterator[Any]:
-        """DoAction ``check``: initialize the writer and run its ``check()``."""
+        """DoAction ``check`` (initialize the plugin and check it), or a change action (``CHANGE_ACTIONS``)."""
+        if action.type in CHANGE_ACTIONS and self.kind == "reader":
+            try:
+                body = decode_line(action.body.to_pybytes(), f"the body of action {action.type!r}")
+                if action.type == "open_changes":
+                    body = _request(action.body.to_pybytes(), "reader")
+                answer = change_action(self.sessions, action.type, body)
+            except Exception as exc:
+                raise flight_error(exc) from None
+            return iter([_flight().Result(pa.py_buffer(encode_line(answer)))])
         if action.type != "check":
             raise _flight().FlightServerError(f"unknown action {action.type!r}")
         try:
@@ -458,6 +490,10 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
         except Exception as exc:
             raise flight_error(exc) from None
         return iter([_flight().Result(pa.py_buffer(b'{"dativo":"checked"}'))])
+
+
+def _nothing() -> None:
+    """What ends a DoGet on a change session's reader: nothing (``confirm`` or ``close_changes`` closes it)."""
 
 
 class _TokenCheck(_flight().ServerMiddlewareFactory):  # type: ignore[misc]  # pyarrow ships no types

@@ -24,7 +24,20 @@ from dativo.runtimes import protocol
 from dativo.runtimes.protocol import CHANGES, ProtocolError, decode_line, encode_line
 from dativo.sdk import ChangeReader, DataReader
 
-__all__ = ["CHANGES", "ChangeSessions", "answer_change_command", "reads_changes", "serve_changes"]
+__all__ = [
+    "CHANGES",
+    "CHANGE_ACTIONS",
+    "ChangeSessions",
+    "answer_change_command",
+    "change_action",
+    "reads_changes",
+    "serve_changes",
+]
+
+#: The Flight actions of a change session (``open_changes`` starts one, ``close_changes`` ends one).
+CHANGE_ACTIONS = frozenset(
+    {"open_changes", "change_keys", "check_changes", "begin_changes", "confirm", "close_changes"}
+)
 
 #: Streams a reader's batches to ``out`` (``dativo.runtimes.serve.stream_batches``).
 StreamBatches = Callable[[DataReader, pa.Schema, str, int, Any], None]
@@ -147,3 +160,28 @@ class ChangeSessions:
             readers = [self._sessions.pop(s)[0] for s in stale]
         for reader in readers:
             reader.close()
+
+
+def change_action(sessions: ChangeSessions, verb: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer one Flight change action (``body`` is the request, or ``{"session": ..., ...}``).
+
+    ``open_changes`` opens a session with the request's ``config``; ``confirm`` and ``close_changes``
+    close it (``confirm`` after answering). Raises the reader's failure, PluginError for an unknown
+    session, ProtocolError for a malformed body.
+    """
+    if verb == "open_changes":
+        config = body.get("config")
+        if not isinstance(config, dict):
+            raise ProtocolError("'open_changes' needs the request's 'config' object")
+        opened, _ = sessions.open(config)
+        return {"dativo": "opened", "session": opened, "capabilities": [CHANGES]}
+    session = body.get("session")
+    if verb == "close_changes":
+        sessions.close(session)
+        return {"dativo": "closed"}
+    reader = sessions.get(session)
+    try:
+        return answer_change_command(reader, {**body, "command": verb})
+    finally:
+        if verb == "confirm":
+            sessions.close(session)
