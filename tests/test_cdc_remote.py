@@ -4,6 +4,7 @@ and Arrow Flight, against the real PostgreSQL server and Iceberg catalog; exactl
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,21 +72,33 @@ def test_postgres_cdc_served_as_a_process_plugin(tmp_path, pg_db):
     three_runs(tmp_path, pg_db, path)
 
 
-@pytest.fixture
-def flight_server(tmp_path):
+def start_flight(implementation: str = "postgres-cdc", env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``dativo serve flight IMPLEMENTATION`` on a free port; the server and its endpoint."""
     server = subprocess.Popen(
-        [PY, "-m", "dativo", "serve", "flight", "postgres-cdc", "--port", "0"],
+        [PY, "-m", "dativo", "serve", "flight", implementation, "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
-    try:
-        assert server.stderr is not None
-        line = server.stderr.readline()
-        assert "serving postgres-cdc on grpc://" in line, line
-        yield line.rsplit(" ", 1)[-1].strip()
-    finally:
+    assert server.stderr is not None
+    line = server.stderr.readline()
+    assert f"serving {implementation} on grpc://" in line, line
+    return server, line.rsplit(" ", 1)[-1].strip()
+
+
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
         server.terminate()
-        server.wait(10)
+    server.wait(10)
+
+
+@pytest.fixture
+def flight_server():
+    server, endpoint = start_flight()
+    try:
+        yield endpoint
+    finally:
+        stop(server)
 
 
 def test_postgres_cdc_served_over_flight(tmp_path, pg_db, flight_server):
@@ -170,3 +183,65 @@ def test_an_old_reader_plugin_is_refused_for_cdc(tmp_path, pg_db):
     result = dativo("run", path, "--quiet")
     assert result.returncode != 0
     assert "cannot read changes" in result.stderr and "'changes' capability" in result.stderr, result.stderr
+
+
+def test_flight_server_killed_after_the_commit_before_confirming(tmp_path, pg_db):
+    items(pg_db, 30)
+    plain = job_file(tmp_path, pg_db)
+    server, endpoint = start_flight()
+    try:
+        path = with_reader(plain, {"type": "flight", "endpoint": endpoint})
+        assert run_job(load_job(path)).status == "succeeded"
+    finally:
+        stop(server)
+    confirmed = pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
+    changes(pg_db, 1)
+    server, endpoint2 = start_flight(env={"DATIVO_CRASH_AT": "serve_confirm"})
+    try:
+        path.write_text(path.read_text().replace(endpoint, endpoint2))
+        crashed = run_job(load_job(path))
+        assert server.wait(10) == -9  # SIGKILL, with dativo's commit done and the slot not advanced
+    finally:
+        stop(server)
+    assert crashed.status == "succeeded", crashed.error
+    assert crashed.target["cdc"]["confirmed"] is False
+    assert pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots") == confirmed
+    assert target_rows(tmp_path) == source_rows(pg_db)
+    changes(pg_db, 2)
+    server, endpoint3 = start_flight()
+    try:
+        path.write_text(path.read_text().replace(endpoint2, endpoint3))
+        rerun = run_job(load_job(path))
+    finally:
+        stop(server)
+    assert rerun.status == "succeeded", rerun.error
+    assert rerun.target["cdc"]["confirmed"] is True
+    assert target_rows(tmp_path) == source_rows(pg_db)
+    assert pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")[0][0] == (
+        rerun.target["cdc"]["position"]["lsn"]
+    )
+
+
+def test_a_flight_server_without_a_change_reader_is_refused(tmp_path, pg_db):
+    items(pg_db, 5)
+    server, endpoint = start_flight("postgres-psycopg")
+    try:
+        path = with_reader(job_file(tmp_path, pg_db), {"type": "flight", "endpoint": endpoint})
+        result = dativo("run", path, "--quiet")
+    finally:
+        stop(server)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot read changes" in lines[0], result.stderr
+
+
+def test_check_through_a_process_change_reader(tmp_path, pg_db):
+    items(pg_db, 5)
+    path = with_reader(job_file(tmp_path, pg_db), process_reader())
+    ready = dativo("check", path)
+    assert ready.returncode == 0, ready.stderr
+    assert "ready for change capture; key (id)" in ready.stdout, ready.stdout
+    pg_db.psql("ALTER TABLE items REPLICA IDENTITY NOTHING; ALTER TABLE items DROP CONSTRAINT items_pkey;")
+    missing = dativo("check", path)
+    assert missing.returncode != 0
+    assert "has no primary key" in missing.stderr or "replica identity" in missing.stderr.lower(), missing.stderr
