@@ -13,9 +13,9 @@ import pytest
 
 from dativo.config.loader import load_job
 from dativo.engine.retry import run_job
+from test_cdc import catalog, items, job_file, source_rows, target_rows
 
 from support.cli import dativo
-from test_cdc import catalog, items, job_file, source_rows, target_rows
 
 PY = sys.executable
 SERVE = [PY, "-m", "dativo.runtimes.serve", "process", "postgres-cdc"]
@@ -217,8 +217,9 @@ def test_flight_server_killed_after_the_commit_before_confirming(tmp_path, pg_db
     assert rerun.status == "succeeded", rerun.error
     assert rerun.target["cdc"]["confirmed"] is True
     assert target_rows(tmp_path) == source_rows(pg_db)
-    assert pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")[0][0] == (
-        rerun.target["cdc"]["position"]["lsn"]
+    assert (
+        pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")[0][0]
+        == (rerun.target["cdc"]["position"]["lsn"])
     )
 
 

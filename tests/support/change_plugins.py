@@ -22,7 +22,7 @@ _answer = serve_changes.answer_change_command
 
 def answer(reader: Any, command: Mapping[str, Any]) -> dict[str, Any]:
     verb = command.get("command")
-    if MODE == f"die_at_{verb.removesuffix('_changes') if verb else ''}":
+    if f"die_at_{verb.removesuffix('_changes') if verb else ''}" == MODE:
         os._exit(9)
     reply = _answer(reader, command)
     if MODE == "garbage_confirm" and verb == "confirm":
