@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dativo.config.loader import load_job
+from dativo.connectors.postgres.cdc.pgoutput import parse_lsn
 from dativo.engine.retry import run_job
 from test_cdc import catalog, items, job_file, source_rows, target_rows
 
@@ -246,3 +247,25 @@ def test_check_through_a_process_change_reader(tmp_path, pg_db):
     missing = dativo("check", path)
     assert missing.returncode != 0
     assert "has no primary key" in missing.stderr or "replica identity" in missing.stderr.lower(), missing.stderr
+
+
+def test_several_tables_of_one_slot_through_one_process_plugin(tmp_path, pg_db):
+    """The streams form: the first table's plugin reads the slot once for every table (changes_together)."""
+    from test_cdc_streams import TABLES, assert_equal, make_tables, streams_job
+    from test_cdc_streams import changes as stream_changes
+
+    make_tables(pg_db, 20)
+    path = streams_job(tmp_path, pg_db)
+    text = path.read_text().replace("    cdc: {}\n", f"    cdc: {{}}\n    reader: {json.dumps(process_reader())}\n", 1)
+    path.write_text(text)
+    for round_ in range(3):
+        if round_:
+            stream_changes(pg_db, round_)
+        result = dativo("run", path, "--quiet", "--summary-json", tmp_path / "summary.json")
+        assert result.returncode == 0, result.stderr
+        assert_equal(tmp_path, pg_db)
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        facts = [stream["target"]["cdc"] for stream in summary["streams"]]
+        assert len(facts) == len(TABLES) and all(f["confirmed"] for f in facts), facts
+    slot = pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
+    assert slot[0][0] == min((f["position"]["lsn"] for f in facts), key=parse_lsn)

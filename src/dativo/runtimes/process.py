@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ import pyarrow as pa
 
 from dativo.core.hosting import ClassRuntime
 from dativo.core.registry import PluginPlan
-from dativo.errors import ConfigError, PluginError, SchemaError, SourceError
+from dativo.errors import PluginError, SchemaError, SourceError
 from dativo.runtimes import protocol
 from dativo.runtimes._plugin_process import STOP_GRACE_S, PluginProcess, Stopped
+from dativo.runtimes._process_changes import ProcessChanges, reply
 from dativo.runtimes.protocol import (
-    CHANGES,
     PROTOCOL_VERSION,
     EofWatchingReader,
     ProtocolError,
@@ -130,26 +130,13 @@ class _StdinFile:
         self.closed = True
 
 
-def _reply(proc: PluginProcess, doing: str) -> dict[str, Any]:
-    """The plugin's answer line to a command; raises its failure when it ends or stalls instead."""
-    idle = proc.spec.timeouts.idle_s
-    what = f"did not answer within timeouts.idle_s = {idle:g} s" if idle is not None else "stalled"
-    try:
-        line = proc.read_line(idle, what)
-    except Stopped:
-        line = None
-    if line is None:
-        raise proc.failure(doing)
-    return decode_line(line, f"{proc.label}'s answer to {doing}")
-
-
 def _arrow_detail(exc: BaseException) -> tuple[str, bool]:
     """Describe an Arrow error while reading the plugin's stream; True when it is a schema change."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text, "is not RecordBatch" in text and "Header-type" in text
 
 
-class ProcessReader(DataReader):
+class ProcessReader(ProcessChanges, DataReader):
     """A reader running as a child process (see the module docstring).
 
     ``initialize`` starts it and reads its schema; ``read_batch`` asks for the
@@ -163,6 +150,7 @@ class ProcessReader(DataReader):
         self._stream: Any = None
         self._schema: pa.Schema | None = None
         self._changing = False
+        self._owner: tuple[ProcessReader, int] | None = None
 
     def initialize(self, config: PluginConfig) -> None:
         """Start the plugin, handshake, and read its schema; raises its failure as a dativo error."""
@@ -184,24 +172,40 @@ class ProcessReader(DataReader):
         return self._schema
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
-        """Ask the plugin for its batches and yield them; raises its failure (never ends early)."""
+        """Ask the plugin for its batches and yield them; raises its failure (never ends early).
+
+        A table started with others of its slot (``begin_changes_together``) is read from the
+        plugin that started them, whose process holds the changes of every table.
+        """
+        if self._schema is None:
+            raise PluginError(f"reader '{self._plan.ref.name}' is closed")
+        if self._owner is not None:
+            owner, member = self._owner
+            yield from owner._read(batch_size, self._schema, member)
+        else:
+            yield from self._read(batch_size, self._schema, None)
+
+    def _read(self, batch_size: int, schema: pa.Schema, member: int | None) -> Iterator[pa.RecordBatch]:
         proc = self._proc
-        if proc is None or self._schema is None:
+        if proc is None:
             raise PluginError(f"reader '{self._plan.ref.name}' is closed")
         source = _StdoutFile(proc)
+        command: dict[str, Any] = {"command": "read", "batch_size": int(batch_size)}
+        if member is not None:
+            command["member"] = member
         try:
-            proc.send({"command": "read", "batch_size": int(batch_size)}, "asking for batches")
+            proc.send(command, "asking for batches")
             stream = open_ipc_stream(source)
         except (BrokenPipeError, Stopped):
             raise proc.failure("starting to read") from None
         except (pa.ArrowException, OSError) as exc:
             detail, _ = _arrow_detail(exc)
             raise proc.failure("starting its stream", f"stdout is not an Arrow IPC stream: {detail}") from None
-        if not stream.schema.equals(self._schema):
+        if not stream.schema.equals(schema):
             proc.kill()
             raise SchemaError(
                 f"{proc.label} changed schema: its stream has {stream.schema.to_string(show_schema_metadata=False)!r}"
-                f" but its hello declared {self._schema.to_string(show_schema_metadata=False)!r}"
+                f" but its hello declared {schema.to_string(show_schema_metadata=False)!r}"
             )
         while True:
             try:
@@ -225,75 +229,6 @@ class ProcessReader(DataReader):
             raise proc.failure("streaming batches", "its Arrow IPC stream ended without the end-of-stream marker")
         if not self._changing:  # a change reader stays alive for 'confirm'
             proc.check_clean_exit("streaming batches")
-
-    # -- dativo.ChangeReader, for a plugin whose hello lists the "changes" capability ------------------
-
-    @property
-    def reads_changes(self) -> bool:
-        """True when the plugin's hello lists the ``changes`` capability (it is a change reader)."""
-        capabilities = self._proc.hello.get("capabilities") if self._proc is not None else None
-        return isinstance(capabilities, list) and CHANGES in capabilities
-
-    def _ask(self, command: dict[str, Any], answer: str, doing: str) -> dict[str, Any]:
-        """Send a change command and return its answer line; raises the plugin's failure or ProtocolError."""
-        proc = self._proc
-        if proc is None:
-            raise PluginError(f"reader '{self._plan.ref.name}' is closed")
-        if not self.reads_changes:
-            raise ConfigError(
-                f"source.cdc: {proc.label} cannot read changes (its hello does not list the 'changes' capability; "
-                "see docs/process-protocol.md)"
-            )
-        try:
-            proc.send(command, doing)
-        except (BrokenPipeError, Stopped):
-            raise proc.failure(doing) from None
-        reply = _reply(proc, doing)
-        if reply.get("dativo") != answer:
-            proc.kill()
-            raise ProtocolError(
-                f"{proc.label} answered '{command['command']}' with {str(reply)[:200]}; "
-                f'expected {{"dativo": "{answer}", ...}} (see docs/process-protocol.md)'
-            )
-        return reply
-
-    def change_keys(self) -> list[str]:
-        """The source's key columns, as the plugin says (``change_keys``); raises its failure."""
-        keys = self._ask({"command": "change_keys"}, "change_keys", "naming its key").get("keys")
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ProtocolError(f"{self._label()} answered 'change_keys' without a list of column names")
-        return keys
-
-    def check_changes(self, keys: Sequence[str]) -> list[str]:
-        """What stops change capture (``check_changes``); raises the plugin's failure."""
-        reply = self._ask({"command": "check_changes", "keys": list(keys)}, "change_problems", "checking changes")
-        problems = reply.get("problems")
-        if not isinstance(problems, list):
-            raise ProtocolError(f"{self._label()} answered 'check_changes' without a 'problems' list")
-        return [str(p) for p in problems]
-
-    def begin_changes(self, committed: Mapping[str, Any] | None, keys: Sequence[str]) -> Mapping[str, Any]:
-        """Ask the plugin what this run reads after ``committed`` (``begin_changes``); raises its failure."""
-        command = {"command": "begin_changes", "committed": dict(committed) if committed else None, "keys": list(keys)}
-        start = self._ask(command, "started", "beginning changes").get("start")
-        if not isinstance(start, dict) or not isinstance(start.get("position"), dict):
-            raise ProtocolError(f"{self._label()} answered 'begin_changes' without a 'start' holding a 'position'")
-        self._changing = True
-        return start
-
-    def confirm(self, position: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Tell the plugin ``position`` is committed (``confirm``), then let it exit; raises its failure."""
-        proc = self._proc
-        facts = self._ask({"command": "confirm", "position": dict(position)}, "confirmed", "confirming").get("facts")
-        if not isinstance(facts, dict):
-            raise ProtocolError(f"{self._label()} answered 'confirm' without a 'facts' object")
-        assert proc is not None
-        proc.close_stdin()
-        proc.check_clean_exit("confirming")
-        return facts
-
-    def _label(self) -> str:
-        return self._proc.label if self._proc is not None else f"reader plugin '{self._plan.ref.name}'"
 
     def close(self) -> None:
         """End the plugin's process tree; idempotent."""
@@ -334,7 +269,7 @@ class ProcessWriter(DataWriter):
             proc.send({"command": "check"}, "checking")
         except (BrokenPipeError, Stopped):
             raise proc.failure("checking") from None
-        answer = _reply(proc, "checking")
+        answer = reply(proc, "checking")
         if answer.get("dativo") != "checked":
             raise ProtocolError(f"{proc.label} answered 'check' with {answer}; expected {{'dativo': 'checked'}}")
 
@@ -369,7 +304,7 @@ class ProcessWriter(DataWriter):
             proc.send({"command": "finalize"}, "finalizing")
         except (BrokenPipeError, Stopped, pa.ArrowException, OSError):
             raise proc.failure("finalizing") from None
-        answer = _reply(proc, "finalizing")
+        answer = reply(proc, "finalizing")
         if answer.get("dativo") != "result" or not isinstance(answer.get("metadata"), dict):
             raise ProtocolError(f"{proc.label} answered 'finalize' with {str(answer)[:200]}")
         proc.close_stdin()

@@ -46,9 +46,9 @@ from dativo.runtimes.protocol import (
 )
 from dativo.runtimes.serve_changes import (
     CHANGE_ACTIONS,
-    CHANGES,
     ChangeSessions,
     change_action,
+    change_capabilities,
     reads_changes,
     serve_changes,
 )
@@ -195,7 +195,7 @@ def _serve_reader(reader: DataReader, config: dict[str, Any], name: str, stdin: 
     if not isinstance(schema, pa.Schema):
         raise PluginError(f"reader '{name}': get_schema() returned {type(schema).__name__}, not a pyarrow.Schema")
     if reads_changes(reader):
-        _hello(out, schema, [CHANGES])
+        _hello(out, schema, change_capabilities(reader))
         serve_changes(reader, schema, name, stdin, out, stream_batches)
         return
     _hello(out, schema)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from dativo._faults import crash_point
 from dativo.errors import ConfigError, PluginError
 from dativo.runtimes import protocol
-from dativo.runtimes.protocol import CHANGES, ProtocolError, decode_line, encode_line
+from dativo.runtimes.protocol import CHANGES, CHANGES_TOGETHER, ProtocolError, decode_line, encode_line
 from dativo.sdk import ChangeReader, DataReader
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "ChangeSessions",
     "answer_change_command",
     "change_action",
+    "change_capabilities",
     "reads_changes",
     "serve_changes",
 ]
@@ -79,28 +80,76 @@ def answer_change_command(reader: Any, command: Mapping[str, Any]) -> dict[str, 
     raise ProtocolError(f"unknown change command {dict(command)}")
 
 
+def change_capabilities(reader: object) -> list[str]:
+    """A change reader's hello capabilities: ``changes``, and ``changes_together`` if it starts several tables."""
+    together = hasattr(reader, "begin_changes_together") and hasattr(reader, "least_position")
+    return [CHANGES, CHANGES_TOGETHER] if together else [CHANGES]
+
+
 def serve_changes(
     reader: DataReader, schema: pa.Schema, name: str, stdin: BinaryIO, out: Any, stream: StreamBatches
 ) -> None:
     """Answer change commands on ``stdin`` until ``confirm`` (answered), ``close`` or the end of stdin.
 
+    After ``begin_changes_together`` the other tables' readers live in this process (initialized
+    with the configs dativo sent) and ``read`` with ``member`` streams theirs; they are closed on return.
     Raises the reader's failure or ProtocolError (the caller writes the error record and exits 1).
     """
-    while True:
-        line = stdin.readline(protocol.MAX_LINE_BYTES)
-        if not line:
-            return
-        command = decode_line(line, "the command")
-        verb = command.get("command")
-        if verb == "close":
-            return
-        if verb == "read":
-            stream(reader, schema, name, int(command.get("batch_size") or 65536), out)
-            continue
-        out.write(encode_line(answer_change_command(reader, command)))
-        out.flush()
-        if verb == "confirm":
-            return
+    members: list[DataReader] = []
+    try:
+        while True:
+            line = stdin.readline(protocol.MAX_LINE_BYTES)
+            if not line:
+                return
+            command = decode_line(line, "the command")
+            verb = command.get("command")
+            if verb == "close":
+                return
+            if verb == "read":
+                member = command.get("member")
+                if member is None:
+                    target = reader
+                elif isinstance(member, int) and 0 < member <= len(members):
+                    target = members[member - 1]
+                else:
+                    raise ProtocolError(f"'read' names member {member!r}; {len(members)} tables were started with this")
+                stream(target, target.get_schema(), name, int(command.get("batch_size") or 65536), out)
+                continue
+            if verb == "begin_changes_together":
+                answer = _begin_together(reader, command, members)
+            elif verb == "least_position":
+                positions = command.get("positions")
+                if not isinstance(positions, list) or not positions:
+                    raise ProtocolError(f"'least_position' needs 'positions', a non-empty list; got {positions!r}")
+                least = dict(reader.least_position(positions))  # type: ignore[attr-defined]
+                answer = {"dativo": "least_position", "position": least}
+            else:
+                answer = answer_change_command(reader, command)
+            out.write(encode_line(answer))
+            out.flush()
+            if verb == "confirm":
+                return
+    finally:
+        for member_reader in members:
+            member_reader.close()
+
+
+def _begin_together(reader: Any, command: Mapping[str, Any], members: list[DataReader]) -> dict[str, Any]:
+    """``begin_changes_together``: initialize a reader per other table, start them all with ``reader``."""
+    if not hasattr(reader, "begin_changes_together"):
+        raise ProtocolError("this reader cannot start several tables of one slot ('changes_together')")
+    given = command.get("members")
+    held = command.get("held") or []
+    if not isinstance(given, list) or not all(isinstance(m, dict) and isinstance(m.get("config"), dict) for m in given):
+        raise ProtocolError("'begin_changes_together' needs 'members', a list of {config, committed, keys}")
+    group: list[tuple[Any, Any, list[str]]] = [(reader, command.get("committed"), list(command.get("keys") or []))]
+    for member in given:
+        other = type(reader)()
+        members.append(other)
+        other.initialize(member["config"])
+        group.append((other, member.get("committed"), list(member.get("keys") or [])))
+    starts = [dict(start) for start in reader.begin_changes_together(group, held)]
+    return {"dativo": "started_together", "starts": starts}
 
 
 class ChangeSessions:
