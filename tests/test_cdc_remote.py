@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from dativo.config.loader import load_job
@@ -269,3 +270,57 @@ def test_several_tables_of_one_slot_through_one_process_plugin(tmp_path, pg_db):
         assert len(facts) == len(TABLES) and all(f["confirmed"] for f in facts), facts
     slot = pg_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")
     assert slot[0][0] == min((f["position"]["lsn"] for f in facts), key=parse_lsn)
+
+
+MEMORY = f"{Path(__file__).parent / 'support' / 'memory_changes.py'}:MemoryChangeReader"
+
+
+def talk(*lines: dict) -> tuple[list[dict], bytes, int, str]:
+    """Run ``dativo serve process`` on the in-memory change reader with the given command lines."""
+    handshake = {"dativo": "handshake", "protocol": 1, "protocols": [1], "kind": "reader", "config": {}}
+    stdin = b"".join(json.dumps(line).encode() + b"\n" for line in (handshake, *lines))
+    done = subprocess.run([PY, "-m", "dativo.runtimes.serve", "process", MEMORY], input=stdin, capture_output=True)
+    answers, rest = [], done.stdout
+    while rest.startswith(b"{"):
+        line, _, rest = rest.partition(b"\n")
+        answers.append(json.loads(line))
+    return answers, rest, done.returncode, done.stderr.decode()
+
+
+def test_the_change_commands_on_the_wire():
+    answers, stream, code, stderr = talk(
+        {"command": "change_keys"},
+        {"command": "check_changes", "keys": ["name"]},
+        {"command": "begin_changes", "committed": {"lsn": 1}, "keys": ["id"]},
+        {"command": "read", "batch_size": 10},
+    )
+    assert code == 0, stderr  # stdin ended after the stream: no confirm, a clean exit
+    assert answers[0]["capabilities"] == ["changes"]  # no begin_changes_together: not 'changes_together'
+    assert answers[1:] == [
+        {"dativo": "change_keys", "keys": ["id"]},
+        {"dativo": "change_problems", "problems": ["key ['name'] is not ['id']"]},
+        {"dativo": "started", "start": {"position": {"lsn": 3}, "replace": False, "snapshot": False}},
+    ]
+    assert pa.ipc.open_stream(stream).read_all()["id"].to_pylist() == [2, 3]
+
+
+def test_confirm_after_the_stream_then_exit():
+    handshake_and = [{"command": "begin_changes", "committed": None, "keys": ["id"]}, {"command": "read"}]
+    _answers, rest, code, stderr = talk(*handshake_and, {"command": "confirm", "position": {"lsn": 3}})
+    assert code == 0, stderr
+    table_end = rest.rfind(b"\xff\xff\xff\xff\x00\x00\x00\x00") + 8
+    assert json.loads(rest[table_end:]) == {"dativo": "confirmed", "facts": {"confirmed_lsn": 3}}
+
+
+def test_an_ordinary_read_of_a_change_reader_exits_after_its_stream():
+    answers, stream, code, stderr = talk({"command": "read", "batch_size": 10}, {"command": "change_keys"})
+    assert code == 0, stderr
+    assert pa.ipc.open_stream(stream).read_all().num_rows == 3
+    assert len(answers) == 1  # the hello only: the command after the stream was never read
+
+
+def test_a_malformed_change_command_is_one_error_record():
+    _answers, _, code, stderr = talk({"command": "begin_changes", "committed": "yesterday", "keys": ["id"]})
+    assert code == 1
+    record = json.loads(stderr.strip().splitlines()[-1])
+    assert record["error"] == "PluginError" and "'committed', an object or null" in record["message"]

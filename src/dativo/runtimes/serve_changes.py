@@ -96,6 +96,7 @@ def serve_changes(
     Raises the reader's failure or ProtocolError (the caller writes the error record and exits 1).
     """
     members: list[DataReader] = []
+    started = False
     try:
         while True:
             line = stdin.readline(protocol.MAX_LINE_BYTES)
@@ -114,6 +115,8 @@ def serve_changes(
                 else:
                     raise ProtocolError(f"'read' names member {member!r}; {len(members)} tables were started with this")
                 stream(target, target.get_schema(), name, int(command.get("batch_size") or 65536), out)
+                if not started:  # an ordinary read (no change run): exit after the stream, as any reader
+                    return
                 continue
             if verb == "begin_changes_together":
                 answer = _begin_together(reader, command, members)
@@ -125,6 +128,7 @@ def serve_changes(
                 answer = {"dativo": "least_position", "position": least}
             else:
                 answer = answer_change_command(reader, command)
+            started |= verb in ("begin_changes", "begin_changes_together")
             out.write(encode_line(answer))
             out.flush()
             if verb == "confirm":
