@@ -324,3 +324,22 @@ def test_a_malformed_change_command_is_one_error_record():
     assert code == 1
     record = json.loads(stderr.strip().splitlines()[-1])
     assert record["error"] == "PluginError" and "'committed', an object or null" in record["message"]
+
+
+@pytest.mark.parametrize("point", ["cdc_batch:1", "cdc_before_commit", "cdc_after_commit"])
+def test_dativo_killed_with_a_process_change_reader_then_rerun(tmp_path, pg_db, point):
+    """kill -9 of dativo (its plugin dies with it) before or after the commit: the rerun applies each change once."""
+    items(pg_db, 30)
+    path = with_reader(job_file(tmp_path, pg_db, cdc="{deletes: soft}"), process_reader())
+    assert run_job(load_job(path)).status == "succeeded"
+    changes(pg_db, 1)
+    crashed = dativo("run", path, "--quiet", env={"DATIVO_CRASH_AT": point})
+    assert crashed.returncode == -9, (crashed.returncode, crashed.stderr)
+    changes(pg_db, 2)
+    rerun = run_job(load_job(path))
+    assert rerun.status == "succeeded", rerun.error
+    live = [r for r in target_rows(tmp_path, ("id", "name", "amount", "_deleted")) if not r[3]]
+    assert [r[:3] for r in live] == source_rows(pg_db)
+    ids = catalog(tmp_path).load_table("raw.items").scan().to_arrow()["id"].to_pylist()
+    assert len(ids) == len(set(ids))  # one row per key: no change applied twice
+    assert pg_db.execute("SELECT active FROM pg_replication_slots") == [(False,)]  # no plugin left holding it
