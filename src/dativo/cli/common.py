@@ -21,7 +21,7 @@ from dativo.errors import ConfigError, DativoError, PluginError
 __all__ = ["err", "fail", "guard", "out", "state"]
 
 T = TypeVar("T")
-out = Console()
+out = Console(soft_wrap=True)  # a long path stays on one line (copyable); tables still fit the width
 err = Console(stderr=True)
 #: ``debug``: the global --debug flag; ``job``: the LoadedJob of the command, so errors can point at a line.
 state: dict[str, Any] = {"debug": False, "job": None}
