@@ -96,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", type=int, default=50)
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--reader", help="source.reader.implementation (default: the connector's choice)")
     parser.add_argument("--streams-only", action="store_true", help="skip the N single-table processes")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "many_tables.json")
     opts = parser.parse_args()
@@ -103,6 +104,7 @@ def main() -> None:
         dbname = "many"
         server.create_database(dbname)
         connection = json.dumps(server.connection_params(dbname))
+        reader = f", reader: {{implementation: {opts.reader}}}" if opts.reader else ""
         build(server, dbname, opts.tables, opts.rows)
         work = Path(tmp)
         figures: dict[str, dict[str, float]] = {}
@@ -110,7 +112,7 @@ def main() -> None:
             folder = work / f"streams{concurrency}"
             folder.mkdir()
             (folder / "lake.yaml").write_text(
-                f"defaults:\n  source: {{connector: postgres, connection: {connection}}}\n"
+                f"defaults:\n  source: {{connector: postgres, connection: {connection}{reader}}}\n"
                 '  target: {connector: iceberg, table: "raw.{table}"}\n'
                 f"streams:\n  public.*: {{}}\nengine: {{max_concurrent_streams: {concurrency}}}\n"
             )
@@ -126,7 +128,8 @@ def main() -> None:
             with Sessions(server, dbname) as sessions:
                 for index in range(opts.tables):
                     (folder / f"t{index:02d}.yaml").write_text(
-                        f"source: {{connector: postgres, connection: {connection}, table: public.t{index:02d}}}\n"
+                        f"source: {{connector: postgres, connection: {connection}, "
+                        f"table: public.t{index:02d}{reader}}}\n"
                         f"target: {{connector: iceberg, table: raw.t{index:02d}}}\n"
                     )
                     one = run(["run", f"t{index:02d}.yaml", "--quiet"], folder)
@@ -137,6 +140,7 @@ def main() -> None:
     report = {
         "tables": opts.tables,
         "rows_per_table": opts.rows,
+        "reader": opts.reader or "default",
         "runs": figures,
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
     }
