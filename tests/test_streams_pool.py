@@ -7,6 +7,7 @@ Against the suite's real PostgreSQL server, counted by the server itself
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -22,9 +23,9 @@ ROWS = 300
 BAD = "public.t_bad"  # a view whose query fails mid-read (division by zero at row 150)
 
 
-def make_tables(db, start: int = 1, rows: int = ROWS) -> None:
+def make_tables(db, start: int = 1, rows: int = ROWS, tables: int = TABLES) -> None:
     sql = []
-    for index in range(TABLES):
+    for index in range(tables):
         if start == 1:
             sql.append(f"CREATE TABLE t{index:02d} (id bigint PRIMARY KEY, label text, updated_at timestamptz);")
         sql.append(
@@ -79,8 +80,8 @@ def ids_in(job_dir: Path, table: str) -> list[int]:
     return sorted(catalog.load_table(table).scan(selected_fields=("id",)).to_arrow().column("id").to_pylist())
 
 
-def assert_tables_equal_source(db, job_dir: Path) -> None:
-    for index in range(TABLES):
+def assert_tables_equal_source(db, job_dir: Path, tables: int = TABLES) -> None:
+    for index in range(tables):
         source = [row[0] for row in db.execute(f"SELECT id FROM t{index:02d} ORDER BY id")]
         assert ids_in(job_dir, f"raw.t{index:02d}") == source, f"t{index:02d}"
 
@@ -132,6 +133,54 @@ def test_streams_share_connections_and_a_failing_stream_fails_alone(tmp_path, pg
     assert opened <= BOUND[reader], opened
     assert open_sessions(pg_db) == 0
     assert_tables_equal_source(pg_db, tmp_path)
+
+
+def _terminate_the_sleeper(db, stop: threading.Event, killed: list[int]) -> None:
+    """Terminate the backend reading t_slow (the only one in pg_sleep) once it has read for a moment."""
+    while not stop.is_set():
+        rows = db.server.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep' "
+            "AND now() - query_start > interval '0.3 s'",
+            (db.name,),
+        )
+        if rows:
+            db.server.execute("SELECT pg_terminate_backend(%s)", (rows[0][0],))
+            killed.append(rows[0][0])
+            return
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("reader", ["postgres-adbc", "postgres-psycopg", "postgres-rs"])
+def test_a_stream_whose_backend_is_terminated_mid_read_fails_alone(tmp_path, pg_db, reader):
+    make_tables(pg_db, tables=8)
+    pg_db.execute(
+        "CREATE VIEW t_slow AS SELECT g::bigint AS id, "
+        "timestamptz '2024-01-01 00:00+00' + g * interval '1 s' AS updated_at "
+        "FROM generate_series(1, 100) g WHERE length(pg_sleep(0.02)::text) = 0"
+    )
+    job = write_job(tmp_path, pg_db.connection, reader)  # engine.retry: one attempt, so the stream fails
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_terminate_the_sleeper, args=(pg_db, stop, killed), daemon=True)
+    killer.start()
+    try:
+        first = dativo.run(job, run_id="day-1")
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert killed, "t_slow's query was never seen running"
+    assert first.failed == ["public.t_slow"], [(s.name, s.error) for s in first.streams if not s.ok]
+    assert sum(1 for s in first.streams if s.ok and s.rows == ROWS) == 8
+    assert open_sessions(pg_db) == 0
+    assert_tables_equal_source(pg_db, tmp_path, tables=8)
+
+    second = dativo.run(job, run_id="day-2")  # nothing kills it now: the failed stream catches up
+    assert second.failed == [], [(s.name, s.error) for s in second.streams if not s.ok]
+    assert {s.name: s.rows for s in second.streams} == {
+        **{f"public.t{i:02d}": 0 for i in range(8)},
+        "public.t_slow": 100,
+    }
+    assert open_sessions(pg_db) == 0
 
 
 def test_a_shared_connection_ended_by_the_server_is_replaced_not_reused(pg_db):
