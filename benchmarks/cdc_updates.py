@@ -1,13 +1,15 @@
-"""Change data capture: how fast one ``dativo run`` applies 1M updates (docs/cdc.md, docs/performance.md).
+"""Change data capture: how fast one ``dativo run`` applies 1M updates or inserts (docs/cdc.md, docs/performance.md).
 
     python benchmarks/cdc_updates.py                              # 5-column table, 1M rows, 1M updates, 1 run
     python benchmarks/cdc_updates.py --table wide --runs 3        # the 50-column table of run.py
+    python benchmarks/cdc_updates.py --change insert              # 1M new rows instead of updates
     python benchmarks/cdc_updates.py --rows 20000 --updates 20000 # smoke test, ~1 min
 
 Starts a throw-away PostgreSQL server (``wal_level=logical``, tests/support/pgserver.py;
 ``--dsn`` uses an existing one), builds the table with ``REPLICA IDENTITY FULL``, runs the
 job's initial load once (the full read of the table, for comparison), then per run: applies
-``--updates`` updates spread evenly over the table (in transactions of 100,000), and times
+``--updates`` updates spread evenly over the table (or, with ``--change insert``, as many new
+rows after the last id; in transactions of 100,000), and times
 one ``dativo run`` change run as its own process (wall time and exact peak RSS through
 ``_launch.py``). Each change run is checked: it must report exactly ``--updates`` changes, and
 the target's row count and sum of the updated column must equal the server's.
@@ -35,6 +37,8 @@ import run as bench  # noqa: E402  (benchmarks/run.py: table builder, measured l
 NARROW = "public.cdc_narrow"
 WIDE = "public.cdc_wide"
 BATCH = 100_000
+#: The narrow table's row for id ``g`` (built and inserted alike).
+NARROW_ROW = "g, 'item ' || g, g * 1.5, timestamptz '2024-01-01' + g * interval '1 s', g % 2 = 0"
 
 
 def build(dsn: str, kind: str, rows: int) -> tuple[str, str]:
@@ -52,10 +56,7 @@ def build(dsn: str, kind: str, rows: int) -> tuple[str, str]:
                 f"CREATE TABLE {table} (id int PRIMARY KEY, name text, amount numeric(12,2), ts timestamptz, "
                 "flag boolean)"
             )
-            conn.execute(
-                f"INSERT INTO {table} SELECT g, 'item ' || g, g * 1.5, timestamptz '2024-01-01' + g * interval '1 s', "
-                f"g % 2 = 0 FROM generate_series(1, {rows}) g"
-            )
+            conn.execute(f"INSERT INTO {table} SELECT {NARROW_ROW} FROM generate_series(1, {rows}) g")
             conn.execute(f"VACUUM ANALYZE {table}")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
@@ -77,6 +78,19 @@ def apply_updates(dsn: str, table: str, column: str, rows: int, updates: int) ->
                 f"(SELECT 1 + g * {step} FROM generate_series({first}, {last - 1}) g)"
             )
             done = last
+    return time.perf_counter() - started
+
+
+def apply_inserts(dsn: str, table: str, kind: str, first_id: int, count: int) -> float:
+    """``count`` new rows with ids from ``first_id``, committed every 100,000; returns seconds."""
+    import psycopg
+
+    exprs = ", ".join(c.expr for c in bench.WIDE_COLUMNS) if kind == "wide" else NARROW_ROW
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for first in range(first_id, first_id + count, BATCH):
+            last = min(first_id + count, first + BATCH) - 1
+            conn.execute(f"INSERT INTO {table} SELECT {exprs} FROM generate_series({first}::bigint, {last}::bigint) g")
     return time.perf_counter() - started
 
 
@@ -119,13 +133,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=("narrow", "wide"), default="narrow")
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--updates", type=int, default=1_000_000)
+    parser.add_argument("--updates", type=int, default=1_000_000, help="changes per run (updates or inserts)")
+    parser.add_argument("--change", choices=("update", "insert"), default="update")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--dsn", default=None, help="use this server (wal_level=logical) instead of starting one")
     parser.add_argument("--pg-setting", action="append", default=[], help="name=value for the started server")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "cdc_updates.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/cdc_<change>s_<table>.json")
     opts = parser.parse_args()
-    if opts.updates > opts.rows:
+    opts.out = opts.out or HERE / "results" / f"cdc_{opts.change}s_{opts.table}.json"
+    if opts.change == "update" and opts.updates > opts.rows:
         parser.error("--updates must not exceed --rows (each update touches another row)")
     with bench.postgres(opts) as (dsn, _psql, server), tempfile.TemporaryDirectory(prefix="dativo-cdc-bench-") as tmp:
         work = Path(tmp)
@@ -140,8 +156,11 @@ def main() -> int:
         load, load_summary = measured_run(work, "load")
         runs: list[dict[str, Any]] = []
         for index in range(opts.runs):
-            bench.log(f"run {index + 1}/{opts.runs}: {opts.updates:,} updates ...")
-            update_s = apply_updates(dsn, table, column, opts.rows, opts.updates)
+            bench.log(f"run {index + 1}/{opts.runs}: {opts.updates:,} {opts.change}s ...")
+            if opts.change == "insert":
+                update_s = apply_inserts(dsn, table, opts.table, opts.rows + 1 + index * opts.updates, opts.updates)
+            else:
+                update_s = apply_updates(dsn, table, column, opts.rows, opts.updates)
             result, summary = measured_run(work, f"changes{index}")
             changes = summary["target"]["cdc"]["changes"]
             ok = changes == opts.updates and target_facts(work, column) == server_facts(dsn, table, column)
@@ -161,6 +180,7 @@ def main() -> int:
     figures = {
         "table": opts.table,
         "rows": opts.rows,
+        "change": opts.change,
         "updates": opts.updates,
         "server": server,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
@@ -181,7 +201,7 @@ def main() -> int:
         f"{load.peak_rss_mb:.0f} MB |"
     )
     print(
-        f"| change run: {opts.updates:,} updates | {median:.1f} s | {figures['updates_per_s']:,} | "
+        f"| change run: {opts.updates:,} {opts.change}s | {median:.1f} s | {figures['updates_per_s']:,} | "
         f"{figures['worst_peak_rss_mb']:.0f} MB |"
     )
     print(f"correct: {figures['all_correct']}; figures in {opts.out}")

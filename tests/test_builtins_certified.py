@@ -218,25 +218,16 @@ def test_builtin_reader_is_certified(plugin, runtime, reader_scenarios, tmp_path
     assert report.runtime == runtime
 
 
-#: Failures certification found that are not fixed yet: (rule, what the message says). The test asserts
-#: they still fail exactly so, so the entry must go when the bug is fixed.
-KNOWN_FAILURES = {
-    # connectors/files: CSV is read with pyarrow's default 1 MiB block, and a value larger than a block
-    # fails ("straddles two block boundaries"); JSON lines likewise. Fix: a larger block_size in the CSV
-    # ReadOptions / JSON read options (or grow it on that error), in the files connector's reader.
-    "files-csv-s3": {"reader.large-values": "straddling object straddles two block boundaries"},
-}
-
-
 @pytest.mark.parametrize("plugin", ["files-csv-s3"])
 def test_builtin_files_reader_is_certified_on_csv_in_s3(plugin, reader_scenarios, tmp_path):
-    """The same reader on its other format and on object storage (in process: the runtimes are covered above)."""
+    """The same reader on its other format and on object storage (in process: the runtimes are covered above).
+
+    Every rule passes, reader.large-values included: a value over pyarrow's 1 MiB read block is read
+    by growing the block (connectors/files/reader.py; tests/test_files_large_values.py).
+    """
     report = _certify("reader", "files", "custom", reader_scenarios, tmp_path)
-    known = KNOWN_FAILURES.get(plugin, {})
-    failed = {r.rule: r.message for r in report.results if r.status != "pass"}
-    assert set(failed) == set(known), f"{report.plugin}: {failed}"
-    for rule, fragment in known.items():
-        assert fragment in failed[rule], failed[rule]
+    _assert_certified(report)
+    assert "reader.large-values" in {r.rule for r in report.results if r.status == "pass"}
 
 
 # ---------------------------------------------------------------------------------------------

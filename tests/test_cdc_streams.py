@@ -228,7 +228,10 @@ def test_status_follow_and_drop_cover_every_table_of_the_slot(tmp_path, pg_db):
     assert status.returncode == 0, status.stderr
     (slot,) = json.loads(status.stdout)["slots"]
     assert slot["slot"] == "dativo_shop" and set(slot["tables"]) == {f"public.{t}" for t in TABLES}
-    assert slot["committed_lsn"] == slot["confirmed_lsn"] == min(slot["tables"].values(), key=parse_lsn)
+    assert slot["committed_lsn"] == min(slot["tables"].values(), key=parse_lsn)
+    # A table with no change in the last round commits nothing (merge of nothing), so its recorded
+    # position may trail the slot's; the slot is never confirmed short of a table's committed one.
+    assert parse_lsn(slot["confirmed_lsn"]) >= parse_lsn(slot["committed_lsn"])
     assert slot["lag_bytes"] > 0
     dropped = dativo("cdc", "drop", path, "--yes", "--publication")
     assert dropped.returncode == 0, dropped.stderr

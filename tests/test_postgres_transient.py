@@ -26,7 +26,7 @@ READERS = {
     "postgres-psycopg": "{implementation: postgres-psycopg}",
     "postgres-rs": "{implementation: postgres-rs}",
     # A process plugin: the transient flag of its error record (docs/process-protocol.md) decides.
-    "go-process": f'{{type: process, command: ["{GO_READER}"], sandbox: {{network: true}}}}',
+    "go-process": f'{{type: process, command: ["{GO_READER}"], source_plan: true, sandbox: {{network: true}}}}',
 }
 # Every row waits a little, so the query is still running when it is terminated.
 SLOW_QUERY = "SELECT id, name FROM items WHERE length(pg_sleep(0.005)::text) = 0"
@@ -87,7 +87,7 @@ def test_a_backend_terminated_mid_read_is_retried_and_every_row_lands_once(tmp_p
     finally:
         stop.set()
         killer.join(timeout=10)
-    assert killed, "the reader's query was never seen running"
+    assert killed, f"the reader's query was never seen running; the run said: {result.stderr[-800:]}"
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["attempt"] == 2 and summary["rows"] == ROWS

@@ -8,18 +8,23 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from dativo.config.loader import load_job
 from dativo.core.hosting import find_runtime, host_reader, runtime_names
 from dativo.engine import pipeline
 from dativo.engine.plan import build_plan
-from dativo.errors import PluginError
+from dativo.errors import ConfigError, PluginError
+
+from support.cli import assert_one_line_error, dativo
 
 SUPPORT = Path(__file__).parent / "support" / "plugins.py"
 
 #: A third-party runtime: hosts Python classes in process, and records what it hosted.
 RUNTIME = """
+import os
+
 from dativo.sdk import DataReader, DataWriter
 
 HOSTED = []
@@ -30,6 +35,9 @@ def _host(plan, base):
     assert isinstance(plugin, base)
     plugin.initialize(plan.config)
     HOSTED.append((plan.ref.kind, plan.ref.name))
+    if os.environ.get("RECORDING_RUNTIME_LOG"):  # a run in another process says what it hosted
+        with open(os.environ["RECORDING_RUNTIME_LOG"], "a") as log:
+            log.write(f"{plan.ref.kind} {plan.ref.name} {plan.runtime} {sorted(plan.config['options'])}\\n")
     return plugin
 
 
@@ -141,3 +149,86 @@ def test_stale_install_without_runtime_entry_points_says_to_reinstall(tmp_path, 
     stale = r"no runtime is registered .*not even dativo's own \(reinstall dativo \('pip install -e \.'"
     with pytest.raises(PluginError, match=stale):
         host_reader(plan.reader)
+
+
+def write_job_with_runtime(tmp_path: Path, runtime: str, writer_runtime: str = "recording") -> Path:
+    """A job FILE whose reader names ``runtime`` in ``type:`` and its writer ``writer_runtime``."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            name: items
+            source:
+              connector: custom
+              reader:
+                type: {runtime}
+                implementation: "{SUPPORT}:GeneratedReader"
+                options: {{rows: 2500}}
+            target:
+              connector: parquet
+              path: out
+              writer: {{type: {writer_runtime}, implementation: parquet}}
+            engine: {{batch_size: 1000}}
+            """
+        )
+    )
+    return path
+
+
+def test_a_job_file_picks_a_third_party_runtime(tmp_path, site):
+    job = write_job_with_runtime(tmp_path, "recording")
+    plan = build_plan(load_job(job))
+    assert (plan.reader.runtime, plan.writer.runtime) == ("recording", "recording")
+    assert plan.reader.ref.cls.__name__ == "GeneratedReader"  # resolved exactly as type custom resolves it
+
+    log = tmp_path / "hosted.log"
+    result = dativo("run", job, env={"PYTHONPATH": str(site), "RECORDING_RUNTIME_LOG": str(log)})
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [
+        f"reader {plan.reader.ref.name} recording ['rows']",
+        "writer parquet recording []",
+    ]
+    written = sum(pq.read_metadata(f).num_rows for f in (tmp_path / "out").rglob("*.parquet"))
+    assert written == 2500
+
+
+def test_a_misspelt_runtime_type_is_one_error_at_its_line(tmp_path, site):
+    job = write_job_with_runtime(tmp_path, "recordin")
+    with pytest.raises(ConfigError, match=r"unknown runtime type 'recordin' \(did you mean 'recording'\?"):
+        load_job(job)
+    result = dativo("run", job, env={"PYTHONPATH": str(site)})
+    line = assert_one_line_error(
+        result,
+        f"{job}:5",
+        "source.reader.type",
+        "unknown runtime type 'recordin' (did you mean 'recording'? known: ",
+        code=2,
+    )
+    assert all(name in line for name in ("custom", "flight", "process", "recording", "broken"))
+
+
+def test_a_third_party_type_takes_no_command_or_endpoint(tmp_path, site):
+    job = write_job_with_runtime(tmp_path, "recording")
+    job.write_text(job.read_text().replace("implementation: parquet", "endpoint: grpc://localhost:1"))
+    with pytest.raises(ConfigError, match=r"'endpoint' does not apply to type 'recording'"):
+        load_job(job)
+
+
+def test_a_third_party_type_without_implementation_plans_a_named_plugin(tmp_path, site):
+    """A runtime hosting something that is no Python class: the plan names it, the runtime reads its options."""
+    from dativo.sdk import DataReader
+
+    job = write_job_with_runtime(tmp_path, "recording")
+    job.write_text(job.read_text().replace(f'implementation: "{SUPPORT}:GeneratedReader"', "name: wasm-reader"))
+    plan = build_plan(load_job(job))
+    assert (plan.reader.ref.name, plan.reader.ref.origin, plan.reader.ref.cls) == (
+        "wasm-reader",
+        "runtime recording",
+        DataReader,
+    )
+    assert plan.reader.runtime == "recording" and plan.reader.config["options"] == {"rows": 2500}
+    assert "fault_hook" not in plan.reader.config  # only dativo's own in-process runtime is handed the hook
+
+    job.write_text(job.read_text().replace("    name: wasm-reader\n", ""))
+    with pytest.raises(ConfigError, match=r"type 'recording' needs 'implementation' \(a Python plugin\) or 'name'"):
+        load_job(job)

@@ -111,3 +111,45 @@ def test_a_reader_asking_for_a_source_plan_of_a_connector_without_planner_is_a_c
     )
     with pytest.raises(ConfigError, match="asks for a source plan, and connector 'files' has no planner"):
         build_plan(load_job(tmp_path / "job.yaml"))
+
+
+def scenarios(root: Path) -> Path:
+    """A conformance.yaml for the jsondir reader: each scenario a folder of documents (absolute paths)."""
+    columns = {"id": "int64", "name": "string", "amount": "float64", "ok": "bool", "at": "timestamp"}
+
+    def folder(name: str, documents: dict[str, object]) -> str:
+        path = root / name
+        path.mkdir(parents=True)
+        for file, document in documents.items():
+            (path / file).write_text(json.dumps(document) if not isinstance(document, str) else document)
+        return str(path)
+
+    def record(i: int, name: str = "") -> dict[str, object]:
+        return {"id": i, "name": name or f"n{i}", "amount": i / 4, "ok": i % 2 == 0, "at": "2026-12-01T09:30:00Z"}
+
+    sections = {
+        "standard": folder(
+            "standard", {f"{d}.json": [record(i) for i in range(d * 1500, d * 1500 + 1500)] for d in (0, 1)}
+        ),
+        "empty": folder("empty", {"a.json": []}),
+        "large_values": folder("large", {"a.json": [record(1, "x" * (1536 * 1024)), record(2)]}),
+        "error": folder("error", {"a.json": [record(1)], "b.json": "{not json"}),
+        "all_types": folder("types", {"a.json": [record(1), {"id": None}]}),
+    }
+    path = root / "conformance.yaml"
+    path.write_text(json.dumps({"reader": {k: {"folder": v, "columns": columns} for k, v in sections.items()}}))
+    return path
+
+
+@pytest.mark.parametrize("runtime", ["custom", "flight"])
+def test_the_example_reader_passes_plugins_certify(site: Path, tmp_path: Path, runtime: str) -> None:
+    config = scenarios(tmp_path / "scenarios")
+    result = dativo(
+        "plugins", "certify", "jsondir", "--config", config, "--runtime", runtime, "--json", env=env_with(site)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["plugin"] == f"reader jsondir ({runtime})" and report["passed"] is True
+    assert report["results"] and all(r["status"] == "pass" for r in report["results"]), [
+        (r["rule"], r["status"], r["message"]) for r in report["results"] if r["status"] != "pass"
+    ]

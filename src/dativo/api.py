@@ -372,7 +372,7 @@ def validate(
     for stream in planned:
         reader = writer = None
         try:
-            plan = build_plan(stream.job)
+            plan = build_plan(stream.job, contact_source=not offline)  # offline: no source planner either
             reader, writer = plan.reader.ref.name, plan.writer.ref.name
             if not offline:
                 from dativo.engine import pipeline

@@ -50,7 +50,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-plugins_app = typer.Typer(help="Inspect installed readers and writers.", no_args_is_help=True)
+plugins_app = typer.Typer(
+    help="Inspect installed plugins (readers, writers, connectors, runtimes, KMS clients).", no_args_is_help=True
+)
 app.add_typer(plugins_app, name="plugins")
 state_app = typer.Typer(help="Inspect or reset the state a job commits with its data.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
@@ -192,7 +194,9 @@ def state_show(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
-    states = {s.name: _guard(lambda s=s: pipeline.load_state(build_plan(s.job)), s) for s in streams}  # type: ignore[misc]
+    # The state is the writer's: a plan that never reaches the source (no source planner) does.
+    plans = {s.name: (s, _guard(lambda s=s: build_plan(s.job, contact_source=False), s)) for s in streams}  # type: ignore[misc]
+    states = {name: _guard(lambda p=p: pipeline.load_state(p), s) for name, (s, p) in plans.items()}  # type: ignore[misc]
     shown = states if loaded.has_streams else next(iter(states.values()))
     out.print_json(json.dumps(shown, default=str) if shown is not None else "null")
 
@@ -213,7 +217,7 @@ def state_reset(
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
     streams = _guard(lambda: plan_streams(loaded.loaded, stream))
-    plans = [(s, _guard(lambda s=s: build_plan(s.job), s)) for s in streams]  # type: ignore[misc]
+    plans = [(s, _guard(lambda s=s: build_plan(s.job, contact_source=False), s)) for s in streams]  # type: ignore[misc]
     what = f"job '{loaded.name}'" + (f" ({len(plans)} streams)" if loaded.has_streams else "")
     if not yes and not typer.confirm(f"Reset the state of {what}? Its next run re-reads the source"):
         fail(ConfigError("state reset cancelled; nothing changed"))
@@ -306,25 +310,26 @@ def discover(
 
 @plugins_app.command("list")
 def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List every reader and writer a job can name, with origin and SDK API version."""
-    from dativo.core.registry import list_plugins
+    """List every installed plugin: readers, writers, connectors, runtimes, KMS clients (the table exits 1 if one
+    cannot load)."""
+    from dativo.cli_plugins import installed_plugins
 
-    rows = list_plugins()
-    if as_json:
-        keys = ("kind", "name", "origin", "api_version", "problem")
-        out.print_json(json.dumps([dict(zip(keys, row, strict=True)) for row in rows]))
+    rows = installed_plugins()
+    if as_json:  # exit 0: a consumer reads each row's problem
+        out.print_json(json.dumps([row.to_dict() for row in rows]))
         return
-    table = Table("kind", "name", "origin", "api", "status")
-    for kind, name, origin, api, problem in rows:
+    table = Table("kind", "name", "origin", "api", "details", "status")
+    for row in rows:
         table.add_row(
-            kind,
-            escape(name),
-            escape(origin),
-            escape(api),
-            f"[red]{escape(problem)}[/red]" if problem else "[green]ok[/green]",
+            row.kind,
+            escape(row.name),
+            escape(row.origin),
+            escape(row.api_version or "-"),
+            escape(row.details),
+            f"[red]{escape(row.problem)}[/red]" if row.problem else "[green]ok[/green]",
         )
     out.print(table)
-    if any(row[4] for row in rows):
+    if any(row.problem for row in rows):
         raise typer.Exit(1)
 
 

@@ -12,9 +12,9 @@ from dativo.connectors.postgres.native import choose_default_reader
 
 @pytest.fixture
 def fresh(monkeypatch):
-    native.native_available.cache_clear()
+    native.native_settings.cache_clear()
     yield monkeypatch
-    native.native_available.cache_clear()
+    native.native_settings.cache_clear()
 
 
 def test_postgres_rs_is_the_default_where_it_is_installed(fresh):
@@ -36,7 +36,7 @@ def test_without_the_package_or_psycopg_the_default_is_adbc(fresh):
     fresh.setitem(sys.modules, "dativo_postgres_rs", None)
     reader, why = choose_default_reader({"host": "h"})
     assert reader == "postgres-adbc" and "pip install 'dativo[native]'" in why
-    native.native_available.cache_clear()
+    native.native_settings.cache_clear()
     fresh.delitem(sys.modules, "dativo_postgres_rs")
     fresh.setitem(sys.modules, "psycopg", None)  # postgres-rs describes the source with psycopg
     assert choose_default_reader({"host": "h"})[0] == "postgres-adbc"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -16,10 +17,11 @@ from pydantic import (
     model_validator,
 )
 
-from dativo.config.connectors import connector, connector_keys
+from dativo.config.connectors import connector, connector_keys, did_you_mean
 from dativo.sdk_connectors import Connector
 
 __all__ = [
+    "BUILT_IN_RUNTIMES",
     "CdcSpec",
     "EngineConfig",
     "FlightTlsSpec",
@@ -33,6 +35,7 @@ __all__ = [
     "SourceConfig",
     "TargetConfig",
     "TimeoutSpec",
+    "runtime_names",
 ]
 
 
@@ -84,15 +87,17 @@ class FlightTlsSpec(_Strict):
 class PluginSpec(_Strict):
     """``reader:`` / ``writer:`` — which implementation to run and how to host it."""
 
-    type: Literal["custom", "process", "flight"] = Field(
+    type: str = Field(
         "custom",
         description="How the plugin is hosted: 'custom' runs Python (or a PyO3 module) in process; 'process' "
-        "runs an executable speaking Arrow IPC over pipes; 'flight' talks to an Arrow Flight endpoint.",
+        "runs an executable speaking Arrow IPC over pipes; 'flight' talks to an Arrow Flight endpoint; any other "
+        "name is a runtime an installed package registers under the 'dativo.runtimes' entry points.",
     )
     implementation: str | None = Field(
         None,
-        description="For type custom: 'pkg.mod.Class', 'pkg.mod:Class', 'path/to/file.py:Class' (relative to the "
-        "job file) or the name of an installed plugin (see 'dativo plugins list').",
+        description="For type custom (and, when given, a third-party runtime): 'pkg.mod.Class', 'pkg.mod:Class', "
+        "'path/to/file.py:Class' (relative to the job file) or the name of an installed plugin "
+        "(see 'dativo plugins list').",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Passed to initialize() as config['options'].")
     name: str | None = Field(None, description="Label of a process/flight plugin in logs and messages.")
@@ -115,6 +120,16 @@ class PluginSpec(_Strict):
         description="Readers: ask the source connector's planner for its plan at plan time and pass it in the "
         "config (postgres: 'postgres_plan'); for process/flight readers, which dativo cannot inspect.",
     )
+
+    @field_validator("type")
+    @classmethod
+    def _registered_runtime(cls, value: str) -> str:
+        if value in BUILT_IN_RUNTIMES:  # registered by dativo itself: no scan of the installed metadata
+            return value
+        names = runtime_names()
+        if value not in names:
+            raise ValueError(f"unknown runtime type '{value}'{did_you_mean(value, names or list(BUILT_IN_RUNTIMES))}")
+        return value
 
     @field_validator("implementation")
     @classmethod
@@ -142,8 +157,15 @@ class PluginSpec(_Strict):
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> PluginSpec:
-        required = {"custom": "implementation", "process": "command", "flight": "endpoint"}[self.type]
-        if getattr(self, required) is None:
+        required = {"custom": "implementation", "process": "command", "flight": "endpoint"}.get(self.type)
+        if required is None:  # a third-party runtime: a Python plugin it hosts, or a label and options
+            for key in ("command", "endpoint"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' does not apply to type '{self.type}' (it takes 'implementation')")
+            if self.implementation is None and self.name is None:
+                raise ValueError(f"type '{self.type}' needs 'implementation' (a Python plugin) or 'name'")
+            required = "implementation"
+        elif getattr(self, required) is None:
             raise ValueError(f"type '{self.type}' needs '{required}'")
         for key in ("implementation", "command", "endpoint"):
             if key != required and getattr(self, key) is not None:
@@ -270,6 +292,15 @@ class _ConnectorSection(BaseModel):
         """``connection`` (as a plain mapping) when the connector has one, else {}."""
         value = self.get("connection")
         return dict(value) if isinstance(value, Mapping) else {}
+
+
+#: The runtimes dativo registers itself (pyproject.toml's dativo.runtimes entry points).
+BUILT_IN_RUNTIMES = ("custom", "process", "flight")
+
+
+def runtime_names() -> list[str]:
+    """Every runtime registered under the ``dativo.runtimes`` entry points (what ``type:`` may say), sorted."""
+    return sorted({entry.name for entry in entry_points(group="dativo.runtimes")})
 
 
 def _merged(cls: type[BaseModel], errors: list[Any]) -> ValidationError:

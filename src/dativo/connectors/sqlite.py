@@ -54,18 +54,24 @@ number (1-based, in result order). Nothing is rounded, truncated or guessed.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import decimal
-import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from dativo.connectors.sqlite_types import (
+    PLAIN_TYPES,
+    Column,
+    Misfit,
+    arrow_type_for_declared,
+    converter,
+    infer_type,
+    quote_identifier,
+    storage_class,
+)
 from dativo.errors import ConfigError, PluginError, SchemaError, SourceError
 from dativo.sdk import DataReader, PluginConfig
 
@@ -74,215 +80,8 @@ __all__ = ["SAMPLE_ROWS", "SqliteReader", "arrow_type_for_declared"]
 #: Rows read ahead (before the first batch) to type columns that have no usable declared type.
 SAMPLE_ROWS = 1000
 
-_DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 _CONNECTION_KEYS = frozenset({"path"})
-_STORAGE_CLASS = {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}
 _TRANSIENT = ("locked", "busy")
-
-
-_BINARY = pa.binary()
-
-
-def arrow_type_for_declared(declared: str, *, untyped: pa.DataType | None = _BINARY) -> pa.DataType | None:
-    """Map a SQLite declared column type to an Arrow type by the affinity rules (see the module docs).
-
-    Returns ``untyped`` for an empty declared type (``binary``, SQLite's BLOB
-    affinity, unless the caller says otherwise) and None when the type must be
-    inferred from the values (NUMERIC affinity with no more specific rule).
-    """
-    text = " ".join(declared.upper().split())
-    if not text:
-        return untyped
-    if "INT" in text:
-        return pa.int64()
-    if "CHAR" in text or "CLOB" in text or "TEXT" in text:
-        return pa.string()
-    if "BLOB" in text:
-        return pa.binary()
-    if "REAL" in text or "FLOA" in text or "DOUB" in text:
-        return pa.float64()
-    if "BOOL" in text:
-        return pa.bool_()
-    if "DATETIME" in text or "TIMESTAMP" in text:
-        aware = "WITHOUT TIME ZONE" not in text and ("TZ" in text or "WITH TIME ZONE" in text)
-        return pa.timestamp("us", tz="UTC" if aware else None)
-    if "DATE" in text:
-        return pa.date32()
-    match = _DECIMAL.fullmatch(text)
-    if match:
-        precision, scale = int(match[1]), int(match[2] or 0)
-        if 1 <= precision <= 38 and scale <= precision:
-            return pa.decimal128(precision, scale)
-        if 38 < precision <= 76 and scale <= precision:
-            return pa.decimal256(precision, scale)
-        return None
-    if text in ("DECIMAL", "NUMERIC"):
-        return pa.float64()
-    return None
-
-
-class _Misfit(Exception):
-    """A value does not fit its column's Arrow type."""
-
-
-@dataclass
-class _Column:
-    name: str
-    declared: str
-    type: pa.DataType
-    inferred: bool = False
-    as_text: bool = False
-
-
-def _storage_class(value: Any) -> str:
-    return _STORAGE_CLASS.get(type(value), type(value).__name__)
-
-
-def _to_int(value: Any) -> Any:
-    if type(value) is not int:
-        raise _Misfit
-    return value
-
-
-def _to_float(value: Any) -> Any:
-    if type(value) is float:
-        return value
-    if type(value) is int and float(value) == value:
-        return float(value)
-    raise _Misfit
-
-
-def _to_str(value: Any) -> Any:
-    if type(value) is not str:
-        raise _Misfit
-    return value
-
-
-def _to_bytes(value: Any) -> Any:
-    if type(value) is not bytes:
-        raise _Misfit
-    return value
-
-
-def _to_bool(value: Any) -> Any:
-    if type(value) is int and value in (0, 1):
-        return value == 1
-    raise _Misfit
-
-
-def _to_date(value: Any) -> Any:
-    if type(value) is not str or len(value) != 10:
-        raise _Misfit
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise _Misfit from None
-
-
-def _timestamp_converter(aware: bool) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        if type(value) is not str:
-            raise _Misfit
-        try:
-            parsed = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise _Misfit from None
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(dt.UTC)
-            return parsed if aware else parsed.replace(tzinfo=None)
-        return parsed.replace(tzinfo=dt.UTC) if aware else parsed
-
-    return convert
-
-
-def _decimal_converter(precision: int, scale: int) -> Callable[[Any], Any]:
-    context = decimal.Context(prec=precision + scale + 40, traps=[decimal.InvalidOperation])
-    quantum = decimal.Decimal(1).scaleb(-scale)
-
-    def convert(value: Any) -> Any:
-        if type(value) is int:
-            number = decimal.Decimal(value)
-        elif type(value) is float:
-            number = decimal.Decimal(repr(value))  # the shortest text that round-trips: 12.34, not 12.339999...
-        elif type(value) is str:
-            try:
-                number = decimal.Decimal(value.strip())
-            except decimal.InvalidOperation:
-                raise _Misfit from None
-        else:
-            raise _Misfit
-        if not number.is_finite():
-            raise _Misfit
-        try:
-            exact = number.quantize(quantum, context=context)
-        except decimal.InvalidOperation:
-            raise _Misfit from None
-        if exact != number or len(exact.as_tuple().digits) > precision:
-            raise _Misfit
-        return exact
-
-    return convert
-
-
-def _to_text(value: Any) -> Any:
-    kind = type(value)
-    if kind is str:
-        return value
-    if kind is int:
-        return str(value)
-    if kind is float:
-        return repr(value)
-    if kind is bytes:
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Misfit from None
-    raise _Misfit
-
-
-def _converter(column: _Column) -> Callable[[Any], Any]:
-    arrow_type = column.type
-    if column.as_text:
-        return _to_text
-    if pa.types.is_int64(arrow_type):
-        return _to_int
-    if pa.types.is_float64(arrow_type):
-        return _to_float
-    if pa.types.is_string(arrow_type):
-        return _to_str
-    if pa.types.is_binary(arrow_type):
-        return _to_bytes
-    if pa.types.is_boolean(arrow_type):
-        return _to_bool
-    if pa.types.is_date32(arrow_type):
-        return _to_date
-    if pa.types.is_timestamp(arrow_type):
-        return _timestamp_converter(arrow_type.tz is not None)
-    if pa.types.is_decimal(arrow_type):
-        return _decimal_converter(arrow_type.precision, arrow_type.scale)
-    raise AssertionError(f"no converter for {arrow_type}")  # pragma: no cover - the mapping is closed
-
-
-#: Columns whose values need no conversion: one Python type check, then pyarrow builds the array.
-_PLAIN = {"int64": int, "string": str, "binary": bytes}
-
-
-def _quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _infer(values: list[Any]) -> pa.DataType | None:
-    """The Arrow type of a sample of one column's values, or None when they mix text with other kinds."""
-    kinds = {type(v) for v in values if v is not None}
-    if not kinds or kinds == {str}:
-        return pa.string()
-    if kinds == {int}:
-        return pa.int64()
-    if kinds <= {int, float}:
-        return pa.float64()
-    if kinds == {bytes}:
-        return pa.binary()
-    return None
 
 
 class SqliteReader(DataReader):
@@ -304,7 +103,7 @@ class SqliteReader(DataReader):
         self._connection: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._path = ""
-        self._columns: list[_Column] = []
+        self._columns: list[Column] = []
         self._schema: pa.Schema | None = None
         self._pending: list[tuple[Any, ...]] = []
         self._rows_read = 0
@@ -479,21 +278,21 @@ class SqliteReader(DataReader):
                 f"sqlite reader: no table or view {table!r} in {self._path}",
                 hint=f"tables and views: {listing}",
             )
-        return f"SELECT * FROM {_quote_identifier(found)}"
+        return f"SELECT * FROM {quote_identifier(found)}"
 
     def _declared_types(self, sql: str) -> list[str]:
         """Declared types of the result columns, via a temporary view (empty list if SQLite refuses)."""
         view = f"_dativo_{uuid.uuid4().hex}"
         conn = self._conn()
         try:
-            conn.execute(f"CREATE TEMP VIEW {_quote_identifier(view)} AS {sql}")
+            conn.execute(f"CREATE TEMP VIEW {quote_identifier(view)} AS {sql}")
         except (sqlite3.Error, sqlite3.Warning):
             return []  # e.g. a PRAGMA; the query itself reports real errors next.
         try:
-            info = conn.execute(f"PRAGMA temp.table_info({_quote_identifier(view)})").fetchall()
+            info = conn.execute(f"PRAGMA temp.table_info({quote_identifier(view)})").fetchall()
             return [str(row[2] or "") for row in info]
         finally:
-            conn.execute(f"DROP VIEW temp.{_quote_identifier(view)}")
+            conn.execute(f"DROP VIEW temp.{quote_identifier(view)}")
 
     def _settle_columns(
         self, names: list[str], declared: list[str], untyped: pa.DataType | None, text_columns: set[str]
@@ -512,22 +311,22 @@ class SqliteReader(DataReader):
                 f"sqlite reader: cast_to_text names unknown column(s): {', '.join(missing)}",
                 hint=f"columns: {', '.join(names)}",
             )
-        columns: list[_Column] = []
+        columns: list[Column] = []
         to_infer: list[int] = []
         for index, (name, decl) in enumerate(zip(names, declared, strict=True)):
             if name in text_columns:
-                columns.append(_Column(name, decl, pa.string(), as_text=True))
+                columns.append(Column(name, decl, pa.string(), as_text=True))
                 continue
             arrow_type = arrow_type_for_declared(decl, untyped=untyped)
             if arrow_type is None:
                 to_infer.append(index)
                 arrow_type = pa.null()
-            columns.append(_Column(name, decl, arrow_type))
+            columns.append(Column(name, decl, arrow_type))
         if to_infer:
             self._pending = self._fetch(SAMPLE_ROWS)
             for index in to_infer:
                 column = columns[index]
-                inferred = _infer([row[index] for row in self._pending])
+                inferred = infer_type([row[index] for row in self._pending])
                 if inferred is None:
                     raise SchemaError(
                         f"sqlite reader: column {column.name!r} mixes text with numbers or blobs "
@@ -566,11 +365,11 @@ class SqliteReader(DataReader):
         ]
         return pa.RecordBatch.from_arrays(arrays, schema=self.get_schema())
 
-    def _build(self, column: _Column, values: list[Any], first_row: int) -> pa.Array:
-        plain = None if column.as_text else _PLAIN.get(str(column.type))
+    def _build(self, column: Column, values: list[Any], first_row: int) -> pa.Array:
+        plain = None if column.as_text else PLAIN_TYPES.get(str(column.type))
         if plain is not None and all(v is None or type(v) is plain for v in values):
             return pa.array(values, type=column.type)
-        convert = _converter(column)
+        convert = converter(column)
         out: list[Any] = []
         for offset, value in enumerate(values):
             if value is None:
@@ -578,11 +377,11 @@ class SqliteReader(DataReader):
                 continue
             try:
                 out.append(convert(value))
-            except _Misfit:
+            except Misfit:
                 raise self._misfit(column, value, first_row + offset) from None
         return pa.array(out, type=column.type)
 
-    def _misfit(self, column: _Column, value: Any, row: int) -> SchemaError:
+    def _misfit(self, column: Column, value: Any, row: int) -> SchemaError:
         preview = repr(value)
         if len(preview) > 60:
             preview = preview[:57] + "..."
@@ -596,7 +395,7 @@ class SqliteReader(DataReader):
             origin = f"declared {column.declared or 'without a type'}"
             hint = "fix the value, CAST the column in source.query, or list it in cast_to_text"
         return SchemaError(
-            f"sqlite reader: column {column.name!r}, row {row}: {_storage_class(value)} value {preview} "
+            f"sqlite reader: column {column.name!r}, row {row}: {storage_class(value)} value {preview} "
             f"does not fit {column.type} ({origin})",
             hint=hint,
         )

@@ -230,17 +230,24 @@ def _confirm(reader: ChangeReader, name: str, position: Mapping[str, Any]) -> di
     try:
         facts = dict(reader.confirm(position) or {})
     except Exception as exc:
+        # The data is committed: the run stands, and the next run confirms again.
         log.warning("reader '%s' could not confirm position %s (the next run will): %s", name, position, exc)
-        return {"confirmed": False}
+        return {"confirmed": False, "confirm_error": str(exc)}
     if "warning" in facts:
         log.warning("%s", facts["warning"])
     return {"confirmed": True, **facts}
 
 
 def _change_reader(reader: DataReader, name: str) -> Any:
-    if not isinstance(reader, ChangeReader) or not hasattr(reader, "check_changes"):
+    if not isinstance(reader, ChangeReader):
         raise ConfigError(
             f"source.cdc: reader '{name}' cannot read changes (it does not implement dativo.ChangeReader)"
+        )
+    # A remote reader (process, Flight) has the methods; its plugin says whether it reads changes.
+    if not getattr(reader, "reads_changes", True):
+        raise ConfigError(
+            f"source.cdc: reader '{name}' cannot read changes (its plugin does not announce the 'changes' "
+            "capability; see docs/process-protocol.md)"
         )
     return reader
 

@@ -40,11 +40,17 @@ class Plan:
         return self.job.config.engine.queue_size
 
 
-def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
+def build_plan(job: LoadedJob, run_id: str | None = None, *, contact_source: bool = True) -> Plan:
     """Resolve the job's reader and writer. Raises PluginError when either cannot be loaded.
 
     ``run_id`` names the run (a scheduler's run id, say): a run whose id the target's
     state already records as committed is not applied again. Without one, a random id is used.
+
+    ``contact_source=False`` builds a plan that never reaches the source: the connector's
+    source planner is not run, so a reader that asks for a source plan gets none in its
+    config (such a plan is for checking and for the target's state, never for reading).
+    ``validate --offline`` and the state commands plan this way. Otherwise the planner's errors (SourceError naming the
+    source, transient when a retry may help) propagate.
     """
     source, target = job.config.source, job.config.target
     source_connector = connector(source.connector, "source")
@@ -67,7 +73,7 @@ def build_plan(job: LoadedJob, run_id: str | None = None) -> Plan:
         job_info,
         job,
     )
-    if wants_source_plan(reader):
+    if contact_source and wants_source_plan(reader):  # offline: no planner (it connects to the source)
         reader = replace(reader, config=dict(with_source_plan(reader.config, source_connector, reader.ref.name)))
     writer = _plugin_plan(
         "writer",
@@ -118,26 +124,33 @@ def _plugin_plan(
 ) -> PluginPlan:
     options = {**section.pop("options"), **(spec.options if spec else {})}
     config = {**section, "options": options, "job": job_info}
-    if spec is not None and spec.type != "custom":
-        # Out of process: nothing to import; the runtime starts or calls it.
-        return PluginPlan(ref=_remote_ref(kind, spec), runtime=spec.type, config=config, spec=spec)
-    config[FAULT_HOOK_KEY] = crash_point  # in process only: the crash-point hook is passed in (SDK 1.4)
-    # The models guarantee a spec wherever the connector has no default.
+    runtime = spec.type if spec is not None else "custom"
+    if spec is not None and spec.implementation is None:
+        # Out of process (process, flight, or a third-party runtime given a name): nothing to import.
+        return PluginPlan(ref=_remote_ref(kind, spec), runtime=runtime, config=config, spec=spec)
+    if runtime == "custom":  # in dativo's process: the crash-point hook is passed in (SDK 1.4)
+        config[FAULT_HOOK_KEY] = crash_point
+    # The models guarantee a spec wherever the connector has no default. A third-party runtime
+    # given an implementation gets it resolved exactly as `custom` does (plan.ref.cls).
     implementation = spec.implementation if spec is not None else default
     assert implementation is not None
     ref = resolve_plugin(kind, implementation, job.dir)
-    return PluginPlan(ref=ref, runtime=spec.type if spec else "custom", config=config, spec=spec)
+    return PluginPlan(ref=ref, runtime=runtime, config=config, spec=spec)
 
 
 def _remote_ref(kind: PluginKind, spec: PluginSpec) -> PluginRef:
-    """A PluginRef for a process/flight plugin: named by ``name``, else its executable or endpoint."""
+    """A PluginRef for a plugin dativo does not import: named by ``name``, else its executable or endpoint."""
     base = DataReader if kind == "reader" else DataWriter
     if spec.type == "process":
         assert spec.command is not None
         origin = "process " + " ".join(spec.command)
         name = spec.name or PurePath(spec.command[0]).name
-    else:
+    elif spec.type == "flight":
         assert spec.endpoint is not None
         origin = f"flight {spec.endpoint}"
         name = spec.name or spec.endpoint
+    else:  # a third-party runtime hosting what its `name` and options say
+        assert spec.name is not None
+        origin = f"runtime {spec.type}"
+        name = spec.name
     return PluginRef(kind=kind, name=name, cls=base, origin=origin)

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,8 @@ class FlightReader(DataReader):
         self._conn: _Connection | None = None
         self._schema: pa.Schema | None = None
         self._stream: Any = None
+        self._session: str | None = None
+        self._changes: bool | None = None
 
     def initialize(self, config: PluginConfig) -> None:
         """Ask the endpoint for the schema (the server initializes the reader); raises its failure."""
@@ -160,7 +162,10 @@ class FlightReader(DataReader):
         conn = self._conn
         if conn is None:
             raise PluginError(f"reader '{self._plan.ref.name}' is closed")
-        ticket = flight.Ticket(conn.request(self.config, batch_size=int(batch_size)))
+        if self._session is not None:  # a change session: the batches of its begin_changes
+            ticket = flight.Ticket(encode_line({"session": self._session, "batch_size": int(batch_size)}))
+        else:
+            ticket = flight.Ticket(conn.request(self.config, batch_size=int(batch_size)))
         ended = False
         batches = 0
         try:
@@ -195,8 +200,104 @@ class FlightReader(DataReader):
                 hint="a Flight reader must end its stream with that marker (see docs/process-protocol.md)",
             )
 
+    # -- dativo.ChangeReader, for a server whose reader reads changes (a change session) -------------
+
+    @property
+    def reads_changes(self) -> bool:
+        """True when the server's reader reads changes; opens the change session the run then uses.
+
+        An older server (no ``open_changes`` action) reads none; other failures raise as dativo errors.
+        """
+        if self._changes is None:
+            conn = self._require()
+            try:
+                opened = self._action(conn, "open_changes", conn.request(self.config), "opened", "opening changes")
+            except SourceError as exc:
+                if "unknown action" not in str(exc):
+                    raise
+                self._changes = False
+            else:
+                session = opened.get("session")
+                if not isinstance(session, str) or not session:
+                    raise ProtocolError(f"{conn.label} answered 'open_changes' without a 'session'")
+                self._session, self._changes = session, True
+        return self._changes
+
+    def _require(self) -> _Connection:
+        if self._conn is None:
+            raise PluginError(f"reader '{self._plan.ref.name}' is closed")
+        return self._conn
+
+    def _action(self, conn: _Connection, verb: str, body: bytes, answer: str, doing: str) -> dict[str, Any]:
+        try:
+            results = list(conn.client.do_action(flight.Action(verb, body), conn.options))
+        except (pa.ArrowException, OSError) as exc:
+            raise conn.error(exc, doing) from None
+        reply = decode_line(results[0].body.to_pybytes(), f"{conn.label}'s answer to {verb}") if results else {}
+        if reply.get("dativo") != answer:
+            raise ProtocolError(
+                f'{conn.label} answered \'{verb}\' with {str(reply)[:200]}; expected {{"dativo": "{answer}", ...}}'
+            )
+        return reply
+
+    def _ask(self, verb: str, answer: str, doing: str, **args: Any) -> dict[str, Any]:
+        conn = self._require()
+        if not self.reads_changes:
+            raise ConfigError(f"source.cdc: {conn.label} cannot read changes (its server has no change sessions)")
+        return self._action(conn, verb, encode_line({"session": self._session, **args}), answer, doing)
+
+    def change_keys(self) -> list[str]:
+        """The source's key columns, as the server's reader says; raises its failure."""
+        keys = self._ask("change_keys", "change_keys", "naming its key").get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ProtocolError(f"{self._require().label} answered 'change_keys' without a list of column names")
+        return keys
+
+    def check_changes(self, keys: Sequence[str]) -> list[str]:
+        """What stops change capture; raises the server's failure."""
+        problems = self._ask("check_changes", "change_problems", "checking changes", keys=list(keys)).get("problems")
+        if not isinstance(problems, list):
+            raise ProtocolError(f"{self._require().label} answered 'check_changes' without a 'problems' list")
+        return [str(p) for p in problems]
+
+    def begin_changes(self, committed: Mapping[str, Any] | None, keys: Sequence[str]) -> Mapping[str, Any]:
+        """What this run reads after ``committed``; the next ``read_batch`` streams it. Raises the server's failure."""
+        start = self._ask(
+            "begin_changes",
+            "started",
+            "beginning changes",
+            committed=dict(committed) if committed else None,
+            keys=list(keys),
+        ).get("start")
+        if not isinstance(start, dict) or not isinstance(start.get("position"), dict):
+            raise ProtocolError(
+                f"{self._require().label} answered 'begin_changes' without a 'start' holding a 'position'"
+            )
+        return start
+
+    def confirm(self, position: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Tell the server ``position`` is committed (it then closes the session); raises its failure."""
+        try:
+            facts = self._ask("confirm", "confirmed", "confirming", position=dict(position)).get("facts")
+        finally:
+            self._session = None  # the server closes the session on confirm, answered or not
+        if not isinstance(facts, dict):
+            raise ProtocolError(f"{self._require().label} answered 'confirm' without a 'facts' object")
+        return facts
+
     def close(self) -> None:
-        """Cancel a running ``DoGet`` (the server then closes its reader) and close the client; idempotent."""
+        """Cancel a running ``DoGet`` (the server then closes its reader), end the change session, close the client.
+
+        Idempotent; never raises.
+        """
+        session, self._session = self._session, None
+        if session is not None and self._conn is not None:
+            try:
+                self._conn.client.do_action(
+                    flight.Action("close_changes", encode_line({"session": session})), self._conn.options
+                )
+            except Exception:
+                log.debug("closing the change session of %s failed", self._plan.ref.name, exc_info=True)
         conn, self._conn = self._conn, None
         stream = self._stream
         if stream is not None:

@@ -27,7 +27,14 @@ from dativo.core.registry import PluginPlan
 from dativo.errors import PluginError, SchemaError, SourceError
 from dativo.runtimes import protocol
 from dativo.runtimes._plugin_process import STOP_GRACE_S, PluginProcess, Stopped
-from dativo.runtimes.protocol import PROTOCOL_VERSION, EofWatchingReader, ProtocolError, decode_line, open_ipc_stream
+from dativo.runtimes._process_changes import ProcessChanges, reply
+from dativo.runtimes.protocol import (
+    PROTOCOL_VERSION,
+    EofWatchingReader,
+    ProtocolError,
+    decode_line,
+    open_ipc_stream,
+)
 from dativo.sdk import DataReader, DataWriter, PluginConfig
 
 __all__ = ["ProcessReader", "ProcessWriter", "runtime"]
@@ -129,7 +136,7 @@ def _arrow_detail(exc: BaseException) -> tuple[str, bool]:
     return text, "is not RecordBatch" in text and "Header-type" in text
 
 
-class ProcessReader(DataReader):
+class ProcessReader(ProcessChanges, DataReader):
     """A reader running as a child process (see the module docstring).
 
     ``initialize`` starts it and reads its schema; ``read_batch`` asks for the
@@ -142,6 +149,8 @@ class ProcessReader(DataReader):
         self._proc: PluginProcess | None = None
         self._stream: Any = None
         self._schema: pa.Schema | None = None
+        self._changing = False
+        self._owner: tuple[ProcessReader, int] | None = None
 
     def initialize(self, config: PluginConfig) -> None:
         """Start the plugin, handshake, and read its schema; raises its failure as a dativo error."""
@@ -163,24 +172,40 @@ class ProcessReader(DataReader):
         return self._schema
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
-        """Ask the plugin for its batches and yield them; raises its failure (never ends early)."""
+        """Ask the plugin for its batches and yield them; raises its failure (never ends early).
+
+        A table started with others of its slot (``begin_changes_together``) is read from the
+        plugin that started them, whose process holds the changes of every table.
+        """
+        if self._schema is None:
+            raise PluginError(f"reader '{self._plan.ref.name}' is closed")
+        if self._owner is not None:
+            owner, member = self._owner
+            yield from owner._read(batch_size, self._schema, member)
+        else:
+            yield from self._read(batch_size, self._schema, None)
+
+    def _read(self, batch_size: int, schema: pa.Schema, member: int | None) -> Iterator[pa.RecordBatch]:
         proc = self._proc
-        if proc is None or self._schema is None:
+        if proc is None:
             raise PluginError(f"reader '{self._plan.ref.name}' is closed")
         source = _StdoutFile(proc)
+        command: dict[str, Any] = {"command": "read", "batch_size": int(batch_size)}
+        if member is not None:
+            command["member"] = member
         try:
-            proc.send({"command": "read", "batch_size": int(batch_size)}, "asking for batches")
+            proc.send(command, "asking for batches")
             stream = open_ipc_stream(source)
         except (BrokenPipeError, Stopped):
             raise proc.failure("starting to read") from None
         except (pa.ArrowException, OSError) as exc:
             detail, _ = _arrow_detail(exc)
             raise proc.failure("starting its stream", f"stdout is not an Arrow IPC stream: {detail}") from None
-        if not stream.schema.equals(self._schema):
+        if not stream.schema.equals(schema):
             proc.kill()
             raise SchemaError(
                 f"{proc.label} changed schema: its stream has {stream.schema.to_string(show_schema_metadata=False)!r}"
-                f" but its hello declared {self._schema.to_string(show_schema_metadata=False)!r}"
+                f" but its hello declared {schema.to_string(show_schema_metadata=False)!r}"
             )
         while True:
             try:
@@ -202,7 +227,8 @@ class ProcessReader(DataReader):
             raise proc.failure("streaming batches")
         if source.hit_eof:  # a cut-short stream is never a complete one, whatever the exit code
             raise proc.failure("streaming batches", "its Arrow IPC stream ended without the end-of-stream marker")
-        proc.check_clean_exit("streaming batches")
+        if not self._changing:  # a change reader stays alive for 'confirm'
+            proc.check_clean_exit("streaming batches")
 
     def close(self) -> None:
         """End the plugin's process tree; idempotent."""
@@ -236,17 +262,6 @@ class ProcessWriter(DataWriter):
             raise PluginError(f"writer '{self._plan.ref.name}' is not running")
         return self._proc
 
-    def _reply(self, proc: PluginProcess, doing: str) -> dict[str, Any]:
-        idle = proc.spec.timeouts.idle_s
-        what = f"did not answer within timeouts.idle_s = {idle:g} s" if idle is not None else "stalled"
-        try:
-            line = proc.read_line(idle, what)
-        except Stopped:
-            line = None
-        if line is None:
-            raise proc.failure(doing)
-        return decode_line(line, f"{proc.label}'s answer to {doing}")
-
     def check(self) -> None:
         """Ask the plugin to verify its target; raises its failure."""
         proc = self._require()
@@ -254,7 +269,7 @@ class ProcessWriter(DataWriter):
             proc.send({"command": "check"}, "checking")
         except (BrokenPipeError, Stopped):
             raise proc.failure("checking") from None
-        answer = self._reply(proc, "checking")
+        answer = reply(proc, "checking")
         if answer.get("dativo") != "checked":
             raise ProtocolError(f"{proc.label} answered 'check' with {answer}; expected {{'dativo': 'checked'}}")
 
@@ -289,7 +304,7 @@ class ProcessWriter(DataWriter):
             proc.send({"command": "finalize"}, "finalizing")
         except (BrokenPipeError, Stopped, pa.ArrowException, OSError):
             raise proc.failure("finalizing") from None
-        answer = self._reply(proc, "finalizing")
+        answer = reply(proc, "finalizing")
         if answer.get("dativo") != "result" or not isinstance(answer.get("metadata"), dict):
             raise ProtocolError(f"{proc.label} answered 'finalize' with {str(answer)[:200]}")
         proc.close_stdin()

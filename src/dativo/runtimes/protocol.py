@@ -20,6 +20,8 @@ import pyarrow as pa
 from dativo.errors import ConfigError, DativoError, PluginError, SchemaError, SourceError, TargetError, TypeMappingError
 
 __all__ = [
+    "CHANGES",
+    "CHANGES_TOGETHER",
     "EXIT_BAD_HANDSHAKE",
     "EXIT_FAILED",
     "EXIT_OK",
@@ -40,6 +42,12 @@ __all__ = [
 #: The protocol version this dativo speaks (the handshake's ``protocol``).
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
+
+#: The hello capability of a change reader (``dativo.ChangeReader``): it answers the change commands
+#: and stays alive after its batches for ``confirm`` (an addition to protocol 1; older plugins omit it).
+CHANGES: Final = "changes"
+#: The hello capability of a change reader that starts several tables of one slot in one plugin.
+CHANGES_TOGETHER: Final = "changes_together"
 
 EXIT_OK: Final = 0
 #: The plugin failed; it wrote an error record on stderr first.

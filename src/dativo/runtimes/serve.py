@@ -44,6 +44,14 @@ from dativo.runtimes.protocol import (
     error_record,
     open_ipc_stream,
 )
+from dativo.runtimes.serve_changes import (
+    CHANGE_ACTIONS,
+    ChangeSessions,
+    change_action,
+    change_capabilities,
+    reads_changes,
+    serve_changes,
+)
 from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["PluginFlightServer", "main", "schema_stream", "serve_process"]
@@ -154,10 +162,12 @@ def _read_handshake(stdin: BinaryIO, kind: str) -> dict[str, Any]:
     return handshake
 
 
-def _hello(out: Any, schema: pa.Schema | None = None) -> None:
+def _hello(out: Any, schema: pa.Schema | None = None, capabilities: list[str] | None = None) -> None:
     hello: dict[str, Any] = {"dativo": "hello", "protocol": PROTOCOL_VERSION, "plugin": "dativo serve"}
     if schema is not None:
         hello["schema"] = base64.b64encode(schema_stream(schema)).decode()
+    if capabilities:
+        hello["capabilities"] = capabilities
     out.write(encode_line(hello))
     out.flush()
 
@@ -184,13 +194,21 @@ def _serve_reader(reader: DataReader, config: dict[str, Any], name: str, stdin: 
     schema = reader.get_schema()
     if not isinstance(schema, pa.Schema):
         raise PluginError(f"reader '{name}': get_schema() returned {type(schema).__name__}, not a pyarrow.Schema")
+    if reads_changes(reader):
+        _hello(out, schema, change_capabilities(reader))
+        serve_changes(reader, schema, name, stdin, out, stream_batches)
+        return
     _hello(out, schema)
     command = _command(stdin)
     if command is None or command.get("command") == "close":
         return
     if command.get("command") != "read":
         raise ProtocolError(f"expected the 'read' or 'close' command, got {command}")
-    batch_size = int(command.get("batch_size") or 65536)
+    stream_batches(reader, schema, name, int(command.get("batch_size") or 65536), out)
+
+
+def stream_batches(reader: DataReader, schema: pa.Schema, name: str, batch_size: int, out: Any) -> None:
+    """Write the reader's batches (through the pump) to ``out`` as one Arrow IPC stream; raises its failure."""
     failures: list[BaseException] = []
     done = threading.Event()
     pump = _pump(reader, schema, name, batch_size)
@@ -332,6 +350,12 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
         self.name = name or plugin_cls.__name__
         middleware = {"auth": _TokenCheck(token)} if token else None
         super().__init__(location, tls_certificates=tls_certificates or [], middleware=middleware)
+        self.sessions = ChangeSessions(self._reader)
+
+    def shutdown(self) -> None:
+        """Stop serving and close the change sessions still open."""
+        super().shutdown()
+        self.sessions.close_all()
 
     def _reader(self, config: Mapping[str, Any]) -> DataReader:
         reader: DataReader = self.plugin_cls()
@@ -355,13 +379,20 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
             raise flight_error(exc) from None
 
     def do_get(self, context: Any, ticket: Any) -> Any:
-        """DoGet: stream the reader's batches (held to its declared schema)."""
+        """DoGet: stream the reader's batches (held to its declared schema); a change session's reader stays open."""
         try:
-            request = _request(ticket.ticket, "reader")
-            reader = self._reader(request["config"])
+            request = decode_line(ticket.ticket, "the Flight ticket")
+            session = request.get("session")
+            if session is None:
+                request = _request(ticket.ticket, "reader")
+                reader = self._reader(request["config"])
+            else:
+                reader = self.sessions.get(session)
             schema = reader.get_schema()
         except Exception as exc:
             raise flight_error(exc) from None
+        # A change session's reader lives on until 'confirm' or 'close_changes'; any other is closed here.
+        done = reader.close if session is None else _nothing
         batch_size = int(request.get("batch_size") or 65536)
         pump = _pump(reader, schema, self.name, batch_size)
         finished = threading.Event()
@@ -371,7 +402,10 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
             while not finished.wait(0.2):
                 if context.is_cancelled():
                     log.info("the client cancelled DoGet; closing reader '%s'", self.name)
-                    reader.close()
+                    if session is None:
+                        reader.close()
+                    else:
+                        self.sessions.close(session)
                     return
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -389,7 +423,7 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
             finally:
                 finished.set()
                 pump.cancel()
-                reader.close()
+                done()
 
         return _flight().GeneratorStream(schema, batches())
 
@@ -430,7 +464,16 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
                 plugin.close()
 
     def do_action(self, context: Any, action: Any) -> Iterator[Any]:
-        """DoAction ``check``: initialize the writer and run its ``check()``."""
+        """DoAction ``check`` (initialize the plugin and check it), or a change action (``CHANGE_ACTIONS``)."""
+        if action.type in CHANGE_ACTIONS and self.kind == "reader":
+            try:
+                body = decode_line(action.body.to_pybytes(), f"the body of action {action.type!r}")
+                if action.type == "open_changes":
+                    body = _request(action.body.to_pybytes(), "reader")
+                answer = change_action(self.sessions, action.type, body)
+            except Exception as exc:
+                raise flight_error(exc) from None
+            return iter([_flight().Result(pa.py_buffer(encode_line(answer)))])
         if action.type != "check":
             raise _flight().FlightServerError(f"unknown action {action.type!r}")
         try:
@@ -447,6 +490,10 @@ class PluginFlightServer(_flight().FlightServerBase):  # type: ignore[misc]  # p
         except Exception as exc:
             raise flight_error(exc) from None
         return iter([_flight().Result(pa.py_buffer(b'{"dativo":"checked"}'))])
+
+
+def _nothing() -> None:
+    """What ends a DoGet on a change session's reader: nothing (``confirm`` or ``close_changes`` closes it)."""
 
 
 class _TokenCheck(_flight().ServerMiddlewareFactory):  # type: ignore[misc]  # pyarrow ships no types

@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,11 +37,8 @@ def _reader_schema_before_data(ctx: Context) -> str:
     return f"{len(first)} columns declared before any data"
 
 
-def _reader_batches_match(ctx: Context) -> str:
-    declared, batches, _ = ctx.standard()
-    rows = sum(batch.num_rows for batch in batches)
-    if rows == 0:
-        raise Failed("the standard scenario produced no rows; it must read a small non-empty dataset")
+def _check_batches(batches: Sequence[pa.RecordBatch], declared: pa.Schema) -> None:
+    """Fails on the first batch that is not valid Arrow or does not have the declared schema."""
     for index, batch in enumerate(batches):
         try:
             batch.validate(full=True)
@@ -50,6 +47,14 @@ def _reader_batches_match(ctx: Context) -> str:
         difference = schema_difference(batch, declared)
         if difference is not None:
             raise Failed(f"batch {index} {difference}")
+
+
+def _reader_batches_match(ctx: Context) -> str:
+    declared, batches, _ = ctx.standard()
+    rows = sum(batch.num_rows for batch in batches)
+    if rows == 0:
+        raise Failed("the standard scenario produced no rows; it must read a small non-empty dataset")
+    _check_batches(batches, declared)
     return f"{len(batches)} batches, {rows} rows, all with the declared schema"
 
 
@@ -259,14 +264,7 @@ def _reader_types(ctx: Context) -> str:
     odd = [f"'{f.name}' ({f.type})" for f in declared if not is_foundation_type(f.type)]
     if odd:
         raise Failed(f"column(s) {', '.join(odd)} are not types of the type table (docs/types.md)")
-    for index, batch in enumerate(batches):
-        try:
-            batch.validate(full=True)
-        except pa.ArrowInvalid as exc:
-            raise Failed(f"batch {index} is not valid Arrow: {describe(exc)}") from None
-        difference = schema_difference(batch, declared)
-        if difference is not None:
-            raise Failed(f"batch {index} {difference}")
+    _check_batches(batches, declared)
     produced = {type_name(f.type.value_type if pa.types.is_list(f.type) else f.type) for f in declared}
     missing = [type_name(t) for t in FOUNDATION_TYPES if type_name(t) not in produced]
     rows = sum(batch.num_rows for batch in batches)

@@ -15,7 +15,7 @@ with the same :class:`dativo.SchemaError` the built-in readers raise.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -123,6 +123,10 @@ class RustPostgresReader(SnapshotPartitionedReader):
     sources: every partition runs on its own connection inside the snapshot
     exported by a coordinating transaction.
     """
+
+    #: libpq settings this reader honours (``client_encoding`` is accepted and ignored: always UTF8);
+    #: dativo's default-reader choice reads it, so the list lives in one place.
+    connection_settings: ClassVar[frozenset[str]] = frozenset(_SUPPORTED_KEYS) | _IGNORED_KEYS
 
     def __init__(self) -> None:
         super().__init__(cancel=lambda conn: conn.close())

@@ -39,7 +39,8 @@ Rules (the documented behaviour):
   are the schema: other columns of the files are ignored, and a declared column
   missing from a CSV or Parquet file is an error (a JSON object without the key
   gives null). Without it the schema is inferred from the *first* file alone
-  (for CSV and JSON from its first block, about 1 MB), then normalised: a column
+  (for CSV and JSON from its first block, 1 MiB or the larger block a longer first
+  row needs), then normalised: a column
   with only nulls becomes ``string`` and dictionary-encoded columns are decoded.
   Every later file must have exactly those column names, in any order (JSON
   lines may lack keys, which gives nulls; extra keys are looked for in each
@@ -48,6 +49,10 @@ Rules (the documented behaviour):
   a missing or extra column or values that do not convert fails the run naming
   the file and the column.
   Columns listed in ``cast_to_text`` become ``string`` (CSV keeps the raw text).
+* **Long rows.** CSV and JSON lines are parsed in blocks of 1 MiB, and a row must
+  fit in one: a longer row (a value of several MiB) makes the reader read that file
+  again with blocks 8 times larger, skipping the rows it already gave, up to 1 GiB
+  (the larger block is kept for the files after).
 * **CSV.** A header line is expected (``header: false`` names columns after
   ``options.schema``, else ``f0``, ``f1``...). An unquoted empty field is null, a
   quoted empty field (``""``) is an empty string (PostgreSQL's CSV convention);

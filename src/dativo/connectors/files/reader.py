@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.dataset as ds
+import pyarrow.json as pj
 
 from dativo.connectors.files.errors import is_transient, one_line
 from dativo.connectors.files.formats import FORMAT_ALIASES, FORMAT_OPTIONS, parse_arrow_type
@@ -30,6 +31,16 @@ _ARROW_PREFIXES = re.compile(
     r"|Could not open \w+ input source '[^']*': (?:Invalid: )?"
 )
 _ERRORS: tuple[type[BaseException], ...] = (pa.ArrowException, OSError, ValueError)
+#: CSV and JSON lines are parsed in blocks; a row must fit in one. The first block is pyarrow's default
+#: (1 MiB); a row that straddles two blocks makes the reader read that file again with blocks 8 times
+#: larger (the rows already read skipped), up to _MAX_BLOCK (pyarrow's limit is below 2 GiB).
+_FIRST_BLOCK = 1 << 20
+_MAX_BLOCK = 1 << 30
+
+
+def _straddles(exc: BaseException) -> bool:
+    """Whether pyarrow failed because one row (a CSV record, a JSON line) is larger than its read block."""
+    return isinstance(exc, pa.ArrowInvalid) and "straddl" in str(exc)
 
 
 class FileReader(DataReader):
@@ -54,7 +65,8 @@ class FileReader(DataReader):
         self._schema: pa.Schema | None = None
         self._declared = False
         self._text_columns: frozenset[str] = frozenset()
-        self._csv_read = pcsv.ReadOptions()
+        self._csv_read: dict[str, Any] = {}  # pcsv.ReadOptions arguments but block_size
+        self._block = _FIRST_BLOCK
         self._csv_parse = pcsv.ParseOptions()
         self._csv_nulls: list[str] = [""]
         self._inspected: dict[str, pa.Schema] = {}
@@ -179,7 +191,7 @@ class FileReader(DataReader):
         if not header and isinstance(options.get("schema"), Mapping):
             read = {"column_names": [str(name) for name in options["schema"]], **read}
             read.pop("autogenerate_column_names")
-        self._csv_read = pcsv.ReadOptions(**read)
+        self._csv_read = read
         nulls = options.get("null_values", [""])
         if isinstance(nulls, str) or not isinstance(nulls, Sequence) or not all(isinstance(v, str) for v in nulls):
             raise ConfigError("files reader: options.null_values must be a list of strings")
@@ -193,10 +205,18 @@ class FileReader(DataReader):
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             )
-            return ds.CsvFileFormat(parse_options=self._csv_parse, read_options=self._csv_read, convert_options=convert)
+            read = pcsv.ReadOptions(**self._csv_read, block_size=self._block)
+            return ds.CsvFileFormat(parse_options=self._csv_parse, read_options=read, convert_options=convert)
         if self._format == "parquet":
             return ds.ParquetFileFormat()
-        return ds.JsonFileFormat()
+        return ds.JsonFileFormat(read_options=pj.ReadOptions(block_size=self._block))
+
+    def _grow_block(self, exc: BaseException) -> bool:
+        """After ``exc``: True when it is a row larger than the read block and a larger one may be tried."""
+        if not _straddles(exc) or self._block >= _MAX_BLOCK:
+            return False
+        self._block = min(self._block * 8, _MAX_BLOCK)  # kept for the next files (a file of long rows)
+        return True
 
     # -- schema ------------------------------------------------------------------
 
@@ -236,11 +256,13 @@ class FileReader(DataReader):
         cached = self._inspected.pop(path, None)
         if cached is not None:
             return cached
-        try:
-            dataset = ds.dataset(path, format=self._file_format(), filesystem=self._location.fs())
-            return dataset.schema
-        except _ERRORS as exc:
-            raise self._read_error(path, exc) from None
+        while True:
+            try:
+                dataset = ds.dataset(path, format=self._file_format(), filesystem=self._location.fs())
+                return dataset.schema
+            except _ERRORS as exc:
+                if not self._grow_block(exc):
+                    raise self._read_error(path, exc) from None
 
     def _inferred_schema(self, first: str) -> pa.Schema:
         physical = self._inspect(first)
@@ -301,39 +323,53 @@ class FileReader(DataReader):
         )
 
     def _read_file(self, path: str, schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
-        fs = self._location.fs()
-        target_types = {f.name: f.type for f in schema}
         if self._format != "jsonl" or not self._declared or self._text_columns:
             physical = self._inspect(path)
         else:
             physical = schema  # JSON with a declared schema: absent keys are null, others ignored.
         self._check_columns(path, physical, schema)
+        read = 0  # rows of this file yielded so far: skipped when it is read again with a larger block
+        while True:
+            skip = read
+            try:
+                for batch in self._scan(path, physical, schema, batch_size):
+                    if skip >= batch.num_rows:
+                        skip -= batch.num_rows
+                        continue
+                    rows = batch.slice(skip) if skip else batch
+                    skip = 0
+                    if rows.num_rows:
+                        read += rows.num_rows
+                        yield self._conform(path, rows, schema)
+                return
+            except _ERRORS as exc:
+                if not self._grow_block(exc):
+                    raise self._read_error(path, exc, physical.names) from None
 
+    def _scan(self, path: str, physical: pa.Schema, schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """The file's batches, in order, with the columns of ``schema`` it has (pyarrow's errors pass through)."""
+        fs = self._location.fs()
         present = [f.name for f in schema if f.name in physical.names]
-        try:
-            if self._format == "csv":
-                dataset = ds.dataset(path, format=self._file_format(target_types), filesystem=fs)
-            elif self._format == "jsonl":
-                # pyarrow's JSON parser converts straight into the dataset schema's types; keys absent
-                # from a line are null. cast_to_text columns are parsed as found, then cast to string.
-                scan_fields = [
-                    pa.field(
-                        f.name,
-                        physical.field(f.name).type
-                        if f.name in self._text_columns and f.name in physical.names
-                        else f.type,
-                    )
-                    for f in schema
-                ]
-                present = schema.names
-                dataset = ds.dataset(path, format=self._file_format(), filesystem=fs, schema=pa.schema(scan_fields))
-            else:
-                dataset = ds.dataset(path, format=self._file_format(), filesystem=fs)
-            for batch in dataset.to_batches(columns=present, batch_size=batch_size):
-                if batch.num_rows:
-                    yield self._conform(path, batch, schema)
-        except _ERRORS as exc:
-            raise self._read_error(path, exc, physical.names) from None
+        if self._format == "csv":
+            target_types = {f.name: f.type for f in schema}
+            dataset = ds.dataset(path, format=self._file_format(target_types), filesystem=fs)
+        elif self._format == "jsonl":
+            # pyarrow's JSON parser converts straight into the dataset schema's types; keys absent
+            # from a line are null. cast_to_text columns are parsed as found, then cast to string.
+            scan_fields = [
+                pa.field(
+                    f.name,
+                    physical.field(f.name).type
+                    if f.name in self._text_columns and f.name in physical.names
+                    else f.type,
+                )
+                for f in schema
+            ]
+            present = schema.names
+            dataset = ds.dataset(path, format=self._file_format(), filesystem=fs, schema=pa.schema(scan_fields))
+        else:
+            dataset = ds.dataset(path, format=self._file_format(), filesystem=fs)
+        yield from dataset.to_batches(columns=present, batch_size=batch_size)
 
     def _check_columns(self, path: str, physical: pa.Schema, schema: pa.Schema) -> None:
         names = set(physical.names)

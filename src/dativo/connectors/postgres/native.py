@@ -18,51 +18,37 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["FALLBACK_READER", "NATIVE_READER", "NATIVE_SETTINGS", "choose_default_reader", "native_available"]
+__all__ = ["FALLBACK_READER", "NATIVE_READER", "choose_default_reader", "native_available", "native_settings"]
 
 NATIVE_READER = "postgres-rs"
 FALLBACK_READER = "postgres-adbc"
 
-#: libpq settings the native reader honours (anything else, e.g. client certificates, goes to ADBC).
-NATIVE_SETTINGS = frozenset(
-    {
-        "dsn",
-        "host",
-        "hostaddr",
-        "port",
-        "user",
-        "username",
-        "password",
-        "dbname",
-        "database",
-        "options",
-        "application_name",
-        "connect_timeout",
-        "keepalives",
-        "keepalives_idle",
-        "target_session_attrs",
-        "channel_binding",
-        "client_encoding",
-        "sslmode",
-        "sslrootcert",
-    }
-)
 _KEY_VALUE = re.compile(r"(\w+)\s*=")
 
 
 @functools.cache
-def native_available() -> bool:
-    """True when ``dativo_postgres_rs`` imports here and what it requires is installed (checked once per process).
+def native_settings() -> frozenset[str] | None:
+    """The connection settings ``postgres-rs`` honours (its ``connection_settings`` plus dativo's keys), or None.
 
-    Never raises: a missing or broken install (wrong platform, missing pyarrow) is simply "not available".
+    None when ``dativo_postgres_rs`` does not import here or what it requires is missing (checked
+    once per process). Never raises: a missing or broken install (wrong platform, missing pyarrow)
+    is simply "not available".
     """
     try:
-        module = importlib.import_module("dativo_postgres_rs")
-        requires = getattr(module.RustPostgresReader, "requires", {})
+        reader = importlib.import_module("dativo_postgres_rs").RustPostgresReader
+        requires = getattr(reader, "requires", {})
         # e.g. psycopg, which it describes the source with: missing, ADBC's own message names the extra
-        return all(importlib.util.find_spec(name.partition(".")[0]) is not None for name in requires)
+        if not all(importlib.util.find_spec(name.partition(".")[0]) is not None for name in requires):
+            return None
+        # plus dativo's own keys: the DSN and the aliases connection.py maps to libpq names
+        return frozenset(reader.connection_settings) | {"dsn", "database", "username"}
     except Exception:
-        return False
+        return None
+
+
+def native_available() -> bool:
+    """True when ``postgres-rs`` can be used here (see :func:`native_settings`). Never raises."""
+    return native_settings() is not None
 
 
 def _settings(connection: Mapping[str, Any]) -> set[str]:
@@ -82,9 +68,10 @@ def choose_default_reader(connection: Mapping[str, Any] | None) -> tuple[str, st
     ``postgres-rs`` when it is installed and supports every setting in ``connection`` (a job's
     ``source.connection``: ``dsn`` and/or libpq keywords), else ``postgres-adbc``. Never raises.
     """
-    if not native_available():
+    supported = native_settings()
+    if supported is None:
         return FALLBACK_READER, f"{NATIVE_READER} is not installed (pip install 'dativo[native]')"
-    unsupported = sorted(_settings(connection or {}) - NATIVE_SETTINGS)
+    unsupported = sorted(_settings(connection or {}) - supported)
     if unsupported:
         return FALLBACK_READER, f"{NATIVE_READER} does not support the connection setting(s) {', '.join(unsupported)}"
     return NATIVE_READER, f"{NATIVE_READER} is installed"
