@@ -208,3 +208,39 @@ def test_a_shared_connection_ended_by_the_server_is_replaced_not_reused(pg_db):
     own.release(reusable=True)
     assert own.conn.closed
     assert open_sessions(pg_db) == 0
+
+
+def test_an_idle_shared_adbc_connection_ended_by_the_server_is_replaced(pg_db):
+    import adbc_driver_postgresql.dbapi as dbapi
+
+    from dativo.connectors.postgres.adbc import _adbc_alive
+    from dativo.postgres_sdk import lease
+
+    conninfo = build_connection(pg_db.connection).conninfo
+
+    def adbc_lease():
+        return lease(
+            "adbc",
+            conninfo,
+            lambda: dbapi.connect(conninfo, autocommit=True),
+            close=lambda c: c.close(),
+            alive=_adbc_alive,
+        )
+
+    def pid(conn) -> int:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            return int(cur.fetchone()[0])
+
+    with run_scope(2):
+        first = adbc_lease()
+        first_pid = pid(first.conn)
+        first.release(reusable=True)
+        reused = adbc_lease()
+        assert pid(reused.conn) == first_pid  # a clean connection is shared
+        reused.release(reusable=True)
+        pg_db.server.execute("SELECT pg_terminate_backend(%s)", (first_pid,))
+        replaced = adbc_lease()
+        assert pid(replaced.conn) != first_pid
+        replaced.release(reusable=True)
+    assert open_sessions(pg_db) == 0
