@@ -59,7 +59,7 @@ def test_validate_offline_imports_no_pyiceberg_sqlalchemy_or_pyarrow_compute(tmp
     heavy = NEVER_OFFLINE | {"pyarrow.compute", "pyarrow.dataset", "pyarrow.parquet"}
     assert not heavy & names, sorted(heavy & names)
     # the audit, KMS, CDC and maintenance commands load only when they run
-    assert not {"dativo.cli_audit", "dativo.cli_cdc", "dativo.cli_maintain", "dativo.engine.pipeline"} & names
+    assert not {"dativo.cli.audit", "dativo.cli.cdc", "dativo.cli.maintain", "dativo.engine.pipeline"} & names
 
 
 def test_validate_offline_of_a_postgres_job_connects_nowhere_and_imports_no_driver(tmp_path):

@@ -24,9 +24,9 @@ from dativo import __version__
 from dativo._logging import configure_logging
 from dativo._sdk_version import SDK_API_VERSION
 from dativo._secrets import redact
-from dativo.cli_common import err, fail, out, state
-from dativo.cli_lazy import LazyGroup, lazy_command
-from dativo.cli_streams import print_discovered, print_streams_summary, stream_errors
+from dativo.cli.common import err, fail, out, state
+from dativo.cli.lazy import LazyGroup, lazy_command
+from dativo.cli.streams import print_discovered, print_streams_summary, stream_errors
 from dativo.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
@@ -58,11 +58,11 @@ state_app = typer.Typer(help="Inspect or reset the state a job commits with its 
 app.add_typer(state_app, name="state")
 init_app = typer.Typer(help="Generate a new project from dativo's templates.", no_args_is_help=True)
 app.add_typer(init_app, name="init")
-lazy_command("audit", "dativo.cli_audit:audit_app")  # encrypted-parquet: dativo audit verify LOG
-lazy_command("kms", "dativo.cli_audit:kms_app")
-lazy_command("cdc", "dativo.cli_cdc:cdc_app")  # change data capture: dativo cdc status|drop JOB
-lazy_command("decrypt", "dativo.cli_audit:decrypt")
-lazy_command("maintain", "dativo.cli_maintain:maintain")  # iceberg: expire snapshots, remove orphans, compact
+lazy_command("audit", "dativo.cli.audit:audit_app")  # encrypted-parquet: dativo audit verify LOG
+lazy_command("kms", "dativo.cli.audit:kms_app")
+lazy_command("cdc", "dativo.cli.cdc:cdc_app")  # change data capture: dativo cdc status|drop JOB
+lazy_command("decrypt", "dativo.cli.audit:decrypt")
+lazy_command("maintain", "dativo.cli.maintain:maintain")  # iceberg: expire snapshots, remove orphans, compact
 
 
 def _flags_take_no_value() -> None:
@@ -133,7 +133,7 @@ def run(
     """Run a job: read the source, write the target, commit once at the end (transient failures are retried)."""
     state["debug"] |= debug
     if follow:
-        from dativo.cli_cdc import follow as follow_changes
+        from dativo.cli.cdc import follow as follow_changes
 
         if summary_json is not None or run_id is not None or stream:
             fail(ConfigError("--follow takes no --summary-json, --run-id or --stream (each commit is its own run)"))
@@ -312,7 +312,7 @@ def discover(
 def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List every installed plugin: readers, writers, connectors, runtimes, KMS clients (the table exits 1 if one
     cannot load)."""
-    from dativo.cli_plugins import installed_plugins
+    from dativo.cli.plugins import installed_plugins
 
     rows = installed_plugins()
     if as_json:  # exit 0: a consumer reads each row's problem

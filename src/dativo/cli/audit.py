@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import typer
 
 from dativo._secrets import redact
-from dativo.cli_common import err, fail, guard, out
+from dativo.cli.common import err, fail, guard, out
 from dativo.config.loader import load_job
 from dativo.encryption.audit_verify import verify
 from dativo.encryption.kms import load_kms, scrub
@@ -163,7 +163,7 @@ def decrypt(
     region: RegionOpt = None,
 ) -> None:
     """Decrypt files written by the encrypted-parquet writer; the read is recorded in the audit log."""
-    from dativo.cli_access import job_audit_log, record_access
+    from dativo.cli.access import job_audit_log, record_access
     from dativo.targets.encrypted_parquet import read_encrypted_files
 
     def run() -> None:
@@ -234,7 +234,7 @@ def kms_rewrap(
     region: RegionOpt = None,
 ) -> None:
     """Re-wrap the keys of existing files under another master key, without re-encrypting data; audited."""
-    from dativo.cli_access import job_audit_log
+    from dativo.cli.access import job_audit_log
     from dativo.targets._encryption import rewrap_dataset
 
     def run() -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from dativo.cli_common import fail, guard, out
+from dativo.cli.common import fail, guard, out
 from dativo.config.loader import LoadedJob, load_job_file
 from dativo.connectors.postgres.cdc.pgoutput import parse_lsn
 from dativo.connectors.postgres.cdc.slot import CdcSettings, drop_slot, slot_info

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from dativo._secrets import redact
-from dativo.cli_common import fail, guard, out
+from dativo.cli.common import fail, guard, out
 from dativo.config.loader import load_job
 from dativo.errors import ConfigError, TargetError
 
