@@ -2,11 +2,15 @@
 
     python benchmarks/many_tables.py              # 50 tables of 2,000 rows, mixed types
     python benchmarks/many_tables.py --tables 20 --rows 500
+    python benchmarks/many_tables.py --streams-only      # skip the N single-table processes
 
 Starts a throw-away PostgreSQL server (tests/support/pgserver.py), builds the tables
 of tests/test_streams_postgres.py, and times, as a user would run them:
   * streams: one ``dativo run lake.yaml`` (max_concurrent_streams 1 and 4);
   * single: N ``dativo run tNN.yaml`` processes, one after the other.
+For each run it also records the PostgreSQL sessions the server saw (``pg_stat_database.sessions``
+of the source database, before and after), the most sessions open at once (``pg_stat_activity``,
+sampled every 20 ms) and the CPU time of the dativo process(es) (user + system).
 Prints a Markdown table and writes the figures to benchmarks/results/many_tables.json.
 """
 
@@ -15,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,61 +47,109 @@ def build(server: PostgresServer, dbname: str, tables: int, rows: int) -> None:
     server.psql("\n".join(sql), dbname=dbname)
 
 
-def run(args: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(args: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``dativo`` command."""
+    started, cpu = time.perf_counter(), _children_cpu()
     result = subprocess.run([sys.executable, "-m", "dativo", *args], cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"dativo {' '.join(args)} failed: {result.stderr}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu
+
+
+class Sessions:
+    """Sessions of database ``dbname`` as the server counts them: total opened, and the peak open at once."""
+
+    def __init__(self, server: PostgresServer, dbname: str) -> None:
+        self._server, self._dbname = server, dbname
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def total(self) -> int:
+        time.sleep(0.5)  # a session's end reaches the statistics when its backend exits
+        rows = self._server.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (self._dbname,))
+        return int(rows[0][0])
+
+    def _sample(self) -> None:
+        with self._server.connect() as conn:  # connected to database postgres: not counted
+            while not self._stop.wait(0.02):
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self._dbname,))
+                self.peak = max(self.peak, int(row.fetchone()[0]))  # type: ignore[index]
+
+    def __enter__(self) -> Sessions:
+        self._before = self.total()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.opened = self.total() - self._before
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", type=int, default=50)
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--reader", help="source.reader.implementation (default: the connector's choice)")
+    parser.add_argument("--streams-only", action="store_true", help="skip the N single-table processes")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "many_tables.json")
     opts = parser.parse_args()
     with PostgresServer() as server, tempfile.TemporaryDirectory() as tmp:
         dbname = "many"
         server.create_database(dbname)
         connection = json.dumps(server.connection_params(dbname))
+        reader = f", reader: {{implementation: {opts.reader}}}" if opts.reader else ""
         build(server, dbname, opts.tables, opts.rows)
         work = Path(tmp)
-        figures: dict[str, float] = {}
+        figures: dict[str, dict[str, float]] = {}
         for concurrency in (1, 4):
             folder = work / f"streams{concurrency}"
             folder.mkdir()
             (folder / "lake.yaml").write_text(
-                f"defaults:\n  source: {{connector: postgres, connection: {connection}}}\n"
+                f"defaults:\n  source: {{connector: postgres, connection: {connection}{reader}}}\n"
                 '  target: {connector: iceberg, table: "raw.{table}"}\n'
                 f"streams:\n  public.*: {{}}\nengine: {{max_concurrent_streams: {concurrency}}}\n"
             )
-            figures[f"one process, {opts.tables} streams, {concurrency} at a time"] = run(
-                ["run", "lake.yaml", "--quiet"], folder
-            )
-            print(f"streams x{concurrency}: {figures[list(figures)[-1]]:.1f} s", file=sys.stderr)
-        folder = work / "single"
-        folder.mkdir()
-        total = 0.0
-        for index in range(opts.tables):
-            (folder / f"t{index:02d}.yaml").write_text(
-                f"source: {{connector: postgres, connection: {connection}, table: public.t{index:02d}}}\n"
-                f"target: {{connector: iceberg, table: raw.t{index:02d}}}\n"
-            )
-            total += run(["run", f"t{index:02d}.yaml", "--quiet"], folder)
-        figures[f"{opts.tables} processes, one table each"] = total
-        print(f"single: {total:.1f} s", file=sys.stderr)
+            with Sessions(server, dbname) as sessions:
+                wall, cpu = run(["run", "lake.yaml", "--quiet"], folder)
+            name = f"one process, {opts.tables} streams, {concurrency} at a time"
+            figures[name] = {"wall_s": wall, "cpu_s": cpu, "sessions": sessions.opened, "peak": sessions.peak}
+            print(f"{name}: {figures[name]}", file=sys.stderr)
+        if not opts.streams_only:
+            folder = work / "single"
+            folder.mkdir()
+            wall = cpu = 0.0
+            with Sessions(server, dbname) as sessions:
+                for index in range(opts.tables):
+                    (folder / f"t{index:02d}.yaml").write_text(
+                        f"source: {{connector: postgres, connection: {connection}, "
+                        f"table: public.t{index:02d}{reader}}}\n"
+                        f"target: {{connector: iceberg, table: raw.t{index:02d}}}\n"
+                    )
+                    one = run(["run", f"t{index:02d}.yaml", "--quiet"], folder)
+                    wall, cpu = wall + one[0], cpu + one[1]
+            name = f"{opts.tables} processes, one table each"
+            figures[name] = {"wall_s": wall, "cpu_s": cpu, "sessions": sessions.opened, "peak": sessions.peak}
+            print(f"{name}: {figures[name]}", file=sys.stderr)
     report = {
         "tables": opts.tables,
         "rows_per_table": opts.rows,
-        "seconds": figures,
+        "reader": opts.reader or "default",
+        "runs": figures,
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
     }
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| run ({opts.tables} tables x {opts.rows:,} rows) | wall time |\n| --- | --- |")
-    for name, seconds in figures.items():
-        print(f"| {name} | {seconds:.1f} s |")
+    print(f"| run ({opts.tables} tables x {opts.rows:,} rows) | wall time | CPU time | sessions | peak open |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, f in figures.items():
+        print(f"| {name} | {f['wall_s']:.1f} s | {f['cpu_s']:.1f} s | {f['sessions']:.0f} | {f['peak']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ reject, and reports failures (transient or terminal) exactly as they do::
             except my_driver.Error as exc:      # a SQLSTATE on it decides transient vs terminal
                 raise self.translate(exc) from exc
 
+When the engine runs a job's streams, connections are shared between them: ``setup_source``
+describes on a connection of the run's pool, and a reader may lease its own read connection
+there too (:func:`lease` for any driver, :func:`lease_psycopg`), giving it back with
+``Lease.release(reusable=...)`` only when its read ended cleanly (docs/many-tables.md).
+
 The module is versioned on its own (:data:`POSTGRES_SDK_VERSION`, semver, see
 docs/sdk-changelog.md): within a MAJOR version nothing listed in ``__all__`` is removed or
 changed incompatibly. The built-in readers (``postgres-adbc``, ``postgres-psycopg``) and the
@@ -40,6 +45,14 @@ from dativo.connectors.postgres.connection import (
     translate_error,
 )
 from dativo.connectors.postgres.partitions import SnapshotPartitioner, ctid_partitions, snapshot_setup_sql
+from dativo.connectors.postgres.pool import (
+    Lease,
+    SharedConnections,
+    borrow_psycopg,
+    lease,
+    lease_psycopg,
+    shared_connections,
+)
 from dativo.connectors.postgres.types import (
     ColumnPlan,
     Kind,
@@ -60,13 +73,16 @@ __all__ = [
     "CancelRegistry",
     "ColumnPlan",
     "Kind",
+    "Lease",
     "PgConnectionInfo",
     "PlannedPostgresReader",
     "PostgresDriverError",
+    "SharedConnections",
     "SnapshotPartitionedReader",
     "SnapshotPartitioner",
     "SourcePlan",
     "SourceSpec",
+    "borrow_psycopg",
     "build_connection",
     "check_array_dims",
     "check_temporal_range",
@@ -77,8 +93,11 @@ __all__ = [
     "import_psycopg",
     "is_transient_error",
     "is_transient_sqlstate",
+    "lease",
+    "lease_psycopg",
     "quote_ident",
     "rebuild_list",
+    "shared_connections",
     "snapshot_setup_sql",
     "split_qualified_name",
     "sqlstate_of",
@@ -86,5 +105,6 @@ __all__ = [
     "with_lower_bound",
 ]
 
-#: The version of this module's contract (semver; 1.0.0 came with plugin SDK 1.4.0).
-POSTGRES_SDK_VERSION = "1.0.0"
+#: The version of this module's contract (semver; 1.0.0 came with plugin SDK 1.4.0; 1.1.0 added the
+#: run's shared connections: ``lease``, ``lease_psycopg``, ``borrow_psycopg``, ``shared_connections``).
+POSTGRES_SDK_VERSION = "1.1.0"

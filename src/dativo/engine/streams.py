@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dativo.config.loader import LoadedJob, LoadedStreams
 from dativo.config.streams import StreamEntry, fill_template, split_name
+from dativo.core.shared import in_context, run_scope
 from dativo.engine.plan import build_plan
 from dativo.errors import ConfigError, DativoError, SourceError, is_transient
 from dativo.sdk import ListsTables
@@ -240,6 +241,8 @@ def run_streams(
     nothing), streams not started are not run, and KeyboardInterrupt propagates;
     streams that finished before stay committed. ``on_done`` sees each outcome as it ends.
     The ``source.cdc`` streams sharing a slot run first, together (dativo.engine.cdc_group).
+    The streams share one run scope (``dativo.core.shared``): readers that opt in share
+    connections through it (the PostgreSQL readers do), all closed when the streams end.
     """
     from dativo.engine.cdc_group import change_groups, run_change_group
 
@@ -252,6 +255,18 @@ def run_streams(
         )
         order = {id(s): i for i, s in enumerate(original)}
         return sorted([*grouped, *rest], key=lambda outcome: order[id(outcome.stream)])
+    with run_scope(max_concurrent):
+        return _run_all(streams, run_id, progress, on_retry, max_concurrent, on_done)
+
+
+def _run_all(
+    streams: Sequence[Stream],
+    run_id: str | None,
+    progress: pipeline.ProgressSink | None,
+    on_retry: RetryHook | None,
+    max_concurrent: int,
+    on_done: Callable[[StreamOutcome], None] | None,
+) -> list[StreamOutcome]:
     if max_concurrent <= 1 or len(streams) <= 1:
         return [_run_one(stream, run_id, progress, on_retry, None, on_done) for stream in streams]
     stop = threading.Event()
@@ -264,7 +279,8 @@ def run_streams(
                 on_done(outcome)
 
     with ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="dativo-stream") as pool:
-        futures = [pool.submit(_run_one, stream, run_id, sink, on_retry, stop, done) for stream in streams]
+        # Each stream's thread runs in a copy of this context: it sees the run scope.
+        futures = [pool.submit(in_context(_run_one), stream, run_id, sink, on_retry, stop, done) for stream in streams]
         pending: set[Future[StreamOutcome]] = set(futures)
         try:
             while pending:

@@ -30,6 +30,7 @@ import pyarrow as pa
 from dativo.connectors.postgres.base import SnapshotPartitionedReader
 from dativo.connectors.postgres.connection import PG_EXTRA_HINT
 from dativo.connectors.postgres.partitions import snapshot_setup_sql
+from dativo.connectors.postgres.pool import Lease, lease
 from dativo.connectors.postgres.types import (
     ColumnPlan,
     check_array_dims,
@@ -70,6 +71,16 @@ def _result_stream(cursor: Any) -> Any:
     """
     reader = getattr(getattr(cursor, "_results", None), "reader", None)
     return reader if reader is not None else cursor.fetch_record_batch()
+
+
+def _adbc_alive(conn: Any) -> bool:
+    """An idle ADBC connection still answers (a pooled one may have been ended by the server)."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute("SELECT 1")
+        return bool(cursor.fetchone() == (1,))
+    finally:
+        cursor.close()
 
 
 def _hint_bytes(schema: pa.Schema, batch_size: int) -> int:
@@ -181,6 +192,8 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
     def __init__(self) -> None:
         super().__init__(cancel=lambda cursor: cursor.adbc_cancel())
         self._conn: Any = None
+        self._lease: Lease | None = None
+        self._clean = True  # no read left half-way: the connection may go back to the run's pool
         self._cursor: Any = None
         self._converters: list[ArrayConverter] = []
         # Held while the driver is inside read_next_batch: close() from another
@@ -188,15 +201,27 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
         self._reading = threading.Lock()
 
     def initialize(self, config: PluginConfig) -> None:
-        """Describe the source with psycopg, then open the ADBC connection; see the class docstring."""
+        """Describe the source with psycopg, then lease the ADBC connection; see the class docstring.
+
+        Both connections come from the run's shared connections where streams share them;
+        the ADBC one goes back at ``close()`` only when no read was left half-way.
+        """
         dbapi = _import_adbc()
         self.setup_source(config)
         plan = self.plan()
         self._converters = [_column_converter(c) for c in plan.columns]
+        conninfo = self.source()[2].conninfo
         try:
-            self._conn = dbapi.connect(self.source()[2].conninfo, autocommit=True)
+            self._lease = lease(
+                "adbc",
+                conninfo,
+                lambda: dbapi.connect(conninfo, autocommit=True),
+                close=lambda conn: conn.close(),
+                alive=_adbc_alive,
+            )
         except Exception as exc:
             raise self.translate(exc, connecting=True) from exc
+        self._conn = self._lease.conn
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield record batches of roughly ``batch_size`` rows; raises on any failure (never ends early)."""
@@ -205,6 +230,7 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
         if conn is None:
             raise SourceError("the PostgreSQL reader is closed")
         batch_size = max(1, int(batch_size))
+        self._clean = False
         try:
             with self.translating():
                 with self._reading:
@@ -223,6 +249,7 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
         finally:
             with self._reading:
                 self._close_cursor()
+        self._clean = True
 
     @staticmethod
     def _sized(batch: pa.RecordBatch, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -282,7 +309,7 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
                 cursor.close()
 
     def close(self) -> None:
-        """Close the cursor and the connection; idempotent and safe after errors.
+        """Close the cursor; give the connection back (clean) or close it; idempotent and safe after errors.
 
         Called while another thread is inside the driver, it cancels the query
         and waits for that thread to leave the driver (up to 10 s; after that the
@@ -290,6 +317,7 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
         """
         super().close()  # cancels the partitions' cursors, ends the snapshot transaction
         if not self._reading.acquire(blocking=False):
+            self._clean = False  # cancelled mid-read: the connection is closed, never shared
             cursor = self._cursor
             if cursor is not None:
                 with contextlib.suppress(Exception):
@@ -299,9 +327,9 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
                 return
         try:
             self._close_cursor()
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
+            self._conn = None
+            leased, self._lease = self._lease, None
+            if leased is not None:
+                leased.release(reusable=self._clean)
         finally:
             self._reading.release()

@@ -25,6 +25,7 @@ from dativo.connectors.postgres.connection import (
     translate_error,
 )
 from dativo.connectors.postgres.partitions import SnapshotPartitioner
+from dativo.connectors.postgres.pool import borrow_psycopg
 from dativo.connectors.postgres.types import SourcePlan, SourceSpec, describe_source, with_lower_bound
 from dativo.errors import DativoError, SourceError
 from dativo.sdk import DataReader, PluginConfig, ReadPartition, redact
@@ -94,7 +95,8 @@ class PlannedPostgresReader(DataReader):
         """Parse the source and connection settings and describe the source with psycopg.
 
         Sets ``self.config``, the spec, the connection info and the plan. The psycopg
-        connection used is closed, or returned (in a transaction rolled back) with ``keep``.
+        connection used goes back to the run's shared connections (or is closed), or with
+        ``keep`` is returned (a connection of the reader's own, its transaction rolled back).
         Raises ConfigError (bad settings), SourceError (unreachable, authentication,
         missing table; transient where retrying may help) or TypeMappingError.
         """
@@ -102,10 +104,16 @@ class PlannedPostgresReader(DataReader):
         self._spec = spec = SourceSpec.from_config(config)
         self._info = info = build_connection(config.get("connection"))
         psycopg = import_psycopg()
+        if not keep:  # described on a connection of the run's pool where streams share one (docs/many-tables.md)
+            try:
+                with borrow_psycopg(info) as conn:
+                    self._plan = describe_source(conn, spec, numeric_as_text=numeric_as_text)
+            except psycopg.Error as exc:
+                raise self.translate(exc) from exc
+            return None
         conn = connect_psycopg(info)
         try:
-            if keep:
-                self.prepare_connection(conn)
+            self.prepare_connection(conn)
             self._plan = describe_source(conn, spec, numeric_as_text=numeric_as_text)
             conn.rollback()
         except BaseException as exc:
@@ -114,10 +122,7 @@ class PlannedPostgresReader(DataReader):
             if isinstance(exc, psycopg.Error):
                 raise self.translate(exc) from exc
             raise
-        if keep:
-            return conn
-        conn.close()
-        return None
+        return conn
 
     def prepare_connection(self, conn: psycopg.Connection[Any]) -> None:
         """Adjust the kept psycopg connection before the source is described (``setup_source(keep=True)``)."""
@@ -167,16 +172,16 @@ class PlannedPostgresReader(DataReader):
         """
         info = build_connection(config.get("connection"))
         psycopg = import_psycopg()
-        with contextlib.closing(connect_psycopg(info)) as pg:
-            try:
+        try:
+            with borrow_psycopg(info) as pg:
                 rows = pg.execute(
                     "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition "
                     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' "
                     "AND has_table_privilege(c.oid, 'SELECT') ORDER BY 1, 2"
                 ).fetchall()
-            except psycopg.Error as exc:
-                raise translate_error(exc, info) from exc
+        except psycopg.Error as exc:
+            raise translate_error(exc, info) from exc
         return [f"{schema}.{name}" for schema, name in rows]
 
     def _require_plan(self) -> SourcePlan:

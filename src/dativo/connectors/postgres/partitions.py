@@ -8,17 +8,22 @@ snapshot with ``SET TRANSACTION SNAPSHOT`` before it runs its range, so the
 union of the partitions is exactly what one ``SELECT`` would have returned at
 planning time. The coordinating transaction stays open (keeping the snapshot
 importable) until :meth:`SnapshotPartitioner.close`.
+
+The coordinating connection is leased from the run's shared connections (see
+``pool.py``): it goes back only after its transaction ended cleanly, at once when the
+table is read in one piece. The partitions' own connections, which import the
+snapshot, are their readers' and never shared.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 from typing import Any
 
-from dativo.connectors.postgres.connection import PgConnectionInfo, connect_psycopg, import_psycopg, translate_error
+from dativo.connectors.postgres.connection import PgConnectionInfo, import_psycopg, translate_error
+from dativo.connectors.postgres.pool import Lease, lease_psycopg
 from dativo.connectors.postgres.types import SourcePlan, SourceSpec, _resolve_table
 from dativo.sdk import ReadPartition
 
@@ -79,7 +84,7 @@ class SnapshotPartitioner:
         self._info = info
         self._spec = spec
         self._plan = plan
-        self._conn: Any = None
+        self._lease: Lease | None = None
 
     def plan(self, parallelism: int | None) -> list[ReadPartition]:
         """Export the snapshot and return the partitions (see the class docstring)."""
@@ -87,13 +92,16 @@ class SnapshotPartitioner:
             log.info("source.parallelism applies to table sources only; reading the query on one connection")
             return []
         psycopg = import_psycopg()
-        self._conn = conn = connect_psycopg(self._info, autocommit=True)
+        self._lease = lease_psycopg(self._info, autocommit=True)
+        conn = self._lease.conn
         try:
             if conn.info.server_version < _MIN_SERVER_VERSION:
                 log.info("PostgreSQL %s has no TID range scans; reading on one connection", conn.info.server_version)
+                self.close()
                 return []
             relation = _resolve_table(conn, self._spec.table)
             if not self._plan.sql.endswith(f" FROM {relation}"):
+                self.close()
                 return []
             with conn.cursor() as cur:
                 cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -106,14 +114,27 @@ class SnapshotPartitioner:
                 assert size_row is not None
                 size, block = int(size_row[0]), int(size_row[1])
         except psycopg.Error as exc:
+            self._end(reusable=False)
             raise translate_error(exc, self._info, table=self._spec.table) from exc
-        return ctid_partitions(self._plan.sql, size, block, parallelism, {"snapshot": snapshot})
+        except BaseException:
+            self._end(reusable=False)
+            raise
+        partitions = ctid_partitions(self._plan.sql, size, block, parallelism, {"snapshot": snapshot})
+        if not partitions:  # read in one piece: the snapshot is not needed, nor the connection
+            self.close()
+        return partitions
 
     def close(self) -> None:
-        """End the coordinating transaction and close its connection; idempotent."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            with contextlib.suppress(Exception):
-                conn.close()
+        """End the coordinating transaction and give its connection back (closed if that failed); idempotent."""
+        self._end(reusable=True)
+
+    def _end(self, *, reusable: bool) -> None:
+        leased, self._lease = self._lease, None
+        if leased is None:
+            return
+        if reusable:
+            try:
+                leased.conn.execute("ROLLBACK")  # autocommit: the explicit BEGIN's transaction ends here
+            except Exception:
+                reusable = False
+        leased.release(reusable=reusable)

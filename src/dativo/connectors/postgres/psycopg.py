@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from dativo.connectors.postgres.base import PlannedPostgresReader
 from dativo.connectors.postgres.connection import import_psycopg
+from dativo.connectors.postgres.pool import Lease, lease_psycopg
 from dativo.connectors.postgres.types import (
     OID_BPCHAR,
     OID_DATE,
@@ -264,24 +265,46 @@ class PsycopgPostgresReader(PlannedPostgresReader):
 
     def __init__(self) -> None:
         self._conn: psycopg.Connection[Any] | None = None
+        self._lease: Lease | None = None
+        self._clean = True  # no read left half-way: the connection may go back to the run's pool
         self._cursor: psycopg.ServerCursor[Any] | None = None
         self._prefetcher: _Prefetcher | None = None
         self._converters: list[Converter] = []
 
     def initialize(self, config: PluginConfig) -> None:
-        """Connect, describe the source and prepare converters; see the class docstring for failures."""
-        self._conn = self.setup_source(config, numeric_as_text=True, keep=True)
+        """Connect, describe the source and prepare converters; see the class docstring for failures.
+
+        The connection is leased from the run's shared connections where streams share them
+        (the one the source was described on, usually) and goes back there at ``close()``
+        only when no read was left half-way.
+        """
+        if not self.shares_connection:
+            self._conn = self.setup_source(config, numeric_as_text=True, keep=True)
+        else:
+            self.setup_source(config, numeric_as_text=True)
+            self._lease = lease_psycopg(self.source()[2])
+            self._conn = self._lease.conn
         self._converters = [_converter(c) for c in self.plan().columns]
 
+    @property
+    def shares_connection(self) -> bool:
+        """Whether the connection comes from the run's shared connections: not for a subclass that keeps
+        session state on it (a change reader's temporary tables and snapshots); that one gets its own."""
+        return not hasattr(self, "begin_changes")
+
     def prepare_connection(self, conn: psycopg.Connection[Any]) -> None:
-        """Load text as str and date/time/uuid values as raw bytes (decoded vectorised by the converters)."""
+        """A connection of the reader's own (``shares_connection`` false) loads as the reader's cursors do."""
         self._register_loaders(conn)
 
     @staticmethod
-    def _register_loaders(conn: psycopg.Connection[Any]) -> None:
+    def _register_loaders(target: psycopg.Connection[Any] | psycopg.ServerCursor[Any]) -> None:
+        """Load text as str and date/time/uuid values as raw bytes (decoded vectorised by the converters).
+
+        ``read_batch`` registers them on its cursor's own adapters, so a shared connection is left as found.
+        """
         from psycopg.types.string import ByteaBinaryLoader, TextBinaryLoader
 
-        adapters = conn.adapters
+        adapters = target.adapters
         for oid in (OID_TEXT, OID_VARCHAR, OID_BPCHAR, OID_NAME):
             adapters.register_loader(oid, TextBinaryLoader)
         # Raw big-endian bytes, decoded vectorised by _finisher (psycopg uses its C version of this loader).
@@ -300,8 +323,10 @@ class PsycopgPostgresReader(PlannedPostgresReader):
             raise SourceError("the PostgreSQL reader is closed")
         psycopg = import_psycopg()
         batch_size = max(1, int(batch_size))
+        self._clean = False
         try:
             cursor = conn.cursor(name=_CURSOR_NAME, binary=True)
+            self._register_loaders(cursor)
             self._cursor = cursor
             cursor.execute(plan.sql.encode())
             width = len(plan.columns) + len(plan.array_columns)
@@ -321,6 +346,7 @@ class PsycopgPostgresReader(PlannedPostgresReader):
                 yield _combine(chunks, plan.schema)
             self._stop_reading()
             conn.rollback()
+            self._clean = True
         except DativoError:
             raise
         except psycopg.Error as exc:
@@ -347,9 +373,12 @@ class PsycopgPostgresReader(PlannedPostgresReader):
                 cursor.close()
 
     def close(self) -> None:
-        """Stop fetching, close the cursor and the connection; idempotent and safe after errors."""
+        """Stop fetching, close the cursor; give the connection back (clean) or close it; idempotent, never raises."""
         self._stop_reading()
         conn, self._conn = self._conn, None
-        if conn is not None:
+        leased, self._lease = self._lease, None
+        if leased is not None:
+            leased.release(reusable=self._clean)
+        elif conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()

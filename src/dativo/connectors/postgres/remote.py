@@ -13,13 +13,13 @@ catalog lookups.
 from __future__ import annotations
 
 import base64
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from dativo.connectors.postgres.connection import build_connection, connect_psycopg, import_psycopg, translate_error
+from dativo.connectors.postgres.connection import build_connection, import_psycopg, translate_error
+from dativo.connectors.postgres.pool import borrow_psycopg
 from dativo.connectors.postgres.types import SourceSpec, describe_source
 
 __all__ = ["plan_source", "source_plan_for_plugin"]
@@ -39,11 +39,11 @@ def source_plan_for_plugin(config: Mapping[str, Any]) -> dict[str, Any]:
     spec = SourceSpec.from_config(config)
     info = build_connection(config.get("connection"))
     psycopg = import_psycopg()
-    with contextlib.closing(connect_psycopg(info)) as pg:
-        try:
+    try:
+        with borrow_psycopg(info) as pg:  # a connection of the run's pool when streams share one
             plan = describe_source(pg, spec, numeric_as_text=True)
-        except psycopg.Error as exc:
-            raise translate_error(exc, info, table=spec.table) from exc
+    except psycopg.Error as exc:
+        raise translate_error(exc, info, table=spec.table) from exc
     columns = []
     for column in plan.columns:
         value_type = column.value_type
