@@ -10,7 +10,8 @@ of tests/test_streams_postgres.py, and times, as a user would run them:
   * single: N ``dativo run tNN.yaml`` processes, one after the other.
 For each run it also records the PostgreSQL sessions the server saw (``pg_stat_database.sessions``
 of the source database, before and after), the most sessions open at once (``pg_stat_activity``,
-sampled every 20 ms) and the CPU time of the dativo process(es) (user + system).
+sampled every 20 ms), the CPU time (user + system) and the exact peak RSS (``wait4``) of the dativo
+process(es) (for N processes, the largest one).
 Prints a Markdown table and writes the figures to benchmarks/results/many_tables.json.
 """
 
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from subprocess import DEVNULL
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -47,18 +49,17 @@ def build(server: PostgresServer, dbname: str, tables: int, rows: int) -> None:
     server.psql("\n".join(sql), dbname=dbname)
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run(args: list[str], cwd: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of one ``dativo`` command."""
-    started, cpu = time.perf_counter(), _children_cpu()
-    result = subprocess.run([sys.executable, "-m", "dativo", *args], cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"dativo {' '.join(args)} failed: {result.stderr}")
-    return time.perf_counter() - started, _children_cpu() - cpu
+def run(args: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB, exact: ``wait4``) of one ``dativo`` command."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "dativo", *args], cwd=cwd, stdout=DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            stderr.seek(0)
+            raise SystemExit(f"dativo {' '.join(args)} failed: {stderr.read().decode(errors='replace')}")
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 class Sessions:
@@ -117,14 +118,20 @@ def main() -> None:
                 f"streams:\n  public.*: {{}}\nengine: {{max_concurrent_streams: {concurrency}}}\n"
             )
             with Sessions(server, dbname) as sessions:
-                wall, cpu = run(["run", "lake.yaml", "--quiet"], folder)
+                wall, cpu, rss = run(["run", "lake.yaml", "--quiet"], folder)
             name = f"one process, {opts.tables} streams, {concurrency} at a time"
-            figures[name] = {"wall_s": wall, "cpu_s": cpu, "sessions": sessions.opened, "peak": sessions.peak}
+            figures[name] = {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "peak_rss_mb": rss,
+                "sessions": sessions.opened,
+                "peak": sessions.peak,
+            }
             print(f"{name}: {figures[name]}", file=sys.stderr)
         if not opts.streams_only:
             folder = work / "single"
             folder.mkdir()
-            wall = cpu = 0.0
+            wall = cpu = rss = 0.0
             with Sessions(server, dbname) as sessions:
                 for index in range(opts.tables):
                     (folder / f"t{index:02d}.yaml").write_text(
@@ -133,9 +140,15 @@ def main() -> None:
                         f"target: {{connector: iceberg, table: raw.t{index:02d}}}\n"
                     )
                     one = run(["run", f"t{index:02d}.yaml", "--quiet"], folder)
-                    wall, cpu = wall + one[0], cpu + one[1]
+                    wall, cpu, rss = wall + one[0], cpu + one[1], max(rss, one[2])
             name = f"{opts.tables} processes, one table each"
-            figures[name] = {"wall_s": wall, "cpu_s": cpu, "sessions": sessions.opened, "peak": sessions.peak}
+            figures[name] = {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "peak_rss_mb": rss,
+                "sessions": sessions.opened,
+                "peak": sessions.peak,
+            }
             print(f"{name}: {figures[name]}", file=sys.stderr)
     report = {
         "tables": opts.tables,
@@ -146,10 +159,14 @@ def main() -> None:
     }
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| run ({opts.tables} tables x {opts.rows:,} rows) | wall time | CPU time | sessions | peak open |")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"| run ({opts.tables} tables x {opts.rows:,} rows) | wall time | CPU time | peak RSS ", end="")
+    print("| sessions | peak open |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, f in figures.items():
-        print(f"| {name} | {f['wall_s']:.1f} s | {f['cpu_s']:.1f} s | {f['sessions']:.0f} | {f['peak']:.0f} |")
+        print(
+            f"| {name} | {f['wall_s']:.1f} s | {f['cpu_s']:.1f} s | {f['peak_rss_mb']:.0f} MB | "
+            f"{f['sessions']:.0f} | {f['peak']:.0f} |"
+        )
 
 
 if __name__ == "__main__":
