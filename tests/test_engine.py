@@ -303,6 +303,9 @@ def test_interrupt_aborts_and_removes_staged_files(tmp_path, sig):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python keeps an
+        # ignored SIGINT ignored: give the child the disposition a terminal user's dativo has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Wait until the engine has taken 10 batches: with a queue of 4, the writer holds some.
     deadline = time.monotonic() + 60
