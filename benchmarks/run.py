@@ -1191,7 +1191,7 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
                 "1.00" if v.role == "floor" else _fmt(s["median_ratio_to_floor"], ".2f"),
                 _fmt(_ratio_to(result["summary"], v, "adbc"), ".2f"),
                 rss,
-                _fmt(s["rows_per_s"], ",.0f"),
+                "-" if v.role == "startup" else _fmt(s["rows_per_s"], ",.0f"),
                 _fmt(s["median_cpu_s"], ".2f"),
                 _fmt(s["median_engine_s"], ".2f"),
             ]
