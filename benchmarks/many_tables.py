@@ -62,6 +62,10 @@ def run(args: list[str], cwd: Path) -> tuple[float, float, float]:
     return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def _figures(wall: float, cpu: float, rss: float, sessions: Sessions) -> dict[str, float]:
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss, "sessions": sessions.opened, "peak": sessions.peak}
+
+
 class Sessions:
     """Sessions of database ``dbname`` as the server counts them: total opened, and the peak open at once."""
 
@@ -120,13 +124,7 @@ def main() -> None:
             with Sessions(server, dbname) as sessions:
                 wall, cpu, rss = run(["run", "lake.yaml", "--quiet"], folder)
             name = f"one process, {opts.tables} streams, {concurrency} at a time"
-            figures[name] = {
-                "wall_s": wall,
-                "cpu_s": cpu,
-                "peak_rss_mb": rss,
-                "sessions": sessions.opened,
-                "peak": sessions.peak,
-            }
+            figures[name] = _figures(wall, cpu, rss, sessions)
             print(f"{name}: {figures[name]}", file=sys.stderr)
         if not opts.streams_only:
             folder = work / "single"
@@ -142,13 +140,7 @@ def main() -> None:
                     one = run(["run", f"t{index:02d}.yaml", "--quiet"], folder)
                     wall, cpu, rss = wall + one[0], cpu + one[1], max(rss, one[2])
             name = f"{opts.tables} processes, one table each"
-            figures[name] = {
-                "wall_s": wall,
-                "cpu_s": cpu,
-                "peak_rss_mb": rss,
-                "sessions": sessions.opened,
-                "peak": sessions.peak,
-            }
+            figures[name] = _figures(wall, cpu, rss, sessions)
             print(f"{name}: {figures[name]}", file=sys.stderr)
     report = {
         "tables": opts.tables,

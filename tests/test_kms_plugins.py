@@ -22,6 +22,7 @@ from dativo.errors import ConfigError, PluginError
 from dativo.targets.encrypted_parquet import read_encrypted
 
 from support.cli import assert_one_line_error, dativo
+from support.fake_dist import fake_distribution
 
 #: A third party's KMS client: wraps with a per-master-key XOR pad and binds the context (refusing another),
 #: like aws-kms: what the caller expects must match what the key was wrapped under.
@@ -62,15 +63,15 @@ PADS = {"footer_key": "5a" * 16, "phi_key": "a5c3" * 8}
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """A site dir on sys.path with the distribution 'pad-kms' registering KMS clients through entry points."""
-    root = tmp_path / "site"
-    root.mkdir()
-    (root / "pad_kms.py").write_text(CLIENT)
-    (root / "broken_kms.py").write_text("raise ImportError('needs a vendor SDK that is not installed')\n")
-    dist = root / "pad_kms-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pad-kms\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[dativo.kms]\npad = pad_kms:PadKms\nbroken = broken_kms:Client\nnot-a-client = pad_kms:NotAClient\n"
+    root = fake_distribution(
+        tmp_path / "site",
+        "pad-kms",
+        "0.1",
+        {"dativo.kms": {"pad": "pad_kms:PadKms", "broken": "broken_kms:Client", "not-a-client": "pad_kms:NotAClient"}},
+        {
+            "pad_kms.py": CLIENT,
+            "broken_kms.py": "raise ImportError('needs a vendor SDK that is not installed')\n",
+        },
     )
     monkeypatch.syspath_prepend(str(root))
     yield root

@@ -11,6 +11,7 @@ import pytest
 from dativo.sdk import SDK_API_VERSION
 
 from support.cli import dativo
+from support.fake_dist import fake_distribution
 
 PACKAGE = """
 from dativo.encryption.kms import KmsClient
@@ -56,18 +57,18 @@ def host_writer(plan):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding an installed distribution with a plugin in every group, and one that cannot load."""
-    root = tmp_path_factory.mktemp("acme-site")
-    (root / "acme_plugins.py").write_text(PACKAGE)
-    dist = root / "acme_plugins-0.2.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugins\nVersion: 0.2\n")
-    (dist / "entry_points.txt").write_text(
-        "[dativo.readers]\nacme-reader = acme_plugins:AcmeReader\n"
-        "[dativo.connectors]\nacme = acme_plugins:CONNECTOR\n"
-        "[dativo.runtimes]\nacme-runtime = acme_plugins\n"
-        "[dativo.kms]\nacme-kms = acme_plugins:AcmeKms\nacme-broken = acme_missing_module:Kms\n"
+    return fake_distribution(
+        tmp_path_factory.mktemp("acme-site"),
+        "acme-plugins",
+        "0.2",
+        {
+            "dativo.readers": {"acme-reader": "acme_plugins:AcmeReader"},
+            "dativo.connectors": {"acme": "acme_plugins:CONNECTOR"},
+            "dativo.runtimes": {"acme-runtime": "acme_plugins"},
+            "dativo.kms": {"acme-kms": "acme_plugins:AcmeKms", "acme-broken": "acme_missing_module:Kms"},
+        },
+        {"acme_plugins.py": PACKAGE},
     )
-    return root
 
 
 def listing(site: Path) -> dict[tuple[str, str], dict[str, object]]:

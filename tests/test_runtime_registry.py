@@ -18,6 +18,7 @@ from dativo.engine.plan import build_plan
 from dativo.errors import ConfigError, PluginError
 
 from support.cli import assert_one_line_error, dativo
+from support.fake_dist import fake_distribution
 
 SUPPORT = Path(__file__).parent / "support" / "plugins.py"
 
@@ -53,19 +54,22 @@ def host_writer(plan):
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """A site dir on sys.path holding a distribution that registers runtimes through entry points."""
-    root = tmp_path / "site"
-    (root / "recording_runtime").mkdir(parents=True)
-    (root / "recording_runtime" / "__init__.py").write_text(RUNTIME)
-    (root / "broken_runtime.py").write_text("raise ImportError('needs a library that is not installed')\n")
-    (root / "not_a_runtime.py").write_text("thing = object()\n")
-    dist = root / "recording_runtime-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: recording-runtime\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[dativo.runtimes]\n"
-        "recording = recording_runtime\n"
-        "broken = broken_runtime\n"
-        "not-a-runtime = not_a_runtime:thing\n"
+    root = fake_distribution(
+        tmp_path / "site",
+        "recording-runtime",
+        "0.1",
+        {
+            "dativo.runtimes": {
+                "recording": "recording_runtime",
+                "broken": "broken_runtime",
+                "not-a-runtime": "not_a_runtime:thing",
+            }
+        },
+        {
+            "recording_runtime/__init__.py": RUNTIME,
+            "broken_runtime.py": "raise ImportError('needs a library that is not installed')\n",
+            "not_a_runtime.py": "thing = object()\n",
+        },
     )
     monkeypatch.syspath_prepend(str(root))
     yield root
