@@ -550,8 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     scheme = "grpc+tls" if tls else "grpc"
     server = PluginFlightServer(plugin_cls, f"{scheme}://{args.host}:{args.port}", tls_certificates=tls, token=token)
     print(f"serving {args.implementation} on {scheme}://{args.host}:{server.port}", file=sys.stderr, flush=True)
-    server.serve()
-    return 0
+    server.serve()  # returns on SIGINT/SIGTERM (pyarrow serves with signals) or shutdown()
+    server.sessions.close_all()
+    # As for process plugins: skip interpreter finalization, so gRPC's and native drivers' threads
+    # cannot hold up the exit a scheduler's SIGTERM asked for.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _resolve(implementation: str, kind: str | None) -> type:
