@@ -44,8 +44,9 @@ class ProcessChanges:
     _changing: bool
     _owner: tuple[ProcessReader, int] | None
 
-    def _read(self, batch_size: int, schema: pa.Schema, member: int | None) -> Iterator[pa.RecordBatch]:
-        raise NotImplementedError  # ProcessReader's
+    if TYPE_CHECKING:  # provided by ProcessReader, which this class is mixed into
+
+        def _read(self, batch_size: int, schema: pa.Schema, member: int | None) -> Iterator[pa.RecordBatch]: ...
 
     def _capabilities(self) -> list[Any]:
         capabilities = self._proc.hello.get("capabilities") if self._proc is not None else None
