@@ -8,7 +8,7 @@ entry-point groups, and hosts them in a runtime: in process, as a subprocess
 over Arrow IPC, or behind Arrow Flight.
 
 Optional abilities are small opt-in interfaces (:class:`IncrementalReader`, :class:`ChangeReader`,
-:class:`PartitionedReader`, :class:`StatefulWriter`, :class:`DescribesTargetTypes`),
+:class:`PartitionedReader`, :class:`StatefulWriter`, :class:`StagingWriter`, :class:`DescribesTargetTypes`),
 never methods every plugin must carry.
 """
 
@@ -41,6 +41,7 @@ __all__ = [
     "PartitionedReader",
     "PluginConfig",
     "ReadPartition",
+    "StagingWriter",
     "StatefulWriter",
     "WriteMode",
     "fault_hook",
@@ -386,5 +387,64 @@ class ChangeReader(Protocol):
 
         Raise only for a failure worth reporting: the data is committed, and an unconfirmed
         position is confirmed again by the next run.
+        """
+        ...
+
+
+@runtime_checkable
+class StagingWriter(Protocol):
+    """Opt-in for writers (SDK 1.5): write partitions in other processes or on other machines, publish once.
+
+    A distributed executor (``engine.executor: ray``) uses it; a writer without it
+    cannot run there, and ``dativo validate`` says so. The sequence is:
+
+    1. **driver**: ``initialize(config)``, ``prepare(schema)`` (and ``load_state`` for
+       a :class:`StatefulWriter`), then :meth:`staging_plan`;
+    2. **each partition, on a worker**: a fresh instance of the same class gets
+       ``initialize(config)`` (the same config, the same ``job.run_id``), then
+       :meth:`stage_partition` with the driver's plan, then ``close()``. A partition
+       may be attempted more than once (a worker died, a node left); every attempt
+       has its own ``key``;
+    3. **driver**: ``stage_state(state)`` for a :class:`StatefulWriter`, then
+       :meth:`commit_staged` with the descriptions of exactly one attempt per
+       partition, or ``abort()`` if anything failed; then ``close()``.
+
+    Nothing staged may be visible to readers of the target before
+    :meth:`commit_staged` returns. ``abort()`` on the driver removes every file staged
+    for this run, including those of attempts whose description never came back
+    (they are found by the run id in their names); :meth:`commit_staged` removes
+    those of attempts it did not commit.
+    """
+
+    def staging_plan(self) -> Mapping[str, Any]:
+        """On the driver, after ``prepare``: what every worker needs to stage files the driver can commit.
+
+        For example the target's schema with its field ids, the partition spec, the
+        staging location. Must be picklable (plain values, bytes, Arrow schemas) and
+        small: it is sent to every task. Must hold no secret in plain text.
+        """
+        ...
+
+    def stage_partition(
+        self, plan: Mapping[str, Any], key: str, batches: Iterator[pa.RecordBatch]
+    ) -> Mapping[str, Any]:
+        """On a worker: write ``batches`` as files invisible to the target's readers; describe them.
+
+        ``key`` is unique to this run, partition and attempt (e.g. ``<run_id>-p0007-a2``)
+        and must appear in every staged file's name. Return a small picklable
+        description of what was written, with at least ``rows`` (int), ``bytes`` (int,
+        on storage) and ``files`` (list of paths); per-file sizes, row counts and column
+        statistics may follow. Raise a :class:`dativo.DativoError` subclass on failure
+        (``transient`` when a retry may succeed); files written before the failure may
+        be left for ``abort`` or :meth:`commit_staged` to remove.
+        """
+        ...
+
+    def commit_staged(self, staged: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """On the driver: publish exactly the files described by ``staged`` in one atomic step.
+
+        Returns metadata like :meth:`DataWriter.finalize` (``rows``, ``files``,
+        ``bytes``, ``snapshot_id``); the state given to ``stage_state`` is committed in
+        the same step. If publishing fails, raise: the engine then calls ``abort()``.
         """
         ...
