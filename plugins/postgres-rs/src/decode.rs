@@ -46,7 +46,10 @@ impl NativeError {
 impl From<postgres::Error> for NativeError {
     fn from(e: postgres::Error) -> Self {
         if let Some(db) = e.as_db_error() {
-            return NativeError::Server { sqlstate: Some(db.code().code().to_string()), message: db.message().to_string() };
+            return NativeError::Server {
+                sqlstate: Some(db.code().code().to_string()),
+                message: db.message().to_string(),
+            };
         }
         let mut message = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -191,8 +194,14 @@ struct ValueBuilder {
     precision: u8,
     scale: i8,
     values: Values,
-    validity: BooleanBufferBuilder,
-    nulls: usize,
+    /// Created at the first NULL of a batch (backfilled with `true`): a column without NULLs
+    /// pays no validity bit per value.
+    validity: Option<BooleanBufferBuilder>,
+    /// Values (NULLs included) in the current batch.
+    len: usize,
+    /// Room to reserve at the start of the next batch: the last batch's values and bytes plus 1/8.
+    reserve_values: usize,
+    reserve_bytes: usize,
 }
 
 impl ValueBuilder {
@@ -217,8 +226,31 @@ impl ValueBuilder {
             precision: spec.precision,
             scale: spec.scale,
             values,
-            validity: BooleanBufferBuilder::new(capacity),
-            nulls: 0,
+            validity: None,
+            len: 0,
+            reserve_values: 0,
+            reserve_bytes: 0,
+        }
+    }
+
+    /// Pre-size the buffers for a batch like the last one, so they do not grow by doubling and
+    /// copying. Called when a batch starts (not when the last one is finished: by then the
+    /// consumer has taken that batch, and its buffers can be freed before these fill up).
+    fn reserve(&mut self) {
+        let n = std::mem::take(&mut self.reserve_values);
+        match &mut self.values {
+            Values::I16(v) => v.reserve(n),
+            Values::I32(v) => v.reserve(n),
+            Values::I64(v) => v.reserve(n),
+            Values::F32(v) => v.reserve(n),
+            Values::F64(v) => v.reserve(n),
+            Values::Dec(v) => v.reserve(n),
+            Values::Bool(b) => b.reserve(n),
+            Values::Bytes { offsets, data } => {
+                offsets.reserve(n);
+                data.reserve(std::mem::take(&mut self.reserve_bytes));
+            }
+            Values::Fixed(v) => v.reserve(n * 16),
         }
     }
 
@@ -237,8 +269,15 @@ impl ValueBuilder {
     }
 
     fn push_null(&mut self) {
-        self.validity.append(false);
-        self.nulls += 1;
+        let len = self.len;
+        self.validity
+            .get_or_insert_with(|| {
+                let mut v = BooleanBufferBuilder::new(len.max(1024) * 2);
+                v.append_n(len, true);
+                v
+            })
+            .append(false);
+        self.len += 1;
         match &mut self.values {
             Values::I16(v) => v.push(0),
             Values::I32(v) => v.push(0),
@@ -253,8 +292,12 @@ impl ValueBuilder {
     }
 
     /// Append one non-NULL value from its binary form; Err(kind, detail) for a value Arrow cannot hold.
+    #[inline]
     fn push(&mut self, b: &[u8]) -> Result<(), (&'static str, String)> {
-        self.validity.append(true);
+        if let Some(v) = &mut self.validity {
+            v.append(true);
+        }
+        self.len += 1;
         let bad_len = || ("protocol", format!("unexpected {}-byte value", b.len()));
         match (&mut self.values, self.kind) {
             (Values::I16(v), _) => v.push(i16::from_be_bytes(b.try_into().map_err(|_| bad_len())?)),
@@ -277,7 +320,8 @@ impl ValueBuilder {
             (Values::Bool(bb), _) => bb.append(b.first().copied().ok_or_else(bad_len)? != 0),
             (Values::Bytes { offsets, data }, _) => {
                 data.extend_from_slice(b);
-                let end = i32::try_from(data.len()).map_err(|_| ("protocol", "more than 2 GiB of text in one batch".to_string()))?;
+                let end = i32::try_from(data.len())
+                    .map_err(|_| ("protocol", "more than 2 GiB of text in one batch".to_string()))?;
                 offsets.push(end);
             }
             (Values::Fixed(v), _) => {
@@ -291,15 +335,15 @@ impl ValueBuilder {
     }
 
     fn len(&self) -> usize {
-        self.validity.len()
+        self.len
     }
 
+    /// The finished array; the builder starts the next batch with buffers pre-sized to this one's
+    /// (plus 1/8), so a batch does not grow its buffers by doubling and copying.
     fn finish(&mut self, field: &Field) -> Result<ArrayRef, NativeError> {
-        let len = self.len();
-        let validity = std::mem::replace(&mut self.validity, BooleanBufferBuilder::new(len));
-        let nulls = if self.nulls > 0 { Some(NullBuffer::new(validity.finish_cloned())) } else { None };
-        let _ = validity;
-        self.nulls = 0;
+        let len = std::mem::take(&mut self.len);
+        let nulls = self.validity.take().map(|mut v| NullBuffer::new(v.finish()));
+        self.reserve_values = len + len / 8;
         let err = |e: arrow_schema::ArrowError| NativeError::protocol(format!("column {}: {e}", field.name()));
         let array: ArrayRef = match (&mut self.values, self.kind) {
             (Values::I16(v), _) => Arc::new(Int16Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
@@ -322,9 +366,13 @@ impl ValueBuilder {
                     .with_precision_and_scale(self.precision, self.scale)
                     .map_err(err)?,
             ),
-            (Values::Bool(bb), _) => Arc::new(BooleanArray::new(bb.finish(), nulls)),
+            (Values::Bool(bb), _) => {
+                let mut values = std::mem::replace(bb, BooleanBufferBuilder::new(0));
+                Arc::new(BooleanArray::new(values.finish(), nulls))
+            }
             (Values::Bytes { offsets, data }, kind) => {
                 let offs = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                self.reserve_bytes = data.len() + data.len() / 8;
                 let values = Buffer::from_vec(std::mem::take(data));
                 if kind == Kind::Text {
                     Arc::new(StringArray::try_new(offs, values, nulls).map_err(err)?)
@@ -333,7 +381,8 @@ impl ValueBuilder {
                 }
             }
             (Values::Fixed(v), _) => {
-                Arc::new(FixedSizeBinaryArray::try_new(16, Buffer::from_vec(std::mem::take(v)), nulls).map_err(err)?)
+                let values = Buffer::from_vec(std::mem::take(v));
+                Arc::new(FixedSizeBinaryArray::try_new(16, values, nulls).map_err(err)?)
             }
         };
         Ok(array)
@@ -418,6 +467,10 @@ impl ColumnBuilder {
 
     fn nbytes(&self) -> usize {
         self.values.nbytes() + self.list.as_ref().map_or(0, |l| l.offsets.len() * 4)
+    }
+
+    fn reserve(&mut self) {
+        self.values.reserve();
     }
 
     fn finish(&mut self) -> Result<ArrayRef, NativeError> {
@@ -526,21 +579,11 @@ impl<R: BufRead> Decoder<R> {
         Ok(())
     }
 
-    /// Length of the complete tuple at `pos`, or None when more bytes are needed.
-    fn tuple_len(&self, nfields: usize) -> Option<usize> {
-        let b = &self.buf[self.pos..];
-        let mut p = 2;
-        for _ in 0..nfields {
-            let len = read_i32(b, p)?;
-            p += 4;
-            if len > 0 {
-                p += len as usize;
-            }
-        }
-        (p <= b.len()).then_some(p)
-    }
-
     /// The next batch of up to `batch_size` rows; None after the last one.
+    ///
+    /// Each CopyData message the server sends holds one tuple: while nothing is left over in the
+    /// parse buffer, tuples are decoded straight from the message (no copy); a tuple split across
+    /// messages (and the header) goes through the parse buffer.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, NativeError> {
         if self.finished {
             return Ok(None);
@@ -548,52 +591,76 @@ impl<R: BufRead> Decoder<R> {
         if !self.header_done {
             self.header()?;
         }
-        let ncols = self.specs.len();
-        let expected = ncols + self.skip;
+        let expected = self.specs.len() + self.skip;
+        if std::env::var_os("DATIVO_RS_NORESERVE").is_none() {
+            self.builders.iter_mut().for_each(ColumnBuilder::reserve);
+        }
         let mut rows = 0usize;
-        while rows < self.batch_size {
+        let mut full = false;
+        while rows < self.batch_size && !full && !self.finished {
+            if self.pos == self.buf.len() && !self.eof {
+                let chunk = loop {
+                    match self.reader.fill_buf() {
+                        Ok(c) => break c,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                if chunk.is_empty() {
+                    self.eof = true;
+                    continue;
+                }
+                let mut used = 0usize;
+                while rows < self.batch_size && !full {
+                    let rest = &chunk[used..];
+                    let Some(nfields) = read_i16(rest, 0) else { break };
+                    if nfields == -1 {
+                        self.finished = true;
+                        used += 2;
+                        break;
+                    }
+                    check_fields(nfields, expected)?;
+                    let Some(total) = tuple_len(rest, expected) else { break };
+                    decode_row(&mut self.builders, &rest[..total])?;
+                    used += total;
+                    rows += 1;
+                    full = rows % 1024 == 0 && batch_full(&self.builders);
+                }
+                let partial = used < chunk.len() && rows < self.batch_size && !full && !self.finished;
+                self.reader.consume(used);
+                if !partial {
+                    continue;
+                }
+            }
+            // Slow path: one tuple through the parse buffer.
             if !self.fill(2)? {
                 return Err(NativeError::protocol("the COPY stream ended without its trailer"));
             }
             let nfields = read_i16(&self.buf, self.pos).expect("2 bytes");
             if nfields == -1 {
+                self.pos += 2;
                 self.finished = true;
                 break;
             }
-            if nfields as usize != expected {
-                return Err(NativeError::protocol(format!("a row has {nfields} fields, expected {expected}")));
-            }
+            check_fields(nfields, expected)?;
             let total = loop {
-                if let Some(t) = self.tuple_len(expected) {
+                if let Some(t) = tuple_len(&self.buf[self.pos..], expected) {
                     break t;
                 }
                 let have = self.buf.len() - self.pos;
-                if !self.fill(have + 1)? && self.tuple_len(expected).is_none() {
+                if !self.fill(have + 1)? && tuple_len(&self.buf[self.pos..], expected).is_none() {
                     return Err(NativeError::protocol("the COPY stream ended in the middle of a row"));
                 }
             };
-            let row = &self.buf[self.pos..self.pos + total];
-            let mut p = 2;
-            for (i, builder) in self.builders.iter_mut().enumerate() {
-                let len = read_i32(row, p).expect("checked");
-                p += 4;
-                if len < 0 {
-                    builder.push_null();
-                } else {
-                    let end = p + len as usize;
-                    builder
-                        .push(&row[p..end])
-                        .map_err(|(kind, detail)| NativeError::Decode { kind, column: i, detail })?;
-                    p = end;
-                }
-            }
+            decode_row(&mut self.builders, &self.buf[self.pos..self.pos + total])?;
             self.pos += total;
             rows += 1;
-            if rows % 1024 == 0 && self.builders.iter().map(ColumnBuilder::nbytes).sum::<usize>() >= MAX_BATCH_BYTES {
-                break;
-            }
+            full = rows % 1024 == 0 && batch_full(&self.builders);
         }
         if rows == 0 {
+            if !self.finished {
+                return Err(NativeError::protocol("the COPY stream ended without its trailer"));
+            }
             return Ok(None);
         }
         let columns = self.builders.iter_mut().map(ColumnBuilder::finish).collect::<Result<Vec<_>, _>>()?;
@@ -604,5 +671,176 @@ impl<R: BufRead> Decoder<R> {
         )
         .map_err(|e| NativeError::protocol(format!("cannot assemble the batch: {e}")))?;
         Ok(Some(batch))
+    }
+}
+
+fn check_fields(nfields: i16, expected: usize) -> Result<(), NativeError> {
+    if nfields < 0 || nfields as usize != expected {
+        return Err(NativeError::protocol(format!("a row has {nfields} fields, expected {expected}")));
+    }
+    Ok(())
+}
+
+/// Length of the complete tuple at the start of `b` (field count included), or None when more bytes are needed.
+#[inline]
+fn tuple_len(b: &[u8], nfields: usize) -> Option<usize> {
+    let mut p = 2;
+    for _ in 0..nfields {
+        let len = read_i32(b, p)?;
+        p += 4;
+        if len > 0 {
+            p += len as usize;
+        }
+    }
+    (p <= b.len()).then_some(p)
+}
+
+/// Append one complete tuple (as measured by `tuple_len`); trailing skipped fields are not read.
+#[inline]
+fn decode_row(builders: &mut [ColumnBuilder], row: &[u8]) -> Result<(), NativeError> {
+    let mut p = 2;
+    for (i, builder) in builders.iter_mut().enumerate() {
+        let len = read_i32(row, p).expect("checked");
+        p += 4;
+        if len < 0 {
+            builder.push_null();
+        } else {
+            let end = p + len as usize;
+            builder.push(&row[p..end]).map_err(|(kind, detail)| NativeError::Decode { kind, column: i, detail })?;
+            p = end;
+        }
+    }
+    Ok(())
+}
+
+/// The batch's buffers hold MAX_BATCH_BYTES: cut it here whatever the row count.
+fn batch_full(builders: &[ColumnBuilder]) -> bool {
+    builders.iter().map(ColumnBuilder::nbytes).sum::<usize>() >= MAX_BATCH_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type};
+    use arrow_array::Array;
+
+    /// A BufRead that hands out the stream in the given pieces, like CopyOutReader hands out CopyData messages.
+    struct Pieces {
+        parts: Vec<Vec<u8>>,
+        i: usize,
+        off: usize,
+    }
+
+    impl std::io::Read for Pieces {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = std::io::BufRead::fill_buf(self)?.len().min(out.len());
+            out[..n].copy_from_slice(&self.parts[self.i][self.off..self.off + n]);
+            std::io::BufRead::consume(self, n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Pieces {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            while self.i < self.parts.len() && self.off == self.parts[self.i].len() {
+                self.i += 1;
+                self.off = 0;
+            }
+            Ok(self.parts.get(self.i).map_or(&[][..], |p| &p[self.off..]))
+        }
+        fn consume(&mut self, n: usize) {
+            self.off += n;
+        }
+    }
+
+    fn header() -> Vec<u8> {
+        let mut b = SIGNATURE.to_vec();
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b
+    }
+
+    /// Row i: (id int8 = i, name text = "n{i}", maybe int4 = NULL every third row), plus one skipped field.
+    fn row(i: i64) -> Vec<u8> {
+        let mut b = 4i16.to_be_bytes().to_vec();
+        b.extend_from_slice(&8i32.to_be_bytes());
+        b.extend_from_slice(&i.to_be_bytes());
+        let name = format!("n{i}");
+        b.extend_from_slice(&(name.len() as i32).to_be_bytes());
+        b.extend_from_slice(name.as_bytes());
+        if i % 3 == 0 {
+            b.extend_from_slice(&(-1i32).to_be_bytes());
+        } else {
+            b.extend_from_slice(&4i32.to_be_bytes());
+            b.extend_from_slice(&(i as i32).to_be_bytes());
+        }
+        b.extend_from_slice(&1i32.to_be_bytes());
+        b.push(1);
+        b
+    }
+
+    fn specs() -> Vec<ColumnSpec> {
+        vec![
+            ColumnSpec::new("id".into(), "int64", false, 0, 0).unwrap(),
+            ColumnSpec::new("name".into(), "text", false, 0, 0).unwrap(),
+            ColumnSpec::new("maybe".into(), "int32", false, 0, 0).unwrap(),
+        ]
+    }
+
+    fn decode_all(parts: Vec<Vec<u8>>, batch_size: usize) -> Result<Vec<RecordBatch>, String> {
+        let mut d = Decoder::new(Pieces { parts, i: 0, off: 0 }, specs(), 1, batch_size);
+        let mut out = Vec::new();
+        loop {
+            match d.next_batch() {
+                Ok(Some(b)) => out.push(b),
+                Ok(None) => return Ok(out),
+                Err(NativeError::Decode { detail, .. }) | Err(NativeError::Server { message: detail, .. }) => {
+                    return Err(detail)
+                }
+            }
+        }
+    }
+
+    fn check(batches: &[RecordBatch], n: i64) {
+        let mut next = 0i64;
+        for b in batches {
+            let ids = b.column(0).as_primitive::<Int64Type>();
+            let names = b.column(1).as_string::<i32>();
+            let maybe = b.column(2).as_primitive::<Int32Type>();
+            for r in 0..b.num_rows() {
+                assert_eq!(ids.value(r), next);
+                assert_eq!(names.value(r), format!("n{next}"));
+                assert_eq!(maybe.is_null(r), next % 3 == 0, "row {next}");
+                if next % 3 != 0 {
+                    assert_eq!(maybe.value(r), next as i32);
+                }
+                next += 1;
+            }
+        }
+        assert_eq!(next, n);
+    }
+
+    #[test]
+    fn one_message_per_tuple_and_split_tuples_decode_alike() {
+        let n = 2500i64;
+        let rows: Vec<Vec<u8>> = (0..n).map(row).collect();
+        let trailer = (-1i16).to_be_bytes().to_vec();
+        // As the server sends it: header with the first tuple, then one message per tuple, trailer alone.
+        let mut parts = vec![[header(), rows[0].clone()].concat()];
+        parts.extend(rows[1..].iter().cloned());
+        parts.push(trailer.clone());
+        let batches = decode_all(parts, 1000).unwrap();
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+        check(&batches, n);
+        // The same bytes cut at every 7th byte: tuples span pieces; several tuples share one.
+        let stream = [header(), rows.concat(), trailer.clone()].concat();
+        for size in [1usize, 7, 600, 4096] {
+            let parts = stream.chunks(size).map(<[u8]>::to_vec).collect();
+            check(&decode_all(parts, 777).unwrap(), n);
+        }
+        // A truncated stream is an error, not a short result.
+        let cut = stream[..stream.len() - 9].chunks(64).map(<[u8]>::to_vec).collect();
+        assert!(decode_all(cut, 777).unwrap_err().contains("ended"));
     }
 }

@@ -37,8 +37,18 @@ use tls::{ConnectFailure, Connector};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-create_exception!(_native, ServerError, PyException, "An error reported by PostgreSQL or the connection: args (sqlstate or None, message).");
-create_exception!(_native, DecodeError, PyException, "A value the Arrow type cannot hold: args (kind, column index, detail).");
+create_exception!(
+    _native,
+    ServerError,
+    PyException,
+    "An error reported by PostgreSQL or the connection: args (sqlstate or None, message)."
+);
+create_exception!(
+    _native,
+    DecodeError,
+    PyException,
+    "A value the Arrow type cannot hold: args (kind, column index, detail)."
+);
 
 fn to_py(err: NativeError) -> PyErr {
     match err {
@@ -319,10 +329,7 @@ impl ArrowBatch {
         requested_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let _ = requested_schema; // the canonical schema is the only one offered
-        let batch = self
-            .batch
-            .take()
-            .ok_or_else(|| PyValueError::new_err("this Arrow batch was already exported"))?;
+        let batch = self.batch.take().ok_or_else(|| PyValueError::new_err("this Arrow batch was already exported"))?;
         let fields = batch.schema().fields().clone();
         let array = StructArray::from(batch);
         let schema = FFI_ArrowSchema::try_from(&DataType::Struct(fields))

@@ -41,9 +41,9 @@ impl SslMode {
             "require" => Ok(SslMode::Require),
             "verify-ca" => Ok(SslMode::VerifyCa),
             "verify-full" => Ok(SslMode::VerifyFull),
-            other => Err(format!(
-                "sslmode '{other}' is not one of disable, allow, prefer, require, verify-ca, verify-full"
-            )),
+            other => {
+                Err(format!("sslmode '{other}' is not one of disable, allow, prefer, require, verify-ca, verify-full"))
+            }
         }
     }
 
@@ -366,7 +366,8 @@ mod tests {
     #[test]
     fn tls_keys_are_split_out_and_quoting_survives() {
         let (rest, tls) =
-            split_conninfo("host='db' password='it\\'s \\\\ x' sslmode='verify-full' sslrootcert='/a b/ca.pem'").unwrap();
+            split_conninfo("host='db' password='it\\'s \\\\ x' sslmode='verify-full' sslrootcert='/a b/ca.pem'")
+                .unwrap();
         assert_eq!(rest, "host='db' password='it\\'s \\\\ x'");
         assert_eq!(tls.mode, SslMode::VerifyFull);
         assert_eq!(tls.root_cert.as_deref(), Some("/a b/ca.pem"));
