@@ -592,9 +592,7 @@ impl<R: BufRead> Decoder<R> {
             self.header()?;
         }
         let expected = self.specs.len() + self.skip;
-        if std::env::var_os("DATIVO_RS_NORESERVE").is_none() {
-            self.builders.iter_mut().for_each(ColumnBuilder::reserve);
-        }
+        self.builders.iter_mut().for_each(ColumnBuilder::reserve);
         let mut rows = 0usize;
         let mut full = false;
         while rows < self.batch_size && !full && !self.finished {
@@ -624,7 +622,7 @@ impl<R: BufRead> Decoder<R> {
                     decode_row(&mut self.builders, &rest[..total])?;
                     used += total;
                     rows += 1;
-                    full = rows % 1024 == 0 && batch_full(&self.builders);
+                    full = rows & 1023 == 0 && batch_full(&self.builders);
                 }
                 let partial = used < chunk.len() && rows < self.batch_size && !full && !self.finished;
                 self.reader.consume(used);
@@ -655,7 +653,7 @@ impl<R: BufRead> Decoder<R> {
             decode_row(&mut self.builders, &self.buf[self.pos..self.pos + total])?;
             self.pos += total;
             rows += 1;
-            full = rows % 1024 == 0 && batch_full(&self.builders);
+            full = rows & 1023 == 0 && batch_full(&self.builders);
         }
         if rows == 0 {
             if !self.finished {
