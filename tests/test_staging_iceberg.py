@@ -363,3 +363,16 @@ def test_merge_last_wins_resolves_duplicates_across_partitions_in_partition_orde
     names = [row["name"] for row in contents(table)[50:60]]
     assert names == [f"second {i}" for i in range(50, 55)] + [f"third {i}" for i in range(55, 60)]
     assert stored(table) >= referenced(table) and not [p for p in stored(table) if "keys-" in p]
+
+
+def test_merge_on_a_text_key_with_an_empty_partition(workers: ProcessPoolExecutor, tmp_path: Path) -> None:
+    name = f"staged_{uuid.uuid4().hex[:8]}.orders"
+    staged_run(workers, REF, config_for({}, tmp_path, name), [rows(0, 30)])
+    merge = config_for({}, tmp_path, name, "merge", merge={"keys": ["name"]})
+    staged_run(workers, REF, merge, [rows(10, 5, extra={"amount": [0.0] * 5}), rows(0, 0), rows(100, 2)])
+    table = embedded_catalog(tmp_path).load_table(name)
+    expected = {row["name"]: row for row in rows(0, 30).to_pylist()}
+    expected.update(
+        {row["name"]: row for row in [*rows(10, 5, extra={"amount": [0.0] * 5}).to_pylist(), *rows(100, 2).to_pylist()]}
+    )
+    assert contents(table) == sorted(expected.values(), key=lambda row: row["id"])
