@@ -140,6 +140,7 @@ def test_kill_9_then_rerun_parquet_dataset(tmp_path, pg_db, point):
     files = json.loads(manifest.read_text())["files"]
     on_disk = sorted(p.name for p in (tmp_path / "out" / "items").glob("*.parquet"))
     assert sorted(files) == on_disk  # the rerun removed what the crashed run published but never listed
+    assert not list((tmp_path / "out" / "items").glob("_dativo_tmp_*"))  # and the dead run's staging folder
     ids = sorted(i for name in files for i in pq.read_table(tmp_path / "out" / "items" / name).column("id").to_pylist())
     assert ids == list(range(1, 5001))
 
@@ -160,6 +161,7 @@ def test_kill_9_on_day_one_before_the_first_manifest_then_rerun_parquet(tmp_path
     manifest = sorted((folder / "_dativo").glob("manifest-*.json"))[-1]
     files = json.loads(manifest.read_text())["files"]
     assert sorted(files) == sorted(p.name for p in folder.glob("*.parquet"))
+    assert not list(folder.glob("_dativo_tmp_*"))
     ours = [name for name in files if name != "before.parquet"]
     assert "before.parquet" in files  # what was there before the first run stays part of the dataset
     ids = sorted(i for name in ours for i in pq.read_table(folder / name).column("id").to_pylist())

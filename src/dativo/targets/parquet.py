@@ -102,9 +102,14 @@ class ParquetDatasetWriter(DataWriter):
         return f"state of job '{self._job}' removed from {self._folder.display}"
 
     def prepare(self, schema: pa.Schema) -> None:
-        """Remove files a crashed run left unlisted, then create the staging folder; raises TargetError."""
+        """Remove what crashed runs left (unlisted files, staging folders), create and hold this run's staging folder.
+
+        Raises TargetError when the folder cannot be written.
+        """
         self._recover()
+        self._folder.sweep_dead()
         self._folder.prepare(f"{self.label} target")
+        self._folder.hold()
         self._schema = schema
         self._rolling = RollingParquetWriter(schema, self._open_file, self._settings, self.file_options)
 
