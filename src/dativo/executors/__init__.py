@@ -1,6 +1,6 @@
 """Executors other than the engine's local one, each registered under the ``dativo.executors`` entry points.
 
-``ray`` (:data:`ray`, docs/ray.md): a job's partitions as Ray tasks, committed once on
+``ray`` (:data:`RAY`, docs/ray.md): a job's partitions as Ray tasks, committed once on
 the driver. Its entry point is this light object: checking a job (``validate --offline``)
 imports neither Ray nor pyarrow; :mod:`dativo.executors.ray` (and Ray) load when a job runs.
 """
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from dativo.engine.executor import Execution, Outcome
     from dativo.engine.plan import Plan
 
-__all__ = ["INSTALL", "LazyRayExecutor", "ray"]
+__all__ = ["INSTALL", "RAY", "LazyRayExecutor"]
 
 #: The one install step, named in every "Ray is missing" message.
 INSTALL = "pip install 'dativo[ray]'"
@@ -53,4 +53,4 @@ class LazyRayExecutor:
 
 
 #: The executor registered as ``ray`` under the ``dativo.executors`` entry points.
-ray = LazyRayExecutor()
+RAY = LazyRayExecutor()
