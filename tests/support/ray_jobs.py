@@ -60,6 +60,7 @@ def parquet_target(path: Path, writer: str | None = None, options: str = "") -> 
 
 
 def iceberg_target(warehouse: Path, table: str = "raw.items", mode: str = "append", merge: str = "") -> str:
+    warehouse.mkdir(parents=True, exist_ok=True)
     catalog = {"type": "sql", "uri": f"sqlite:///{warehouse / 'catalog.db'}", "warehouse": warehouse.as_uri()}
     out = f"target:\n  connector: iceberg\n  table: {table}\n  mode: {mode}\n  catalog: {json.dumps(catalog)}\n"
     return out + (f"  merge: {merge}\n" if merge else "")
