@@ -81,14 +81,14 @@ class ChaosPostgresReader(AdbcPostgresReader):
             deadline = time.monotonic() + 120
             while not (folder / "release").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        for count, batch in enumerate(super().read_partition(partition, batch_size)):
+        if mode == "fail" and not target:
+            time.sleep(60)  # still running when the failure arrives: only a cancellation ends it early
+        for batch in super().read_partition(partition, batch_size):
             yield batch
             if first and mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if target and mode == "fail":
                 raise SourceError(f"partition {partition.index} hit a terminal test error", transient=False)
-            if mode == "fail" and not target:
-                time.sleep(0.5 if count < 240 else 0)  # slow: still running when the failure arrives
 
 
 class SnapshotWatchingParquetWriter(ParquetDatasetWriter):
