@@ -122,8 +122,12 @@ def test_driver_sigkilled_before_commit_commits_nothing_and_the_next_run_commits
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert read_manifest(*_local(tmp_path / "out")) is None  # nothing committed, no state
     assert not any(name.endswith(".parquet") and "/" not in name for name in files_under(tmp_path / "out"))
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    summary_json = tmp_path / "summary.json"
+    again = subprocess.run([*command, "--summary-json", str(summary_json)], env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    executor = json.loads(summary_json.read_text())["executor"]
+    assert executor["name"] == "ray" and executor["done"] == executor["partitions"] == 3, executor
+    assert sum(node["rows"] for node in executor["workers"].values()) == ROWS
     table = parquet_table(tmp_path / "out")  # the killed run's staged files are gone too
     assert table.column("id").to_pylist() == source_ids(pg_db)
     manifest = read_manifest(*_local(tmp_path / "out"))
