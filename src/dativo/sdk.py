@@ -326,6 +326,13 @@ class PartitionedReader(Protocol):
     the moment of planning (e.g. all partitions join a snapshot the plan
     exported). Returning fewer than two partitions makes the engine fall back
     to ``read_batch``.
+
+    In distributed execution (``engine.executor: ray``) ``read_partition`` runs on
+    another instance, initialized with the same config (in another process, on another
+    machine), while the planning instance stays open on the driver until the run
+    committed or failed: a partition's ``spec`` must be picklable and self-sufficient
+    (e.g. the exported snapshot's id and the ctid range, a file's path), and whatever
+    the partitions share (the snapshot) must live as long as the planning instance.
     """
 
     def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
@@ -430,8 +437,9 @@ class StagingWriter(Protocol):
     ) -> Mapping[str, Any]:
         """On a worker: write ``batches`` as files invisible to the target's readers; describe them.
 
-        ``key`` is unique to this run, partition and attempt (e.g. ``<run_id>-p0007-a2``)
-        and must appear in every staged file's name. Return a small picklable
+        ``key`` is unique to this run, partition and attempt (e.g. ``<run_id>-p0007-a2``;
+        letters, digits, ``.``, ``_`` and ``-`` only) and must appear in every staged
+        file's name. Return a small picklable
         description of what was written, with at least ``rows`` (int), ``bytes`` (int,
         on storage) and ``files`` (list of paths); per-file sizes, row counts and column
         statistics may follow. Raise a :class:`dativo.DativoError` subclass on failure
