@@ -19,7 +19,6 @@ from pyiceberg.utils.config import Config, merge_config
 
 from dativo.errors import TargetError
 from dativo.sdk import redact, register_secret
-from dativo.targets.iceberg.embedded import EmbeddedCatalog, sqlite_path
 
 __all__ = ["ensure_namespace", "open_catalog"]
 
@@ -82,6 +81,9 @@ def _load(name: str, properties: dict[str, str]) -> Catalog:
     config = getattr(pyiceberg.catalog, "_ENV_CONFIG", None) or Config()
     merged = merge_config(config.get_catalog_config(name) or {}, dict(properties))
     flat = {key: str(value) for key, value in merged.items() if not isinstance(value, dict)}
-    if "py-catalog-impl" not in flat and sqlite_path(flat) is not None:
-        return EmbeddedCatalog(name, **flat)
+    if flat.get("type", "sql").lower() == "sql" and flat.get("uri", "").startswith("sqlite:///"):
+        from dativo.targets.iceberg.embedded import EmbeddedCatalog, sqlite_path
+
+        if "py-catalog-impl" not in flat and sqlite_path(flat) is not None:
+            return EmbeddedCatalog(name, **flat)
     return load_catalog(name, **properties)

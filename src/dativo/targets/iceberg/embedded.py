@@ -77,7 +77,7 @@ def sqlite_path(properties: Properties) -> str | None:
     That is a plain ``sqlite:///<path>`` URI (no query string, not in-memory) and no SQLAlchemy-only property.
     """
     uri = str(properties.get("uri", ""))
-    if properties.get("type", "sql") != "sql" or not uri.startswith("sqlite:///") or "?" in uri:
+    if str(properties.get("type", "sql")).lower() != "sql" or not uri.startswith("sqlite:///") or "?" in uri:
         return None
     path = uri[len("sqlite:///") :]
     if not path or path == ":memory:" or SQLALCHEMY_PROPERTIES & set(properties):
