@@ -137,7 +137,9 @@ def run(
         tracker = _start_incremental(plan, reader, writer, schema, state)
         call(writer.prepare, plan.writer.ref.name, "prepare", schema)
         read = plan_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)
-        pump = Pump(reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size, read, max_bytes=plan.queue_bytes)
+        pump = Pump(
+            reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size, read, max_bytes=plan.queue_bytes
+        )
         pump.start()
         for batch in pump:
             if stop is not None and stop.is_set():
