@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,9 +18,10 @@ from pyarrow import fs as pafs
 from dativo.errors import ConfigError, TargetError
 from dativo.sdk import FaultHook, fault_hook, redact
 
-__all__ = ["ParquetSettings", "RollingParquetWriter", "StagedFolder", "WrittenFile"]
+__all__ = ["ParquetSettings", "RollingParquetWriter", "StagedFolder", "WrittenFile", "staged_stem"]
 
 _MIB = 1024 * 1024
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -382,3 +384,16 @@ class StagedFolder:
     def display_path(self, path: str) -> str:
         """``path`` as the user would write it (``s3://`` prefixed for object storage)."""
         return f"s3://{path}" if self.display.startswith("s3://") else path
+
+
+def staged_stem(run_id: str, key: str, where: str) -> str:
+    """The start of the names of the files staged for the attempt ``key`` of run ``run_id``: ``key`` itself
+    when it holds the run id (as the SDK asks), else ``<run id>-<key>``, so every staged file names its run.
+
+    Raises TargetError for a key that is not a plain file-name fragment (letters, digits, ``.``, ``_``, ``-``).
+    """
+    if not _SAFE_KEY.match(key) or ".." in key:
+        raise TargetError(
+            f"{where}: staging key {key!r} cannot be part of a file name; use letters, digits, '.', '_' and '-' only"
+        )
+    return key if run_id in key else f"{run_id}-{key}"

@@ -9,6 +9,12 @@ moved into place but never listed. ``abort`` deletes the staging folder.
 
 Modes: ``append`` (the manifest lists the old files and the new ones) and
 ``overwrite`` (only the new ones; the old files are deleted after the manifest).
+
+Staged (distributed) runs (:class:`dativo.StagingWriter`): workers write each
+partition's files into the same staging folder, named after the attempt's key;
+:meth:`ParquetDatasetWriter.commit_staged` publishes the described files through
+the same steps as ``finalize`` and the staging folder, with every attempt that was
+not committed, goes with them.
 """
 
 from __future__ import annotations
@@ -16,18 +22,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 from pyarrow import fs as pafs
 
 from dativo import __version__
-from dativo.errors import ConfigError, TargetError
+from dativo.errors import ConfigError, DativoError, TargetError
 from dativo.sdk import DataWriter, PluginConfig, fault_hook, redact
 from dativo.storage import filesystem_for
-from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder, WrittenFile
+from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, StagedFolder, WrittenFile, staged_stem
 
 __all__ = ["MANIFEST_DIR", "ParquetDatasetWriter", "read_manifest"]
 
@@ -98,6 +105,7 @@ class ParquetDatasetWriter(DataWriter):
         """Remove files a crashed run left unlisted, then create the staging folder; raises TargetError."""
         self._recover()
         self._folder.prepare(f"{self.label} target")
+        self._schema = schema
         self._rolling = RollingParquetWriter(schema, self._open_file, self._settings, self.file_options)
 
     def _open_file(self, index: int) -> tuple[str, Any]:
@@ -140,7 +148,112 @@ class ParquetDatasetWriter(DataWriter):
         """
         assert self._rolling is not None, "prepare() was not called"
         self._finalized = True
-        written = self._rolling.close()
+        return self._publish(self._rolling.close())
+
+    # -- staged (distributed) runs: dativo.StagingWriter --------------------------------------------
+
+    def staging_plan(self) -> dict[str, Any]:
+        """On the driver, after ``prepare``: the run id and the Arrow schema (no location, no credential)."""
+        assert self._rolling is not None, "prepare() was not called"
+        return {"format": self.label, "run_id": self._folder.run_id, "schema": self._schema, **self.plan_extras()}
+
+    def plan_extras(self) -> dict[str, Any]:
+        """More of :meth:`staging_plan` for a subclass (nothing here); must hold no secret."""
+        return {}
+
+    def adopt_plan(self, plan: Mapping[str, Any]) -> None:
+        """On a worker, before staging: take over what :meth:`plan_extras` carried (nothing here)."""
+
+    def stage_partition(self, plan: Mapping[str, Any], key: str, batches: Iterator[pa.RecordBatch]) -> dict[str, Any]:
+        """On a worker: write ``batches`` as ``part-<key>-NNNNN.parquet`` in the run's staging folder.
+
+        Returns ``{key, rows, bytes, files, parts}`` (``parts``: name, size, rows per file).
+        Raises TargetError for a plan of another run or writer, or when writing fails
+        (transient for an I/O error); files already written stay for the driver's
+        ``abort`` or ``commit_staged`` to remove.
+        """
+        where = f"{self.label} target {self._folder.display}"
+        if plan.get("format") != self.label or plan.get("run_id") != self._folder.run_id:
+            raise TargetError(
+                f"{where}: the staging plan is for {plan.get('format')} run {plan.get('run_id')}, this writer "
+                f"is {self.label} run {self._folder.run_id}; initialize workers with the driver's config"
+            )
+        stem = staged_stem(self._folder.run_id, key, where)
+        self.adopt_plan(plan)
+        self._folder.prepare(f"{self.label} target")
+
+        def open_file(index: int) -> tuple[str, Any]:
+            path = self._folder.staged_path(f"part-{stem}-{index:05d}.parquet")
+            return path, self.encode_stream(path, self._folder.fs.open_output_stream(path))
+
+        rolling = RollingParquetWriter(plan["schema"], open_file, self._settings, self.file_options)
+        try:
+            for batch in batches:
+                rolling.write(batch)
+            written = rolling.close()
+        except DativoError:
+            rolling.abandon()
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            rolling.abandon()
+            raise TargetError(
+                f"{where}: staging partition {key} failed: {redact(str(exc))}", transient=isinstance(exc, OSError)
+            ) from None
+        return {
+            "key": key,
+            "rows": sum(file.rows for file in written),
+            "bytes": sum(file.size for file in written),
+            "files": [self._folder.display_path(file.path) for file in written],
+            "parts": [
+                {"name": file.path.rsplit("/", 1)[1], "size": file.size, "rows": file.rows, **self.describe_part(file)}
+                for file in written
+            ],
+        }
+
+    def describe_part(self, file: WrittenFile) -> dict[str, Any]:
+        """More facts about one staged file for its description (none here); picklable, no secret."""
+        return {}
+
+    def adopt_part(self, path: str, part: Mapping[str, Any]) -> None:
+        """On the driver: take over what :meth:`describe_part` said about the staged file ``path``."""
+
+    def commit_staged(self, staged: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """On the driver: publish exactly the files of ``staged`` and the manifest, as :meth:`finalize` does.
+
+        Every file is checked first (present in the staging folder, of the described
+        size); the files of attempts not in ``staged`` go with the staging folder.
+        Raises TargetError for a missing or altered file, a key given twice, or a
+        manifest another writer published meanwhile; nothing is then listed.
+        """
+        assert self._rolling is not None, "prepare() was not called"
+        if self._finalized:
+            raise TargetError(f"{self.label} target: commit_staged() after the run was published")
+        self._finalized = True
+        where = f"{self.label} target {self._folder.display}"
+        keys = [str(description["key"]) for description in staged]
+        if len(set(keys)) != len(keys):
+            raise TargetError(f"{where}: commit_staged() got the same attempt twice; nothing was committed")
+        written: list[WrittenFile] = []
+        for description in staged:
+            for part in description["parts"]:
+                name = str(part["name"])
+                if "/" in name or not name.startswith("part-") or not name.endswith(".parquet"):
+                    raise TargetError(f"{where}: staged file name {name!r} is not one this writer stages")
+                path = self._folder.staged_path(name)
+                written.append(WrittenFile(path, int(part["size"]), int(part["rows"]), cast(Any, None)))
+                self.adopt_part(path, part)
+        infos = self._folder.fs.get_file_info([file.path for file in written]) if written else []
+        for file, info in zip(written, infos, strict=True):
+            if info.type != pafs.FileType.File or info.size != file.size:
+                found = "missing" if info.type != pafs.FileType.File else f"{info.size} bytes"
+                raise TargetError(
+                    f"{where}: staged file {file.path.rsplit('/', 1)[1]} is {found}, described as {file.size} "
+                    "bytes; nothing was committed (run the job again)"
+                )
+        return self._publish(written)
+
+    def _publish(self, written: list[WrittenFile]) -> dict[str, Any]:
+        """Move ``written`` into the folder, commit the manifest listing them (and the state); the shared commit."""
         manifest = read_manifest(self._folder.fs, self._folder.root) or self._baseline()
         names = [file.path.rsplit("/", 1)[1] for file in written]
         files = names if self._mode == "overwrite" else [*manifest["files"], *names]
@@ -168,7 +281,7 @@ class ParquetDatasetWriter(DataWriter):
         )
 
     def abort(self) -> None:
-        """Delete the staging folder and any file this run already moved into place."""
+        """Delete the staging folder (every attempt staged for this run, dead ones included) and any file moved in."""
         if self._rolling is not None:
             self._rolling.abandon()
         self._folder.rollback()
