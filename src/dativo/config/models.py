@@ -432,7 +432,7 @@ class EngineConfig(_Strict):
     batch_size: int = Field(16_384, gt=0, le=10_000_000, description="Rows per batch asked of the reader.")
     queue_size: int = Field(4, gt=0, le=64, description="Batches the reader may run ahead of the writer.")
     queue_mb: float = Field(
-        32,
+        16,
         gt=0,
         le=65_536,
         description=(

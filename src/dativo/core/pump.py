@@ -79,7 +79,7 @@ def plan_read(reader: DataReader, name: str, parallelism: int | None) -> ReadPla
 _DONE = object()
 
 #: Default bound of the pump's queue in bytes of Arrow data (``engine.queue_mb``).
-DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
+DEFAULT_QUEUE_BYTES = 16 * 1024 * 1024
 
 
 class _ByteBudget:
