@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,6 +263,8 @@ def run(
     max_concurrent_streams: int | None = None,
     on_stream_done: Callable[[StreamResult], None] | None = None,
     window: tuple[Any, Any] | None = None,
+    executor: str | None = None,
+    address: str | None = None,
 ) -> RunResult:
     """Run a job: every stream (or those ``streams`` names or matches) reads its source and commits once.
 
@@ -281,12 +283,17 @@ def run(
     mark, which is then neither used nor advanced; give the partition's run id so that a
     retried partition is applied once. It needs SQL table sources (postgres, sqlite).
 
+    ``executor`` overrides the job's ``engine.executor`` (``"local"`` or ``"ray"``: the
+    partitions run as Ray tasks and commit once, docs/ray.md) and ``address`` its
+    ``engine.ray.address`` (``"auto"``, ``"ray://host:10001"``); a job the executor
+    cannot run (Ray not installed, a writer that cannot stage) raises ConfigError.
+
     Raises ConfigError/PluginError for the job itself (nothing runs). A stream's failure
     does not raise: it is in the result (``result.ok``, ``result.failed``,
     ``result.raise_for_failures()``). KeyboardInterrupt aborts the running streams
     (they commit nothing) and propagates; streams finished before it stay committed.
     """
-    job = _job(job_or_path)
+    job = with_executor(_job(job_or_path), executor, address)
     started = time.perf_counter()
     planned = plan_streams(job.loaded, streams)
     if window is not None:
@@ -304,6 +311,29 @@ def run(
     return RunResult(
         job=job.name, streams=tuple(_result(o) for o in outcomes), duration_s=time.perf_counter() - started
     )
+
+
+def with_executor(job: Job, executor: str | None, address: str | None = None) -> Job:
+    """``job`` with ``engine.executor`` (and ``engine.ray.address``) overridden; unchanged when both are None."""
+    if executor is None and address is None:
+        return job
+
+    def engine(config: Any) -> Any:
+        update: dict[str, Any] = {}
+        if executor is not None:
+            update["executor"] = executor
+        if address is not None:
+            update["ray"] = config.engine.ray.model_copy(update={"address": address})
+        return config.model_copy(update={"engine": config.engine.model_copy(update=update)})
+
+    def one(loaded: LoadedJob) -> LoadedJob:
+        return replace(loaded, config=engine(loaded.config))
+
+    loaded = job.loaded
+    if isinstance(loaded, LoadedStreams):
+        entries = tuple(replace(entry, job=one(entry.job)) for entry in loaded.entries)
+        return replace(job, loaded=replace(loaded, config=engine(loaded.config), entries=entries))
+    return replace(job, loaded=one(loaded))
 
 
 def _result(outcome: StreamOutcome) -> StreamResult:
@@ -354,15 +384,22 @@ class ValidatedStream:
 
 
 def validate(
-    job_or_path: JobLike, *, streams: Sequence[str] | None = None, offline: bool = False
+    job_or_path: JobLike,
+    *,
+    streams: Sequence[str] | None = None,
+    offline: bool = False,
+    executor: str | None = None,
+    address: str | None = None,
 ) -> list[ValidatedStream]:
     """Check each stream's plugins and, unless ``offline``, its source columns, write mode and cursor.
 
     Raises ConfigError for the job file itself (and, unless ``offline``, when wildcards
     cannot be resolved). A stream's problem does not raise: it is in its
     :class:`ValidatedStream`. ``offline`` skips wildcard streams' tables (it lists no source).
+    ``executor``/``address`` override ``engine.executor``/``engine.ray.address`` as for :func:`run`;
+    whether the executor can run the job is checked offline too.
     """
-    job = _job(job_or_path)
+    job = with_executor(_job(job_or_path), executor, address)
     if offline and isinstance(job.loaded, LoadedStreams):
         entries = [Stream(e.key, e.job) for e in job.loaded.entries]
         planned = select_streams(entries, streams, job.path.name)
@@ -374,7 +411,11 @@ def validate(
         try:
             plan = build_plan(stream.job, contact_source=not offline)  # offline: no source planner either
             reader, writer = plan.reader.ref.name, plan.writer.ref.name
-            if not offline:
+            if offline:  # the executor's check is light: neither the pipeline nor Ray is imported
+                from dativo.engine.executor import find_executor
+
+                find_executor(plan.job.config.engine.executor).check(plan)
+            else:
                 from dativo.engine import pipeline
 
                 pipeline.validate(plan)

@@ -326,6 +326,13 @@ class PartitionedReader(Protocol):
     the moment of planning (e.g. all partitions join a snapshot the plan
     exported). Returning fewer than two partitions makes the engine fall back
     to ``read_batch``.
+
+    In distributed execution (``engine.executor: ray``) ``read_partition`` runs on
+    another instance, initialized with the same config (in another process, on another
+    machine), while the planning instance stays open on the driver until the run
+    committed or failed: a partition's ``spec`` must be picklable and self-sufficient
+    (e.g. the exported snapshot's id and the ctid range, a file's path), and whatever
+    the partitions share (the snapshot) must live as long as the planning instance.
     """
 
     def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:

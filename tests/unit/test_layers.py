@@ -38,7 +38,8 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("core", frozenset({"core", "storage", "encryption"})),
     # postgres_sdk: the public face of connectors/postgres for third-party PostgreSQL readers.
     ("plugins and runtimes", frozenset({"runtimes", "connectors", "targets", "postgres_sdk"})),
-    ("engine", frozenset({"engine", "testing"})),
+    # executors: found by the engine through the dativo.executors entry points (like runtimes).
+    ("engine", frozenset({"engine", "testing", "executors"})),
     ("api", frozenset({"api"})),
     ("front ends", frozenset({"cli", "integrations", "_entry", "__main__"})),
 ]
@@ -47,7 +48,9 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
 INDEPENDENT = frozenset({"runtimes", "connectors", "targets"})
 
 #: (importer, imported): the engine reaches these only through core's registry and entry points.
-FORBIDDEN = frozenset({("engine", "runtimes"), ("engine", "connectors"), ("engine", "targets")})
+FORBIDDEN = frozenset(
+    {("engine", "runtimes"), ("engine", "connectors"), ("engine", "targets"), ("engine", "executors")}
+)
 
 #: Known violations, each with who removes it: (importing file relative to src/dativo, imported module).
 KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()

@@ -112,6 +112,18 @@ def _main(
     configure_logging("debug" if debug else log_level, log_format)
 
 
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(help="Where partitions run: local, or ray (overrides engine.executor; pip install 'dativo[ray]')."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --executor ray: the Ray cluster (auto, or ray://host:10001); overrides engine.ray.address."
+    ),
+]
+
+
 @app.command()
 def run(
     job: JobArg,
@@ -128,6 +140,8 @@ def run(
             "--follow", help="source.cdc jobs: keep running, one commit per cdc.commit_interval_s (as 'cdc follow')."
         ),
     ] = False,
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run a job: read the source, write the target, commit once at the end (transient failures are retried)."""
@@ -153,6 +167,8 @@ def run(
                     progress=progress,
                     on_retry=_print_retry,
                     on_stream_done=done.append,
+                    executor=executor,
+                    address=address,
                 ),
                 streams=loaded.has_streams,
             )
@@ -233,6 +249,7 @@ def validate(
         bool, typer.Option(help="Only check the file and the plugins; do not connect to the source.")
     ] = False,
     stream: StreamOpt = None,
+    executor: ExecutorOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Check a job file, its plugins and (unless --offline) the source's columns, the mode and the cursor."""
@@ -240,7 +257,7 @@ def validate(
 
     state["debug"] |= debug
     loaded = _guard(lambda: _load(job))
-    results = _guard(lambda: python_api.validate(loaded, streams=stream, offline=offline))
+    results = _guard(lambda: python_api.validate(loaded, streams=stream, offline=offline, executor=executor))
     if not loaded.has_streams:
         if results[0].exception is not None:
             fail(results[0].exception)
@@ -428,7 +445,7 @@ def _print_stream_errors(failures: list[tuple[str, BaseException]], job: python_
 class _Bar:
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
-        self._task = progress.add_task("rows", total=None, rows=0, mb=0.0, rate=0.0)
+        self._task = progress.add_task("rows", total=None, rows=0, mb=0.0, rate=0.0, parts="")
         self._rows = 0
         self._bytes = 0
 
@@ -437,6 +454,11 @@ class _Bar:
         self._bytes += nbytes
         elapsed = self._progress.tasks[0].elapsed or 1e-9
         self._progress.update(self._task, rows=self._rows, mb=self._bytes / 1e6, rate=self._rows / max(elapsed, 1e-9))
+
+    def partitions(self, done: int, running: int, retried: int) -> None:
+        """Distributed runs (engine.executor: ray): partitions done, running and retried."""
+        text = f"partitions {done} done, {running} running" + (f", {retried} retried" if retried else "")
+        self._progress.update(self._task, parts=text)
 
 
 @contextmanager
@@ -450,6 +472,7 @@ def _progress(quiet: bool) -> Iterator[pipeline.ProgressSink | None]:
         TextColumn("[bold]{task.fields[rows]:,}[/bold] rows"),
         TextColumn("{task.fields[mb]:,.1f} MB"),
         TextColumn("{task.fields[rate]:,.0f} rows/s"),
+        TextColumn("{task.fields[parts]}"),
         BarColumn(bar_width=None),
         TimeElapsedColumn(),
     )
@@ -501,6 +524,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("target", str(where) + (f" (snapshot {snapshot})" if snapshot else "")),
     ):
         table.add_row(key, escape(redact(value)))
+    executor = summary.get("executor")
+    if isinstance(executor, dict):
+        retried = f", {executor['retried']} retried" if executor.get("retried") else ""
+        table.add_row("executor", escape(f"{executor['name']}: {executor['done']} partitions{retried}"))
+        for node, figures in (executor.get("workers") or {}).items():
+            rate = f"{figures['rows_per_s'] or 0:,} rows/s"
+            table.add_row(
+                f"  node {node}", escape(f"{figures['partitions']} partitions, {figures['rows']:,} rows, {rate}")
+            )
     out.print(table)
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "JobConfig",
     "MergeSpec",
     "PluginSpec",
+    "RayConfig",
     "RetrySpec",
     "SandboxSpec",
     "SchemaEvolutionSpec",
@@ -426,6 +427,29 @@ class RetrySpec(_Strict):
     max_delay_s: float = Field(60.0, ge=0, description="Upper bound of one delay (before jitter).")
 
 
+class RayConfig(_Strict):
+    """``engine.ray:`` — where and how a job's partitions run with ``engine.executor: ray`` (docs/ray.md)."""
+
+    address: str = Field(
+        "auto",
+        min_length=1,
+        description="The Ray cluster: 'auto' (the cluster this machine belongs to, or RAY_ADDRESS), "
+        "'ray://host:10001' (Ray Client), or 'local' (start one in this process).",
+    )
+    max_retries: int = Field(
+        3, ge=0, le=20, description="Times Ray retries a partition whose worker or node died (not terminal errors)."
+    )
+    num_cpus: float = Field(1.0, gt=0, le=64, description="CPUs Ray reserves for each partition's task.")
+    max_in_flight: int | None = Field(
+        None, gt=0, le=10_000, description="Partitions running at once; unset: as many as the cluster schedules."
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray's runtime_env for the tasks (pip, py_modules, working_dir, env_vars): how plugins "
+        "reach the workers.",
+    )
+
+
 class EngineConfig(_Strict):
     """``engine:`` — how batches flow."""
 
@@ -444,6 +468,12 @@ class EngineConfig(_Strict):
         4, gt=0, le=64, description="Jobs with streams: how many streams run at once in the one process."
     )
     retry: RetrySpec = Field(default_factory=RetrySpec)  # type: ignore[arg-type]  # pydantic fills defaults
+    executor: str = Field(
+        "local",
+        pattern=r"^[a-z][a-z0-9_\-]*$",
+        description="Where partitions run: 'local' (this process) or a registered executor such as 'ray'.",
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)  # type: ignore[arg-type]  # pydantic fills defaults
 
 
 class JobConfig(_Strict):

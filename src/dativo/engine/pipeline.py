@@ -1,10 +1,11 @@
-"""plan -> runtime -> batches -> writer -> commit.
+"""job -> plan -> executor -> commit.
 
-The reader runs ahead on the pump's threads (:class:`dativo.core.pump.Pump`: one
-stream, or a partitioned reader's partitions) into a bounded queue while the main
-thread writes, so reading, converting and writing overlap and memory stays
-bounded by ``queue_size`` batches plus what the writer buffers. The writer
-publishes only in ``finalize``; any failure (including Ctrl-C) aborts it.
+The reader and the writer are hosted here (the driver); the state is loaded and the
+writer prepared; then the executor (``engine.executor``, see ``engine/executor.py``)
+reads and writes every partition: ``local`` on the pump's threads
+(:class:`dativo.core.pump.Pump`) into a bounded queue while this thread writes, ``ray``
+as Ray tasks that stage files. The state is staged and the outcome committed once;
+any failure (including Ctrl-C) aborts the writer.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from dativo import __version__
 from dativo._faults import crash_point
 from dativo.core.calls import abort_quietly, call, close_quietly, declared_schema
 from dativo.core.hosting import host_reader, host_writer
-from dativo.core.pump import Pump, plan_read
-from dativo.engine.incremental import CursorTracker, IncrementalPlan, plan_incremental
+from dativo.engine.executor import Execution, find_executor
+from dativo.engine.incremental import IncrementalPlan, plan_incremental
 from dativo.engine.plan import Plan
 from dativo.errors import ConfigError, DativoError
 from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes, IncrementalReader, StatefulWriter
@@ -47,7 +48,11 @@ class ProgressSink(Protocol):
     """Receives progress while a job runs (the CLI draws a bar with it)."""
 
     def advance(self, rows: int, nbytes: int) -> None:
-        """Called after each batch has been handed to the writer."""
+        """Called after each batch has been handed to the writer (distributed runs: each partition staged).
+
+        A sink may also define ``partitions(done, running, retried)``, which distributed
+        executors call as partitions finish.
+        """
 
 
 @dataclass
@@ -71,6 +76,8 @@ class RunSummary:
     state: dict[str, Any] | None = None
     #: The source's Arrow schema, once the reader declared it; not in ``to_dict``.
     schema: pa.Schema | None = None
+    #: What a distributed executor reports (partitions done / retried, per-worker throughput); local runs: None.
+    executor: dict[str, Any] | None = None
 
     @property
     def files(self) -> int:
@@ -97,6 +104,7 @@ class RunSummary:
             "attempt": self.attempt,
             "target": self.target,
             "error": self.error,
+            **({"executor": self.executor} if self.executor is not None else {}),
         }
 
 
@@ -114,6 +122,7 @@ def run(
     the run the same way (as KeyboardInterrupt) at the next batch or before the commit.
     """
     if plan.job.config.source.cdc is not None:  # change data capture: docs/cdc.md
+        find_executor(plan.job.config.engine.executor).check(plan)  # ray: cdc is local only
         from dativo.engine.cdc import run_changes
 
         return run_changes(plan, progress, summary)
@@ -121,8 +130,9 @@ def run(
     started = time.perf_counter()
     reader: DataReader | None = None
     writer: DataWriter | None = None
-    pump: Pump | None = None
     published = False
+    executor = find_executor(plan.job.config.engine.executor)
+    executor.check(plan)
     log.info("run started", extra={"job": summary.job, "run_id": plan.run_id, "reader": summary.reader})
     try:
         reader = host_reader(plan.reader)
@@ -134,33 +144,18 @@ def run(
             published = True
             log.warning("run %s of job %s was already committed; nothing to do", plan.run_id, summary.job)
             return summary
-        tracker = _start_incremental(plan, reader, writer, schema, state)
+        incremental = _start_incremental(plan, reader, writer, schema, state)
+        executor.check(plan, writer)
         call(writer.prepare, plan.writer.ref.name, "prepare", schema)
-        read = plan_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)
-        pump = Pump(
-            reader, plan.reader.ref.name, schema, plan.batch_size, plan.queue_size, read, max_bytes=plan.queue_bytes
-        )
-        pump.start()
-        for batch in pump:
-            if stop is not None and stop.is_set():
-                raise KeyboardInterrupt
-            call(writer.write_batch, plan.writer.ref.name, "write_batch", batch)
-            crash_point("batch")
-            if tracker is not None:
-                tracker[1].update(batch)
-            nbytes = batch.nbytes
-            summary.rows += batch.num_rows
-            summary.bytes += nbytes
-            summary.batches += 1
-            if progress is not None:
-                progress.advance(batch.num_rows, nbytes)
+        execution = Execution(plan, reader, writer, schema, incremental, summary, progress, stop)
+        outcome = executor.execute(execution)
         if isinstance(writer, StatefulWriter):
-            summary.state = _new_state(plan, summary, tracker)
+            summary.state = _new_state(plan, summary, incremental, outcome.high_water)
             writer.stage_state(summary.state)
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         crash_point("before_finalize")
-        metadata = call(writer.finalize, plan.writer.ref.name, "finalize")
+        metadata = outcome.commit()
         published = True
         crash_point("after_finalize")
         summary.target = dict(metadata) if isinstance(metadata, dict) else {"result": metadata}
@@ -169,15 +164,11 @@ def run(
     except BaseException as exc:
         summary.status = "failed"
         summary.error = str(exc) if isinstance(exc, DativoError) else f"{type(exc).__name__}: {exc}"
-        if pump is not None:
-            pump.cancel()
         if writer is not None and not published:
             abort_quietly(writer, plan.writer.ref.name)
         raise
     finally:
         summary.duration_s = time.perf_counter() - started
-        if pump is not None:
-            pump.join(timeout=30)
         for plugin, name in ((reader, plan.reader.ref.name), (writer, plan.writer.ref.name)):
             if plugin is not None:
                 close_quietly(plugin, name)
@@ -220,8 +211,8 @@ def _prior_state(plan: Plan, writer: DataWriter) -> dict[str, Any] | None:
 
 def _start_incremental(
     plan: Plan, reader: DataReader, writer: DataWriter, schema: pa.Schema, state: dict[str, Any] | None
-) -> tuple[IncrementalPlan, CursorTracker] | None:
-    """Tell the reader where to start; returns the plan and a tracker for the new high-water mark."""
+) -> IncrementalPlan | None:
+    """Tell the reader where to start; returns the incremental plan (None for a job that reads everything)."""
     spec = plan.job.config.source.incremental
     if spec is None:
         return None
@@ -231,11 +222,11 @@ def _start_incremental(
     name = plan.reader.ref.name
     call(reader.set_incremental, name, "set_incremental", incremental.column, incremental.after, role="reader")
     log.info("incremental read", extra={"cursor": incremental.column, "after": str(incremental.after)})
-    return incremental, CursorTracker(incremental, schema)
+    return incremental
 
 
 def _new_state(
-    plan: Plan, summary: RunSummary, tracker: tuple[IncrementalPlan, CursorTracker] | None
+    plan: Plan, summary: RunSummary, incremental: IncrementalPlan | None, high_water: Any | None
 ) -> dict[str, Any]:
     state: dict[str, Any] = {
         "job": summary.job,
@@ -243,8 +234,8 @@ def _new_state(
         "dativo_version": __version__,
         "rows": summary.rows,
     }
-    if tracker is not None:
-        state.update(tracker[0].state(tracker[1].high_water))
+    if incremental is not None:
+        state.update(incremental.state(high_water))
     return state
 
 
@@ -338,15 +329,18 @@ def validate(plan: Plan) -> None:
     """Connect to the source and check what a run would check before moving data.
 
     Every column must map to the target, the writer must support the write mode,
-    and an incremental job needs an incremental reader, a stateful writer and a
-    cursor column of a supported type. Raises the first problem found.
+    an incremental job needs an incremental reader, a stateful writer and a
+    cursor column of a supported type, and ``engine.executor`` must be able to run
+    the job (ray: Ray installed, a StagingWriter). Raises the first problem found.
     """
+    find_executor(plan.job.config.engine.executor).check(plan)
     schema, _ = discover(plan)
     reader = host_reader(plan.reader)
     writer: DataWriter | None = None
     try:
         writer = host_writer(plan.writer)
         _check_mode(plan, writer)
+        find_executor(plan.job.config.engine.executor).check(plan, writer)
         spec = plan.job.config.source.incremental
         if spec is not None:
             _check_incremental(plan, reader, writer)

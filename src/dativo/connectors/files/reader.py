@@ -20,7 +20,7 @@ from dativo.connectors.files.errors import is_transient, one_line
 from dativo.connectors.files.formats import FORMAT_ALIASES, FORMAT_OPTIONS, parse_arrow_type
 from dativo.connectors.files.listing import FileLocation
 from dativo.errors import ConfigError, PluginError, SchemaError, SourceError
-from dativo.sdk import DataReader, PluginConfig
+from dativo.sdk import DataReader, PluginConfig, ReadPartition
 
 __all__ = ["FileReader"]
 
@@ -132,6 +132,27 @@ class FileReader(DataReader):
             raise ConfigError(f"files reader: batch_size must be a positive integer, got {batch_size!r}")
         for path in self._files:
             yield from self._read_file(path, schema, batch_size)
+
+    def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
+        """One partition per file (dativo.PartitionedReader) when ``source.parallelism`` is set above 1.
+
+        Unset (None) or a single file: no partitions (one stream, files in order). Each
+        partition's spec is ``{"path": ...}``, enough for another instance initialized
+        with the same config (a Ray worker) to read it. Never raises.
+        """
+        if parallelism is None or parallelism < 2 or len(self._files) < 2:
+            return []
+        return [ReadPartition(index=i, label=f"file {path}", spec={"path": path}) for i, path in enumerate(self._files)]
+
+    def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Read one planned file as :meth:`read_batch` reads it (same schema, same errors naming the file)."""
+        schema = self.get_schema()
+        if self._closed:
+            raise PluginError("files reader: read_partition() called after close()")
+        path = partition.spec.get("path")
+        if not isinstance(path, str):
+            raise PluginError(f"files reader: partition {partition.label} names no file")
+        yield from self._read_file(path, schema, max(1, int(batch_size)))
 
     def close(self) -> None:
         """Forget the file system and the file list. Idempotent; never raises."""
