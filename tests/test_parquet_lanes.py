@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pyarrow as pa
@@ -106,3 +109,14 @@ def test_auto_dictionary_encodes_only_text_that_repeats_in_the_first_row_group(t
     strings.write(data.to_batches()[0])
     (every_text,) = strings.close()
     assert _dictionary_columns(every_text.path) == {"key", "colour", "empty"}
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "jemalloc"), ("system", "system")])
+def test_import_dativo_picks_arrow_pool_before_pyarrow_loads(given, expected):
+    """jemalloc on Linux unless the user chose a pool (measured: lower and flatter peak RSS than mimalloc)."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if given is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = given
+    code = "import dativo, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (expected if sys.platform.startswith("linux") or given else "system")
