@@ -10,8 +10,6 @@ Applications run jobs through the Python API (``dativo.api``, loaded on first us
     result = dativo.run("job.yaml", run_id="2026-12-06")
 """
 
-import os as _os
-import sys as _sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -26,13 +24,6 @@ from dativo.errors import (
     TargetError,
     TypeMappingError,
 )
-
-# Arrow's memory pool is chosen when pyarrow loads, so it is set here, before anything imports pyarrow:
-# jemalloc (in pyarrow's Linux wheels; the system allocator elsewhere) held peak RSS of a wide-table run
-# 15-35 MB below pyarrow's default (mimalloc) and flat from 1M to 5M rows, at no CPU cost
-# (docs/performance.md, session 4). A value the user set wins (``system`` silences Arrow's warning on a
-# Linux build without jemalloc).
-_os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc" if _sys.platform.startswith("linux") else "system")
 
 try:
     __version__ = version("dativo")
