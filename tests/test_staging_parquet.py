@@ -26,6 +26,7 @@ from dativo.targets.parquet import read_manifest
 
 from support.s3server import S3Server
 from support.staging import attempt_killed, drive_killed, pool, stage, stage_all, writer_of
+from support.staging import staged_run as run_staged
 
 REF = "dativo.targets.parquet:ParquetDatasetWriter"
 
@@ -100,17 +101,7 @@ def dataset(config: dict[str, Any]) -> pa.Table:
 def staged_run(
     workers: ProcessPoolExecutor, config: dict[str, Any], parts: list[pa.Table], state: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A driver on this process, every partition staged in a worker process, then one commit."""
-    driver = writer_of(REF, config)
-    try:
-        driver.load_state()  # type: ignore[attr-defined]
-        driver.prepare(parts[0].schema)
-        plan = driver.staging_plan()  # type: ignore[attr-defined]
-        staged = stage_all(workers, REF, config, plan, parts)
-        driver.stage_state(state or {"run_id": config["job"]["run_id"]})  # type: ignore[attr-defined]
-        return dict(driver.commit_staged(staged))  # type: ignore[attr-defined]
-    finally:
-        driver.close()
+    return run_staged(workers, REF, config, parts, state)
 
 
 def test_union_of_staged_partitions_is_committed_once_then_day_two_in_each_mode(

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from dativo.sdk import FAULT_HOOK_KEY, DataWriter
 
-__all__ = ["SPAWN", "attempt_killed", "drive", "pool", "stage", "stage_all", "writer_of"]
+__all__ = ["SPAWN", "attempt_killed", "drive", "drive_killed", "pool", "stage", "stage_all", "staged_run", "writer_of"]
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -137,3 +137,29 @@ def drive_killed(
             os.environ["DATIVO_CRASH_AT"] = previous
     process.join(240)
     return process.exitcode if process.exitcode is not None else 0
+
+
+def staged_run(
+    executor: ProcessPoolExecutor,
+    ref: str,
+    config: Mapping[str, Any],
+    parts: Sequence[pa.Table],
+    state: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A driver in this process, every partition staged in a worker process of ``executor``, then one commit.
+
+    The state committed is ``state`` or ``{"run_id": <the run id>}``; on failure the driver aborts.
+    """
+    driver = writer_of(ref, config)
+    try:
+        driver.load_state()  # type: ignore[attr-defined]
+        driver.prepare(parts[0].schema)
+        plan = driver.staging_plan()  # type: ignore[attr-defined]
+        staged = stage_all(executor, ref, config, plan, parts)
+        driver.stage_state(dict(state or {"run_id": config["job"]["run_id"]}))  # type: ignore[attr-defined]
+        return dict(driver.commit_staged(staged))  # type: ignore[attr-defined]
+    except BaseException:
+        driver.abort()
+        raise
+    finally:
+        driver.close()

@@ -96,6 +96,18 @@ class MergeKeys:
         self._parts.append(pa.table({**columns, _POS: positions, _DEL: deleted}))
         return kept
 
+    def recorded(self) -> pa.Table:
+        """Every key recorded so far with its position and delete marker (what :meth:`adopt` takes)."""
+        keys = {key: pa.array([], pa.int64()) for key in self._settings.keys}
+        empty = pa.table({**keys, _POS: pa.array([], pa.int64()), _DEL: pa.array([], pa.bool_())})
+        return pa.concat_tables(self._parts) if self._parts else empty
+
+    def adopt(self, recorded: pa.Table) -> None:
+        """Append the keys another :class:`MergeKeys` recorded (a staged partition's), after the ones here."""
+        positions = pc.add(recorded[_POS], pa.scalar(self._rows, pa.int64()))
+        self._parts.append(recorded.set_column(recorded.schema.get_field_index(_POS), _POS, positions))
+        self._rows += recorded.num_rows
+
     def resolve(self) -> tuple[pa.Table, pa.Array | None]:
         """Return ``(keys to drop from the target, keep-mask over the stored rows or None)``.
 

@@ -18,6 +18,13 @@ plugin, so it doubles as the reference example of a serious custom writer.
   run start, each file, the commit, failures, run end; a run that died is closed
   by the next run with ``run_abandoned``. ``dativo audit verify LOG`` checks it.
 
+Staged (distributed) runs (:class:`dativo.StagingWriter`): workers encrypt their
+partitions with data keys wrapped through the same KMS (each worker opens it from the
+job's config) and hash the ciphertext; the plan carries only the column-to-key mapping
+and the master keys' resolved ids. The audit log is written by the driver alone: run
+start at ``prepare``, a ``file`` record per staged file and the commit at
+``commit_staged``, the failure and run end at ``abort``.
+
 Read the files back with :func:`read_encrypted` or ``dativo decrypt``.
 """
 
@@ -26,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -96,6 +103,7 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
         self._audit: AuditLog | None = None
         self._committed_run = False
         self._sinks: dict[str, HashingSink] = {}
+        self._staged_hashes: dict[str, str] = {}
         self._mapping: dict[str, list[str]] = {}
         self._key_ids: dict[str, str] = {}
         options = dict(config.get("options") or {})
@@ -271,6 +279,32 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
             return []
         return [key_material_path(file.path) for file in written]
 
+    # -- staged runs: the plan carries the key mapping, descriptions the ciphertext hashes --
+
+    def plan_extras(self) -> dict[str, Any]:
+        """Which master key encrypts which columns, and each master key's resolved id (no key material)."""
+        return {"mapping": self._mapping, "key_ids": self._key_ids}
+
+    def adopt_plan(self, plan: Mapping[str, Any]) -> None:
+        """On a worker: encrypt with the driver's column mapping and resolved key ids."""
+        self._mapping = {str(label): list(columns) for label, columns in plan["mapping"].items()}
+        self._key_ids = dict(plan["key_ids"])
+
+    def describe_part(self, file: WrittenFile) -> dict[str, Any]:
+        """The SHA-256 of the staged file's ciphertext, for the driver's audit record."""
+        return {"sha256": self._sinks[file.path].sha256}
+
+    def adopt_part(self, path: str, part: Mapping[str, Any]) -> None:
+        """On the driver: remember the staged file's hash for its ``file`` record."""
+        self._staged_hashes[path] = str(part["sha256"])
+
+    def commit_staged(self, staged: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Record every staged file and the commit, publish through the manifest, record the end (driver only).
+
+        Returns what :meth:`finalize` returns; raises (and records a failure) like it.
+        """
+        return self._guarded("commit", lambda: super(EncryptedParquetWriter, self).commit_staged(staged))
+
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Encrypt and stage ``batch``; raises KmsError / TargetError (recorded in the audit log)."""
         self._guarded("write_batch", lambda: super(EncryptedParquetWriter, self).write_batch(batch))
@@ -296,7 +330,7 @@ class EncryptedParquetWriter(ParquetDatasetWriter):
                 path=self._folder.display_path(self._folder.final_path(file.path)),
                 size=file.size,
                 rows=file.rows,
-                sha256=self._sinks[file.path].sha256,
+                sha256=self._staged_hashes.get(file.path) or self._sinks[file.path].sha256,
                 footer_key=self._encryption.footer_key,
                 footer_key_id=self._key_ids.get(self._encryption.footer_key, self._encryption.footer_key),
                 key_ids=sorted({self._key_ids.get(label, label) for label in labels}),

@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from dativo.targets.iceberg.partitioning import (
 )
 from dativo.targets.iceberg.plugin import IcebergWriter as IcebergWriterEntry
 from dativo.targets.iceberg.schema import evolve, iceberg_type_of, small_types, to_file_schema
+from dativo.targets.iceberg.staging import IcebergStaging
 from dativo.targets.iceberg.state import RESET_PROPERTY, is_maintenance, latest_job_state, writer_of
 
 __all__ = ["IcebergWriter"]
@@ -76,7 +77,7 @@ log = logging.getLogger("dativo.targets.iceberg")
 _COMMIT_ATTEMPTS = 5
 
 
-class IcebergWriter(IcebergWriterEntry):
+class IcebergWriter(IcebergStaging, IcebergWriterEntry):
     """Appends to, overwrites or merges into an Iceberg table (created if missing) in one commit per run."""
 
     def initialize(self, config: PluginConfig) -> None:
@@ -91,7 +92,7 @@ class IcebergWriter(IcebergWriterEntry):
         self._name = ".".join(parts)
         job = config.get("job", {})
         self._job_dir = Path(job.get("dir", "."))
-        self._run_id = str(job.get("run_id", "run"))
+        self._run_id = self._file_tag = str(job.get("run_id", "run"))
         self._job_name = str(job.get("name", ""))
         self._mode = str(config.get("mode") or "append")
         self._merge = MergeSettings.from_config(config.get("merge")) if self._mode == "merge" else None
@@ -234,31 +235,35 @@ class IcebergWriter(IcebergWriterEntry):
         self._spec_id = metadata.default_spec_id
         self._spec: PartitionSpec = metadata.spec()
         if self._rolling is None:
-            self._file_schema = small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
-            self._io = load_file_io({**self._catalog.properties, **metadata.properties}, metadata.location)
-            self._locations = load_location_provider(metadata.location, metadata.properties)
-            # Merge resolves duplicates by row order across this run's files: one lane keeps that order.
-            lanes = 1 if self._merge is not None else None
-            if self._spec.fields:
-                self._rolling = PartitionedFiles(
-                    self._file_schema,
-                    self._spec,
-                    self._iceberg_schema,
-                    self._open_partition_file,
-                    self._settings,
-                    self._sort_by,
-                )
-            else:
-                self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings, lanes=lanes)
+            self._start_files(metadata.location, metadata.properties)
+
+    def _start_files(self, location: str, properties: Mapping[str, str]) -> None:
+        """Open this run's data file writers for the table at ``location`` (on a worker: from the plan)."""
+        self._file_schema = small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
+        self._io = load_file_io({**self._catalog.properties, **properties}, location)
+        self._locations = load_location_provider(location, dict(properties))
+        # Merge resolves duplicates by row order across this run's files: one lane keeps that order.
+        lanes = 1 if self._merge is not None else None
+        if self._spec.fields:
+            self._rolling = PartitionedFiles(
+                self._file_schema,
+                self._spec,
+                self._iceberg_schema,
+                self._open_partition_file,
+                self._settings,
+                self._sort_by,
+            )
+        else:
+            self._rolling = RollingParquetWriter(self._file_schema, self._open_file, self._settings, lanes=lanes)
 
     def _open_partition_file(self, index: int, key: PartitionKey) -> tuple[str, Any]:
         self._files_opened += 1
-        path = self._locations.new_data_location(f"00000-{self._files_opened}-{self._run_id}.parquet", key)
+        path = self._locations.new_data_location(f"00000-{self._files_opened}-{self._file_tag}.parquet", key)
         self._placement[path] = (key.partition, self._spec_id)
         return path, self._io.new_output(path).create(overwrite=False)
 
     def _open_file(self, index: int) -> tuple[str, Any]:
-        path = self._locations.new_data_location(f"00000-{index}-{self._run_id}.parquet")
+        path = self._locations.new_data_location(f"00000-{index}-{self._file_tag}.parquet")
         return path, self._io.new_output(path).create(overwrite=False)
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
@@ -288,6 +293,10 @@ class IcebergWriter(IcebergWriterEntry):
         self._finalized = True
         written = self._rolling.close()
         self._crash_point("files_written")
+        return self._commit_files(written)
+
+    def _commit_files(self, written: list[WrittenFile]) -> dict[str, Any]:
+        """Commit ``written`` (local or staged data files) and the state in one snapshot: the one commit path."""
         drop, written = self._resolve_merge(written)
         if not written and not self._needs_commit(drop):
             return self._result(None, written, 0)
@@ -520,6 +529,7 @@ class IcebergWriter(IcebergWriterEntry):
             self._rolling = None
             return
         self._drop_created_namespace()
+        self._sweep_run_files(set())  # a staged run: every attempt's files, dead ones included
         if self._rolling is None:
             return
         self._rolling.abandon()
@@ -563,5 +573,7 @@ class IcebergWriter(IcebergWriterEntry):
             self._created_namespace = False
 
     def _data_file(self, file: WrittenFile) -> DataFile:
+        if file.path in self._prebuilt:
+            return self._prebuilt[file.path]
         partition, spec_id = self._placement.get(file.path, (Record(), self._spec_id))
         return data_file(file, self._iceberg_schema, self._table_properties, partition, spec_id)
