@@ -1,6 +1,12 @@
 import pytest
 
-pytest_plugins = ["support.pg_fixtures", "support.s3_fixtures", "support.kms_fixtures", "support.iceberg_fixtures"]
+pytest_plugins = [
+    "support.pg_fixtures",
+    "support.s3_fixtures",
+    "support.kms_fixtures",
+    "support.iceberg_fixtures",
+    "support.raycluster",
+]
 
 _skipped: list[str] = []
 

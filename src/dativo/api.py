@@ -411,11 +411,13 @@ def validate(
         try:
             plan = build_plan(stream.job, contact_source=not offline)  # offline: no source planner either
             reader, writer = plan.reader.ref.name, plan.writer.ref.name
-            from dativo.engine import pipeline
+            if offline:  # the executor's check is light: neither the pipeline nor Ray is imported
+                from dativo.engine.executor import find_executor
 
-            if offline:
-                pipeline.check_executor(plan)
+                find_executor(plan.job.config.engine.executor).check(plan)
             else:
+                from dativo.engine import pipeline
+
                 pipeline.validate(plan)
             out.append(ValidatedStream(stream.name, reader, writer))
         except Exception as exc:

@@ -26,18 +26,15 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import pyarrow as pa
-
-from dativo._faults import crash_point
-from dativo.core.calls import call
-from dativo.core.pump import Pump, plan_read
-from dativo.engine.incremental import CursorTracker, IncrementalPlan
 from dativo.errors import PluginError
-from dativo.sdk import DataReader, DataWriter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # this module stays light: `validate --offline` checks the executor without pyarrow
+    import pyarrow as pa
+
+    from dativo.engine.incremental import IncrementalPlan
     from dativo.engine.pipeline import ProgressSink, RunSummary
     from dativo.engine.plan import Plan
+    from dativo.sdk import DataReader, DataWriter
 
 __all__ = ["GROUP", "LOCAL", "Execution", "Executor", "LocalExecutor", "Outcome", "executor_names", "find_executor"]
 
@@ -112,6 +109,11 @@ class LocalExecutor:
 
     def execute(self, execution: Execution) -> Outcome:
         """Pump the reader's partitions into the writer (see ``core/pump.py``); raises the first failure."""
+        from dativo._faults import crash_point
+        from dativo.core.calls import call
+        from dativo.core.pump import Pump, plan_read
+        from dativo.engine.incremental import CursorTracker
+
         plan, reader, writer, summary = execution.plan, execution.reader, execution.writer, execution.summary
         tracker = CursorTracker(execution.incremental, execution.schema) if execution.incremental else None
         read = plan_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)

@@ -33,7 +33,6 @@ __all__ = [
     "ProgressSink",
     "RunSummary",
     "check",
-    "check_executor",
     "discover",
     "load_state",
     "new_summary",
@@ -323,11 +322,6 @@ def discover(plan: Plan) -> tuple[pa.Schema, list[tuple[str, str]] | None]:
         return schema, None
     finally:
         close_quietly(writer, plan.writer.ref.name)
-
-
-def check_executor(plan: Plan) -> None:
-    """Raise ConfigError/PluginError when ``engine.executor`` is unknown or cannot run this job (offline)."""
-    find_executor(plan.job.config.engine.executor).check(plan)
 
 
 def validate(plan: Plan) -> None:

@@ -1,4 +1,6 @@
-"""The Ray executor (``engine.executor: ray``): one plain Ray task per partition, one commit on the driver.
+"""The Ray executor's run (``engine.executor: ray``): one plain Ray task per partition, one commit on the driver.
+
+Its entry point and plan check are in :mod:`dativo.executors` (light: no Ray, no pyarrow).
 
 The driver (this process) keeps the reader and the writer the pipeline hosted. It plans
 the partitions (``PartitionedReader.plan_partitions``: PostgreSQL ctid ranges in one
@@ -20,26 +22,22 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dativo.config.models import RayConfig
 from dativo.core.calls import call
 from dativo.core.registry import PluginPlan
 from dativo.engine.executor import Execution, Outcome
 from dativo.errors import ConfigError, DativoError, SourceError
+from dativo.executors import INSTALL
 from dativo.executors._ray_task import PartitionTask, run_partition
 from dativo.executors._sealed import seal, secret_references
 from dativo.sdk import FAULT_HOOK_KEY, PartitionedReader, ReadPartition
 
-if TYPE_CHECKING:
-    from dativo.engine.plan import Plan
-
-__all__ = ["INSTALL", "RayExecutor", "executor"]
+__all__ = ["CANCEL_WAIT_S", "execute"]
 
 log = logging.getLogger("dativo.engine")
 
-#: The one install step, named in every "Ray is missing" message.
-INSTALL = "pip install 'dativo[ray]'"
 #: Seconds to wait for cancelled tasks to end before aborting the writer.
 CANCEL_WAIT_S = 60.0
 
@@ -52,49 +50,30 @@ def _import_ray() -> Any:
     return ray
 
 
-class RayExecutor:
-    """Runs partitions as Ray tasks; see the module docstring for the sequence and its failure semantics."""
+def execute(execution: Execution) -> Outcome:
+    """Plan, launch one task per partition, gather; raise the first terminal failure after cancelling the rest.
 
-    name = "ray"
-
-    def check(self, plan: Plan) -> None:
-        """Raise ConfigError (one line) if Ray is missing or the job's plugins cannot run on Ray workers."""
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError(f"engine.executor: ray needs Ray, which is not installed: {INSTALL}")
-        if plan.job.config.source.cdc is not None:
-            raise ConfigError("engine.executor: ray does not run source.cdc jobs (use engine.executor: local)")
-        for side in (plan.reader, plan.writer):
-            if side.runtime != "custom":
-                raise ConfigError(
-                    f"engine.executor: ray runs in-process plugins only; {side.ref.kind} '{side.ref.name}' "
-                    f"runs in the '{side.runtime}' runtime (use engine.executor: local)"
-                )
-        if not all(hasattr(plan.writer.ref.cls, m) for m in ("staging_plan", "stage_partition", "commit_staged")):
-            raise ConfigError(
-                f"engine.executor: ray needs a writer that stages partitions on workers; writer "
-                f"'{plan.writer.ref.name}' does not implement dativo.StagingWriter (use engine.executor: local)"
-            )
-
-    def execute(self, execution: Execution) -> Outcome:
-        """Plan, launch one task per partition, gather; raise the first terminal failure after cancelling."""
-        ray = _import_ray()
-        plan, settings = execution.plan, execution.plan.job.config.engine.ray
-        _connect(ray, settings)
-        partitions = _partitions(execution)
-        staging_plan = dict(call(execution.writer.staging_plan, plan.writer.ref.name, "staging_plan"))  # type: ignore[attr-defined]
-        tasks = _tasks(execution, partitions, staging_plan)
-        remote = ray.remote(run_partition).options(
-            max_retries=settings.max_retries, retry_exceptions=False, num_cpus=settings.num_cpus
-        )
-        results = _gather(ray, remote, tasks, execution, settings)
-        writer, name = execution.writer, plan.writer.ref.name
-        staged = [r["staged"] for r in sorted(results, key=lambda r: r["index"])]
-        highs = [r["high_water"] for r in results if r["high_water"] is not None]
-        execution.summary.executor = _report(settings, results, len(tasks))
-        return Outcome(
-            high_water=max(highs) if highs else None,
-            commit=lambda: call(writer.commit_staged, name, "commit_staged", staged),  # type: ignore[attr-defined]
-        )
+    The plan's executor check (``dativo.executors.ray.check``) has passed: Ray is installed
+    and the writer is a StagingWriter.
+    """
+    ray = _import_ray()
+    plan, settings = execution.plan, execution.plan.job.config.engine.ray
+    _connect(ray, settings)
+    partitions = _partitions(execution)
+    writer, name = execution.writer, plan.writer.ref.name
+    staging_plan = dict(call(writer.staging_plan, name, "staging_plan"))  # type: ignore[attr-defined]
+    tasks = _tasks(execution, partitions, staging_plan)
+    remote = ray.remote(run_partition).options(
+        max_retries=settings.max_retries, retry_exceptions=False, num_cpus=settings.num_cpus
+    )
+    results = _gather(ray, remote, tasks, execution, settings)
+    staged = [r["staged"] for r in sorted(results, key=lambda r: r["index"])]
+    highs = [r["high_water"] for r in results if r["high_water"] is not None]
+    execution.summary.executor = _report(settings, results, len(tasks))
+    return Outcome(
+        high_water=max(highs) if highs else None,
+        commit=lambda: call(writer.commit_staged, name, "commit_staged", staged),  # type: ignore[attr-defined]
+    )
 
 
 def _connect(ray: Any, settings: RayConfig) -> None:
@@ -252,7 +231,3 @@ def _report(settings: RayConfig, results: list[dict[str, Any]], partitions: int)
         "attempts": sum(r["attempt"] + 1 for r in results),
         "workers": nodes,
     }
-
-
-#: The executor registered as ``ray`` under the ``dativo.executors`` entry points.
-executor = RayExecutor()
