@@ -27,7 +27,7 @@ from dativo.targets.encrypted_parquet import read_encrypted
 from support.cli import dativo
 from support.kms_fixtures import KmsHelper
 from support.s3server import S3Server
-from support.staging import attempt_killed, pool, stage, stage_all, staged_run, writer_of
+from support.staging import attempt_killed, drive_killed, pool, stage, stage_all, staged_run, writer_of
 
 REF = "dativo.targets.encrypted_parquet:EncryptedParquetWriter"
 
@@ -210,3 +210,21 @@ def test_aws_kms_on_s3_plan_holds_no_secret(
     driver.close()
     assert dataset(tmp_path, target).equals(rows(0, 400))
     assert verify(tmp_path, target)["files_checked"] >= 2
+
+
+@pytest.mark.parametrize("point", ["audit_recorded", "files_published"])
+def test_driver_killed_during_commit_is_closed_by_the_next_run_which_commits_once(
+    workers: ProcessPoolExecutor, tmp_path: Path, key_file: Any, point: str
+) -> None:
+    target = target_of(tmp_path)
+    staged_run(workers, REF, config_of(target, tmp_path), [rows(0, 100)])
+    crashed = config_of(target, tmp_path)
+    state = {"run_id": crashed["job"]["run_id"]}
+    assert drive_killed(REF, crashed, rows(0, 1).schema, split(rows(100, 300), 3), state, point) == -signal.SIGKILL
+    assert dataset(tmp_path, target).equals(rows(0, 100))  # nothing of the killed run is visible
+    staged_run(workers, REF, config_of(target, tmp_path), split(rows(100, 300), 2))
+    assert dataset(tmp_path, target).equals(rows(0, 400))
+    assert not [name for name in stored(tmp_path) if crashed["job"]["run_id"] in name], stored(tmp_path)
+    abandoned = [r for r in records(tmp_path) if r["event"] == "run_abandoned"]
+    assert [(r["abandoned_run"], r["committed"]) for r in abandoned] == [(crashed["job"]["run_id"], False)]
+    assert verify(tmp_path, target)["runs"] == 3

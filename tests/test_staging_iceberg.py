@@ -320,3 +320,27 @@ def test_plan_and_descriptions_are_small_and_hold_no_secret(
         assert secret.encode() not in blob and secret.encode() not in described
     assert len(blob) < 4096
     assert len(described) < 1500 * len(description["data_files"])
+
+
+def test_commit_refuses_a_missing_or_foreign_staged_file(workers: ProcessPoolExecutor, tmp_path: Path) -> None:
+    name = f"staged_{uuid.uuid4().hex[:8]}.orders"
+    staged_run(workers, REF, config_for({}, tmp_path, name), [rows(0, 50)])
+    table = embedded_catalog(tmp_path).load_table(name)
+    before = stored(table)
+    for damage in ("missing", "foreign"):
+        config = config_for({}, tmp_path, name)
+        driver = writer_of(REF, config)
+        driver.load_state()
+        driver.prepare(rows(0, 1).schema)
+        [described] = stage_all(workers, REF, config, driver.staging_plan(), [rows(50, 50)])
+        entry = described["data_files"][0]
+        if damage == "missing":
+            Path(entry["path"].removeprefix("file://")).unlink()
+        else:
+            described["data_files"] = [{**entry, "path": next(iter(table.scan().plan_files())).file.file_path}]
+        with pytest.raises(TargetError, match="missing" if damage == "missing" else "not a data file staged by run"):
+            driver.commit_staged([described])
+        driver.abort()
+        driver.close()
+    table = embedded_catalog(tmp_path).load_table(name)
+    assert stored(table) == before and contents(table) == rows(0, 50).to_pylist() and len(run_ids(table)) == 1

@@ -28,6 +28,7 @@ from dativo.errors import ConfigError
 from dativo.sdk import SDK_API_VERSION
 from dativo.testing._context import Context, Failed, Skipped, describe
 from dativo.testing._reader_checks import LARGE_VALUE_BYTES, READER_CHECKS, RELEASE_WAIT_S
+from dativo.testing._staging_checks import STAGING_CHECKS
 from dativo.testing._writer_checks import WRITER_CHECKS
 from dativo.testing.host import PluginUnderTest
 from dativo.testing.scenarios import Scenarios
@@ -138,11 +139,17 @@ WRITER_RULES: dict[str, Rule] = {
         Rule("writer.abort-leaves-nothing", "abort() after prepare/write leaves no file behind"),
         Rule("writer.write-after-finalize", "write_batch() after finalize() raises"),
         Rule("writer.close-idempotent", "close() is safe twice, after finalize, after abort, without prepare"),
+        Rule(
+            "writer.staging-commit",
+            "a StagingWriter: partitions staged on fresh instances (key in every file name), one attempt each "
+            "committed with the state, the other attempt's files removed; plan and descriptions picklable, no secret",
+        ),
+        Rule("writer.staging-abort", "a StagingWriter: abort() on the driver removes the files of every attempt"),
     )
 }
 
 
-_CHECKS: dict[str, Callable[[Context], str]] = {**READER_CHECKS, **WRITER_CHECKS}
+_CHECKS: dict[str, Callable[[Context], str]] = {**READER_CHECKS, **WRITER_CHECKS, **STAGING_CHECKS}
 
 
 def _run(ctx: Context, rule: Rule) -> CheckResult:

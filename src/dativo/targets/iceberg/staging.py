@@ -211,6 +211,7 @@ def _commit_staged(writer: IcebergWriter, staged: Sequence[Mapping[str, Any]]) -
         if writer._merge_keys is not None:
             with writer._io.new_input(str(description["merge_keys"])).open() as stream:
                 writer._merge_keys.adopt(pq.read_table(stream))
+    _check_staged(writer, [file.path for file in written])
     writer._prebuilt = prebuilt
     writer._crash_point("files_written")
     result = writer._commit_files(written)
@@ -237,3 +238,28 @@ def _sweep_run_files(writer: IcebergWriter, keep: set[str]) -> list[str]:
                 fs.delete_file(info.path)
                 deleted.append(info.path)
     return deleted
+
+
+def _check_staged(writer: IcebergWriter, paths: list[str]) -> None:
+    """Raise TargetError unless every path is a file of this run in the table's data location, present in storage."""
+    where = f"iceberg table {writer._name}"
+    root = writer._locations.data_path.rstrip("/") + "/"
+    for path in paths:
+        if not path.startswith(root) or writer._run_id not in path.rsplit("/", 1)[-1]:
+            raise TargetError(
+                f"{where}: {path} is not a data file staged by run {writer._run_id}; nothing was committed"
+            )
+    io = writer._io
+    if isinstance(io, PyArrowFileIO) and paths:
+        scheme, netloc, _ = io.parse_location(paths[0], io.properties)
+        located = [io.parse_location(path, io.properties)[2] for path in paths]
+        infos = io.fs_by_scheme(scheme, netloc).get_file_info(located)
+        present = [info.type == pafs.FileType.File for info in infos]
+    else:
+        present = [io.new_input(path).exists() for path in paths]
+    missing = [path for path, found in zip(paths, present, strict=True) if not found]
+    if missing:
+        raise TargetError(
+            f"{where}: {len(missing)} staged data file(s) are missing ({missing[0]}); nothing was committed "
+            "(run the job again)"
+        )
