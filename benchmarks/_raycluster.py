@@ -409,14 +409,18 @@ class NodeSampler(threading.Thread):
 # --------------------------------------------------------------------------------------------------
 
 
+def _alive_nodes(ray: Any) -> int:
+    return len([n for n in ray.nodes() if n["Alive"]])
+
+
 def _probe(address: str, nodes: int, out: Path, timeout_s: float = 150.0) -> None:
     import ray
 
     ray.init(address=address, log_to_driver=False, configure_logging=False)
     deadline = time.monotonic() + timeout_s
-    while sum(1 for n in ray.nodes() if n["Alive"]) < nodes:
+    while _alive_nodes(ray) < nodes:
         if time.monotonic() > deadline:
-            raise SystemExit(f"only {sum(1 for n in ray.nodes() if n['Alive'])} of {nodes} Ray nodes alive")
+            raise SystemExit(f"only {_alive_nodes(ray)} of {nodes} Ray nodes alive")
         time.sleep(0.5)
 
     @ray.remote(num_cpus=1)
@@ -445,7 +449,7 @@ def _probe(address: str, nodes: int, out: Path, timeout_s: float = 150.0) -> Non
     batch = time.perf_counter() - t0
     import_times = ray.get(imports.remote())
     result = {
-        "nodes_alive": sum(1 for n in ray.nodes() if n["Alive"]),
+        "nodes_alive": _alive_nodes(ray),
         "first_task_s": round(first, 4),
         "noop_task_round_trip_ms": {
             "median": round(statistics.median(rtts) * 1000, 2),

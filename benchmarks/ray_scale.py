@@ -62,6 +62,8 @@ from run import (
     summarize,
 )
 
+from dativo.config.models import EngineConfig
+
 HERE = Path(__file__).resolve().parent
 FLOOR = next(v for v in run.VARIANTS if v.role == "floor")
 
@@ -77,7 +79,7 @@ def source_checksums(dsn: str, table: str) -> dict[str, int]:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(CHECKSUM_SQL.format(table=table)).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(CHECKSUM_SQL.format(table=table)).fetchone()
     assert row is not None
     return {k: int(v) for k, v in zip(CHECKSUM_KEYS, row, strict=True)}
 
@@ -564,7 +566,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON output instead (+ .md next to it)")
     p.add_argument("--dsn", default=None, help="use this server instead of starting one (needs CREATE on it)")
     p.add_argument("--table", default="public.wide", help="source table (a 5M-row table gets its own name)")
-    p.add_argument("--batch-size", type=int, default=run.EngineConfig().batch_size, help="engine.batch_size")
+    p.add_argument(
+        "--batch-size", type=int, default=EngineConfig.model_fields["batch_size"].default, help="engine.batch_size"
+    )
     p.add_argument("--workdir", type=Path, default=None, help="run directories (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep every run directory")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds before a single run is killed")
@@ -622,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(1, args.runs + 1):
             bench.run_pass(specs, "run", i)
         machine["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    variants = [{"key": "floor", "label": FLOOR.label}] + [
+    variants: list[dict[str, Any]] = [{"key": "floor", "label": FLOOR.label}] + [
         {"key": s.key, "label": s.label, "partitions": s.partitions, "worker_nodes": s.nodes} for s in specs
     ]
     result: dict[str, Any] = {
