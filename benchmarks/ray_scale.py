@@ -299,6 +299,8 @@ def summarize_variant(bench: Bench, key: str) -> dict[str, Any]:
     out["median_driver_cpu_s"] = _median(driver_cpu)
     out["median_server_cpu_s"] = _median([e.get("nodes", {}).get("postgres", {}).get("cpu_s") for e in runs])
     out["load_1m"] = [e.get("load_1m") for e in runs]
+    first = next((e["summary"] for e in runs if e.get("summary")), {})
+    out["reader"], out["writer"] = first.get("reader"), first.get("writer")
     executor = [e["summary"].get("executor") for e in runs if e.get("summary", {}).get("executor")]
     out["executor_report"] = executor[0] if executor else None
     return out
@@ -366,7 +368,9 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"{src['rows']:,} rows x {len(WIDE_COLUMNS)} columns from `{src['name']}` ({src['size_mb']:,} MB on the "
         f"server); median of {cfg['runs']} interleaved passes after {cfg['warmup']} warm-up pass(es); "
-        f"worker nodes: {cfg['node_limits']}; the head node has no task slots (driver only).",
+        f"worker nodes: {cfg['node_limits']}; the head node has no task slots (driver only). "
+        f"Reader: {', '.join(sorted({str(x.get('reader')) for x in s.values() if x.get('reader')})) or '-'}; "
+        f"writer: {', '.join(sorted({str(x.get('writer')) for x in s.values() if x.get('writer')})) or '-'}.",
         "",
         "**2 cores cannot show a speed-up.** Every worker node, the driver and the PostgreSQL server share the "
         "same two cores (with other jobs on this machine); a second worker node adds task slots but no CPU. "
@@ -374,6 +378,14 @@ def render(result: dict[str, Any]) -> str:
         "docs/scale-out.md turns them into a model.",
         "",
     ]
+    loads = [x for e in result["runs"].values() for x in e.get("load_1m") or []]
+    if loads:
+        lines += [
+            f"Load average (1 min) when runs started and ended: {min(loads):.1f}-{max(loads):.1f} on "
+            f"{result['machine'].get('cores')} cores"
+            + (" — **a busy machine: wall times are noisy; CPU seconds less so.**" if max(loads) >= 1.0 else "."),
+            "",
+        ]
     rows = []
     for v in result["variants"]:
         x = s.get(v["key"], {})
