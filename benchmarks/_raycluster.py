@@ -244,6 +244,10 @@ class LocalRayCluster:
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def close(self) -> None:
+        """The same as :meth:`stop` (for ``contextlib.closing``)."""
+        self.stop()
+
     def __enter__(self) -> LocalRayCluster:
         try:
             return self.start()

@@ -216,6 +216,24 @@ class Bench:
         )
         return m
 
+    def _start_cluster(self, phase: run.Phase, i: int, nodes: int, attempts: int = 3) -> LocalRayCluster | None:
+        """A started cluster, or None (logged, recorded) when it did not come up ``attempts`` times."""
+        for attempt in range(1, attempts + 1):
+            cluster = LocalRayCluster(
+                self.runner.workdir / f"cluster-{phase}-{i}-{nodes}-{attempt}",
+                nodes,
+                self.limits,
+                env={DSN_ENV: self.ctx.dsn},  # the job's ${DATIVO_BENCH_DSN}, resolved on the workers
+            )
+            log(f"starting a Ray cluster: head + {nodes} worker node(s) (attempt {attempt}) ...")
+            try:
+                return cluster.start()
+            except RuntimeError as exc:
+                cluster.stop()
+                log(f"the Ray cluster did not come up: {str(exc)[:300]}")
+                self.clusters.append({"phase": phase, "run": i, "nodes": nodes, "failed": str(exc)[-2000:]})
+        return None
+
     def run_pass(self, specs: Sequence[Spec], phase: run.Phase, i: int) -> None:
         """Floor, local variants, then each cluster size on a fresh cluster; ratios to this pass's floor."""
         floor = self.measure(FLOOR, phase, i, {})
@@ -223,14 +241,10 @@ class Bench:
         for spec in [s for s in specs if s.nodes == 0]:
             measured.append(self.measure(self.variant(spec, None), phase, i, {}))
         for nodes in sorted({s.nodes for s in specs if s.nodes > 0}):
-            cluster = LocalRayCluster(
-                self.runner.workdir / f"cluster-{phase}-{i}-{nodes}",
-                nodes,
-                self.limits,
-                env={DSN_ENV: self.ctx.dsn},  # the job's ${DATIVO_BENCH_DSN}, resolved on the workers
-            )
-            log(f"starting a Ray cluster: head + {nodes} worker node(s) ...")
-            with cluster:
+            cluster = self._start_cluster(phase, i, nodes)
+            if cluster is None:
+                continue
+            with contextlib.closing(cluster):
                 self.clusters.append({"phase": phase, "run": i, "nodes": nodes, "start_s": cluster.start_s})
                 self.clusters[-1]["probe"] = cluster.probe
                 log(f"cluster up in {cluster.start_s:.1f}s; probe {json.dumps(cluster.probe)}")
@@ -347,12 +361,13 @@ def overhead(bench: Bench, specs: Sequence[Spec]) -> dict[str, Any]:
         diffs = [w - walls[("local", r)] for (k, r), w in walls.items() if k == spec.key and ("local", r) in walls]
         out[f"{spec.key}_minus_local_s"] = _median(diffs)
     probes = [c["probe"] for c in bench.clusters if c.get("probe")]
+    out["cluster_start_failures"] = sum(1 for c in bench.clusters if c.get("failed"))
     if probes:
         out["noop_task_round_trip_ms_median"] = _median([p["noop_task_round_trip_ms"]["median"] for p in probes])
         out["noop_tasks_200_at_once_ms_per_task"] = _median([p["noop_tasks_200_at_once_ms_per_task"] for p in probes])
         out["first_task_s_median"] = _median([p["first_task_s"] for p in probes])
         out["worker_import_s"] = probes[-1]["worker_import_s"]
-    out["cluster_start_s"] = [c["start_s"] for c in bench.clusters]
+    out["cluster_start_s"] = [c["start_s"] for c in bench.clusters if "start_s" in c]
     return out
 
 
@@ -503,6 +518,13 @@ def render(result: dict[str, Any]) -> str:
         "t01 (timestamptz, as microseconds) and h01 (md5 text, first 8 hex digits).",
         "",
     ]
+    failed_clusters = [c for c in result["clusters"] if c.get("failed")]
+    if failed_clusters:
+        lines += [
+            f"**{len(failed_clusters)} Ray cluster start(s) failed** (each retried up to 3 times; the pass's Ray "
+            f"variants are missing when all failed): {failed_clusters[0]['failed'][-300:]}",
+            "",
+        ]
     failures = {k: x["errors"] for k, x in s.items() if x.get("errors")}
     for key, errors in failures.items():
         lines += [f"**{key} failed**: {errors[0][:600]}", ""]
