@@ -48,7 +48,8 @@ step "fetching Apache Iceberg's REST catalog server (Maven Central; cached after
 workers="${DATIVO_TEST_WORKERS:-auto}"
 step "running the test suite (pytest, $workers workers; each worker starts its own PostgreSQL and S3 servers)"
 set +e
-$python -m pytest -n "$workers" --durations=10 "$@"
+# --dist loadgroup: the Ray tests (xdist_group "ray") share one worker and its one 3-node Ray cluster.
+$python -m pytest -n "$workers" --dist loadgroup --durations=10 "$@"
 status=$?
 set -e
 step "done (pytest exit code $status)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from dativo.sdk import register_secret
 from dativo.targets.parquet import ParquetDatasetWriter
 from dativo.testing import PluginUnderTest, certify
 
+from support.cli import dativo
 from support.kms_fixtures import write_key_file
 
 RULES = ["writer.staging-commit", "writer.staging-abort"]
@@ -93,3 +95,12 @@ def test_broken_stagers_fail_naming_what_they_did(cls: str, rule: str, message: 
     assert report.failed_rules == [rule], report.to_dict()
     assert message in report.results[0].message
     assert SECRET not in report.results[0].message
+
+
+def test_plugins_certify_cli_runs_the_staging_rules_for_the_parquet_writer() -> None:
+    result = dativo("plugins", "certify", "parquet", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = {r["rule"]: r for r in json.loads(result.stdout)["results"]}
+    assert results["writer.staging-commit"]["status"] == "pass"
+    assert "committed once" in results["writer.staging-commit"]["message"]
+    assert results["writer.staging-abort"]["status"] == "pass"

@@ -344,3 +344,35 @@ def test_commit_refuses_a_missing_or_foreign_staged_file(workers: ProcessPoolExe
         driver.close()
     table = embedded_catalog(tmp_path).load_table(name)
     assert stored(table) == before and contents(table) == rows(0, 50).to_pylist() and len(run_ids(table)) == 1
+
+
+def test_merge_last_wins_resolves_duplicates_across_partitions_in_partition_order(
+    workers: ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    name = f"staged_{uuid.uuid4().hex[:8]}.orders"
+    staged_run(workers, REF, config_for({}, tmp_path, name), [rows(0, 100)])
+    merge = {"keys": ["id"], "duplicates": "last_wins"}
+    # ids 50-59 come in partitions 0 and 1 (and twice within partition 1): the last row in partition order wins.
+    parts = [rows(50, 20, "first"), pa.concat_tables([rows(50, 10, "second"), rows(55, 5, "third")]), rows(200, 5)]
+    staged_run(workers, REF, config_for({}, tmp_path, name, "merge", merge=merge), parts)
+    table = embedded_catalog(tmp_path).load_table(name)
+    expected = {row["id"]: row for row in rows(0, 100).to_pylist()}
+    for part in parts:
+        expected.update({row["id"]: row for row in part.to_pylist()})
+    assert contents(table) == [expected[k] for k in sorted(expected)]
+    names = [row["name"] for row in contents(table)[50:60]]
+    assert names == [f"second {i}" for i in range(50, 55)] + [f"third {i}" for i in range(55, 60)]
+    assert stored(table) >= referenced(table) and not [p for p in stored(table) if "keys-" in p]
+
+
+def test_merge_on_a_text_key_with_an_empty_partition(workers: ProcessPoolExecutor, tmp_path: Path) -> None:
+    name = f"staged_{uuid.uuid4().hex[:8]}.orders"
+    staged_run(workers, REF, config_for({}, tmp_path, name), [rows(0, 30)])
+    merge = config_for({}, tmp_path, name, "merge", merge={"keys": ["name"]})
+    staged_run(workers, REF, merge, [rows(10, 5, extra={"amount": [0.0] * 5}), rows(0, 0), rows(100, 2)])
+    table = embedded_catalog(tmp_path).load_table(name)
+    expected = {row["name"]: row for row in rows(0, 30).to_pylist()}
+    expected.update(
+        {row["name"]: row for row in [*rows(10, 5, extra={"amount": [0.0] * 5}).to_pylist(), *rows(100, 2).to_pylist()]}
+    )
+    assert contents(table) == sorted(expected.values(), key=lambda row: row["id"])

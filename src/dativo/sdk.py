@@ -438,7 +438,8 @@ class StagingWriter(Protocol):
         """On a worker: write ``batches`` as files invisible to the target's readers; describe them.
 
         ``key`` is unique to this run, partition and attempt (e.g. ``<run_id>-p0007-a2``;
-        letters, digits, ``.``, ``_`` and ``-`` only) and must appear in every staged file's name. Return a small picklable
+        letters, digits, ``.``, ``_`` and ``-`` only) and must appear in every staged
+        file's name. Return a small picklable
         description of what was written, with at least ``rows`` (int), ``bytes`` (int,
         on storage) and ``files`` (list of paths); per-file sizes, row counts and column
         statistics may follow. Raise a :class:`dativo.DativoError` subclass on failure

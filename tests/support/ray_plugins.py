@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dativo import DataReader, ReadPartition, SourceError
+from dativo import DataReader, DataWriter, ReadPartition, SourceError
 from dativo.connectors.postgres.adbc import AdbcPostgresReader
 from dativo.targets.parquet import ParquetDatasetWriter
 
@@ -81,18 +81,21 @@ class ChaosPostgresReader(AdbcPostgresReader):
             deadline = time.monotonic() + 120
             while not (folder / "release").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        for count, batch in enumerate(super().read_partition(partition, batch_size)):
+        if mode == "fail" and not target:
+            time.sleep(60)  # still running when the failure arrives: only a cancellation ends it early
+        for batch in super().read_partition(partition, batch_size):
             yield batch
             if first and mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if target and mode == "fail":
                 raise SourceError(f"partition {partition.index} hit a terminal test error", transient=False)
-            if mode == "fail" and not target:
-                time.sleep(0.5 if count < 240 else 0)  # slow: still running when the failure arrives
 
 
 class SnapshotWatchingParquetWriter(ParquetDatasetWriter):
     """The Parquet writer reporting, on the driver, the exported-snapshot sessions open at commit and abort."""
+
+    def parquet_settings(self, options: dict[str, Any]) -> Any:
+        return super().parquet_settings({k: v for k, v in options.items() if k not in ("watch_dsn", "report")})
 
     def _watch(self, when: str) -> None:
         import psycopg
@@ -112,3 +115,13 @@ class SnapshotWatchingParquetWriter(ParquetDatasetWriter):
     def abort(self) -> None:
         self._watch("abort")
         super().abort()
+
+
+class PlainWriter(DataWriter):
+    """A writer that cannot stage (no dativo.StagingWriter): the Ray executor must refuse it."""
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        pass
+
+    def finalize(self) -> dict[str, Any]:
+        return {}

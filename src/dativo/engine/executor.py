@@ -82,11 +82,12 @@ class Executor(Protocol):
 
     name: str
 
-    def check(self, plan: Plan) -> None:
+    def check(self, plan: Plan, writer: DataWriter | None = None) -> None:
         """Raise ConfigError (one line: what and what to do) if this job cannot run on this executor.
 
-        Called by ``validate`` (also ``--offline``) and before a run hosts any plugin; it
-        looks at the plan only (the plugins' classes and runtimes), never at the source.
+        Called by ``validate`` (also ``--offline``) and before a run hosts any plugin, with
+        the plan only (the plugins' classes and runtimes), then again with the hosted
+        ``writer``; it never contacts the source.
         """
         ...
 
@@ -104,7 +105,7 @@ class LocalExecutor:
 
     name = "local"
 
-    def check(self, plan: Plan) -> None:
+    def check(self, plan: Plan, writer: DataWriter | None = None) -> None:
         """Every job runs locally."""
 
     def execute(self, execution: Execution) -> Outcome:

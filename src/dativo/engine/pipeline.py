@@ -145,6 +145,7 @@ def run(
             log.warning("run %s of job %s was already committed; nothing to do", plan.run_id, summary.job)
             return summary
         incremental = _start_incremental(plan, reader, writer, schema, state)
+        executor.check(plan, writer)
         call(writer.prepare, plan.writer.ref.name, "prepare", schema)
         execution = Execution(plan, reader, writer, schema, incremental, summary, progress, stop)
         outcome = executor.execute(execution)
@@ -339,6 +340,7 @@ def validate(plan: Plan) -> None:
     try:
         writer = host_writer(plan.writer)
         _check_mode(plan, writer)
+        find_executor(plan.job.config.engine.executor).check(plan, writer)
         spec = plan.job.config.source.incremental
         if spec is not None:
             _check_incremental(plan, reader, writer)

@@ -1,6 +1,6 @@
 """Executors other than the engine's local one, each registered under the ``dativo.executors`` entry points.
 
-``ray`` (:data:`ray`, docs/ray.md): a job's partitions as Ray tasks, committed once on
+``ray`` (:data:`RAY`, docs/ray.md): a job's partitions as Ray tasks, committed once on
 the driver. Its entry point is this light object: checking a job (``validate --offline``)
 imports neither Ray nor pyarrow; :mod:`dativo.executors.ray` (and Ray) load when a job runs.
 """
@@ -11,12 +11,14 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from dativo.errors import ConfigError
+from dativo.sdk import StagingWriter
 
 if TYPE_CHECKING:
     from dativo.engine.executor import Execution, Outcome
     from dativo.engine.plan import Plan
+    from dativo.sdk import DataWriter
 
-__all__ = ["INSTALL", "LazyRayExecutor", "ray"]
+__all__ = ["INSTALL", "RAY", "LazyRayExecutor"]
 
 #: The one install step, named in every "Ray is missing" message.
 INSTALL = "pip install 'dativo[ray]'"
@@ -27,8 +29,13 @@ class LazyRayExecutor:
 
     name = "ray"
 
-    def check(self, plan: Plan) -> None:
-        """Raise ConfigError (one line) if Ray is missing or the job's plugins cannot run on Ray workers."""
+    def check(self, plan: Plan, writer: DataWriter | None = None) -> None:
+        """Raise ConfigError (one line) if Ray is missing or the job's plugins cannot run on Ray workers.
+
+        Whether the writer stages is read from ``writer`` when given (hosted), else from its
+        class, unless the class builds another one in ``__new__`` (a lazy entry point such as
+        the built-in iceberg writer's): that is then checked once the writer is hosted.
+        """
         if importlib.util.find_spec("ray") is None:
             raise ConfigError(f"engine.executor: ray needs Ray, which is not installed: {INSTALL}")
         if plan.job.config.source.cdc is not None:
@@ -39,7 +46,13 @@ class LazyRayExecutor:
                     f"engine.executor: ray runs in-process plugins only; {side.ref.kind} '{side.ref.name}' "
                     f"runs in the '{side.runtime}' runtime (use engine.executor: local)"
                 )
-        if not all(hasattr(plan.writer.ref.cls, m) for m in ("staging_plan", "stage_partition", "commit_staged")):
+        cls = plan.writer.ref.cls
+        if writer is not None:
+            stages = isinstance(writer, StagingWriter)
+        else:
+            builds_another = any("__new__" in vars(k) for k in cls.__mro__[:-1])
+            stages = builds_another or _stages(cls)
+        if not stages:
             raise ConfigError(
                 f"engine.executor: ray needs a writer that stages partitions on workers; writer "
                 f"'{plan.writer.ref.name}' does not implement dativo.StagingWriter (use engine.executor: local)"
@@ -52,5 +65,9 @@ class LazyRayExecutor:
         return execute(execution)
 
 
+def _stages(cls: type) -> bool:
+    return all(callable(getattr(cls, m, None)) for m in ("staging_plan", "stage_partition", "commit_staged"))
+
+
 #: The executor registered as ``ray`` under the ``dativo.executors`` entry points.
-ray = LazyRayExecutor()
+RAY = LazyRayExecutor()

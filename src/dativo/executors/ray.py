@@ -32,7 +32,7 @@ from dativo.errors import ConfigError, DativoError, SourceError
 from dativo.executors import INSTALL
 from dativo.executors._ray_task import PartitionTask, run_partition
 from dativo.executors._sealed import seal, secret_references
-from dativo.sdk import FAULT_HOOK_KEY, PartitionedReader, ReadPartition
+from dativo.sdk import FAULT_HOOK_KEY, DataReader, DataWriter, PartitionedReader, ReadPartition
 
 __all__ = ["CANCEL_WAIT_S", "execute"]
 
@@ -109,7 +109,9 @@ def _partitions(execution: Execution) -> list[ReadPartition | None]:
 
 def _for_workers(side: PluginPlan, references: Mapping[str, str]) -> PluginPlan:
     config = {k: v for k, v in side.config.items() if k not in (FAULT_HOOK_KEY, "postgres_plan")}
-    return replace(side, config=seal(config, references))
+    # The class travels by its implementation name (a file plugin's module exists only where it was loaded).
+    base = DataReader if side.ref.kind == "reader" else DataWriter
+    return replace(side, ref=replace(side.ref, cls=base), config=seal(config, references))
 
 
 def _tasks(

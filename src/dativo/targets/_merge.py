@@ -104,6 +104,8 @@ class MergeKeys:
 
     def adopt(self, recorded: pa.Table) -> None:
         """Append the keys another :class:`MergeKeys` recorded (a staged partition's), after the ones here."""
+        if recorded.num_rows == 0:
+            return  # an empty partition (its key columns may be typed as placeholders)
         positions = pc.add(recorded[_POS], pa.scalar(self._rows, pa.int64()))
         self._parts.append(recorded.set_column(recorded.schema.get_field_index(_POS), _POS, positions))
         self._rows += recorded.num_rows
