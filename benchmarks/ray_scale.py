@@ -313,7 +313,7 @@ def summarize_variant(bench: Bench, key: str) -> dict[str, Any]:
     out["median_driver_cpu_s"] = _median(driver_cpu)
     out["median_server_cpu_s"] = _median([e.get("nodes", {}).get("postgres", {}).get("cpu_s") for e in runs])
     out["load_1m"] = [e.get("load_1m") for e in runs]
-    first = next((e["summary"] for e in runs if e.get("summary")), {})
+    first: dict[str, Any] = next((e["summary"] for e in runs if e.get("summary")), {})
     out["reader"], out["writer"] = first.get("reader"), first.get("writer")
     executor = [e["summary"].get("executor") for e in runs if e.get("summary", {}).get("executor")]
     out["executor_report"] = executor[0] if executor else None
