@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -232,6 +233,9 @@ class Bench:
                 cluster.stop()
                 log(f"the Ray cluster did not come up: {str(exc)[:300]}")
                 self.clusters.append({"phase": phase, "run": i, "nodes": nodes, "failed": str(exc)[-2000:]})
+            except BaseException:  # interrupted: leave no node behind
+                cluster.stop()
+                raise
         return None
 
     def run_pass(self, specs: Sequence[Spec], phase: run.Phase, i: int) -> None:
@@ -632,9 +636,19 @@ def _workdir(args: argparse.Namespace) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 unless it could not run (failed variants are reported, not raised)."""
+    """Run the benchmark; 0 unless it could not run (failed variants are reported, not raised).
+
+    SIGTERM and SIGINT unwind like Ctrl-C: the Ray nodes and the PostgreSQL server this run
+    started are stopped on the way out.
+    """
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     specs = select_specs(args)
     out = args.out or HERE / "results" / f"ray-{args.name}.json"
     limits = NodeLimits(args.node_cpus, args.node_memory_mb, args.node_object_store_mb, args.pin_cpus)
