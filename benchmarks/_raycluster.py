@@ -135,11 +135,12 @@ class LocalRayCluster:
             time.sleep(0.2)
 
     def _common_ports(self) -> list[str]:
-        base = random.randrange(20000, 60000, 200)
+        # Below Linux's ephemeral range (32768+), where free_port()'s single ports come from.
+        base = random.randrange(20000, 32400, 200)
         for _ in range(20):
             if _port_range_free(base, 200):
                 break
-            base = random.randrange(20000, 60000, 200)
+            base = random.randrange(20000, 32400, 200)
         return [
             f"--min-worker-port={base}",
             f"--max-worker-port={base + 199}",
