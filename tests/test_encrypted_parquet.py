@@ -120,7 +120,8 @@ def test_postgres_to_s3_round_trip_every_type(tmp_path, pg_db, s3_server, s3_buc
     stored = objects(s3_server, s3_bucket, "phi/")
     assert not [k for k in stored if "_dativo_tmp_" in k]
     manifests = [k for k in stored if k.startswith("phi/_dativo/manifest-")]
-    assert len(manifests) == 1  # the commit point: the dataset is what the manifest lists
+    # the folder's baseline (empty before the first run) and the run's commit point: the dataset is what it lists
+    assert len(manifests) == 2
     assert all(blob == b"" for k, blob in stored.items() if not k.endswith(".parquet") and k not in manifests)
     ((key, blob),) = [(k, blob) for k, blob in stored.items() if k.endswith(".parquet")]
     for sensitive in [*SSNS, "héllo wörld", "diagnosis-1", "line1\nline2"]:

@@ -45,8 +45,8 @@ def run(job: Path, crash_at: str | None = None, *args: str):
 
 def visible_rows(tmp_path: Path) -> int:
     """Rows of the dataset as its manifest lists it (what ``dativo decrypt`` and any manifest reader see)."""
-    if not list((tmp_path / "out" / "_dativo").glob("manifest-*.json")):
-        return 0
+    if not list((tmp_path / "out" / "_dativo").glob("manifest-*.json")) or not manifest_files(tmp_path):
+        return 0  # nothing committed yet (at most the empty folder's baseline manifest)
     kms = LocalKeyFileKms({"type": "local", "key_file": "keys.json"}, tmp_path)
     return read_encrypted(str(tmp_path / "out"), kms).num_rows
 

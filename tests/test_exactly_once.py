@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog import load_catalog
@@ -139,8 +140,32 @@ def test_kill_9_then_rerun_parquet_dataset(tmp_path, pg_db, point):
     files = json.loads(manifest.read_text())["files"]
     on_disk = sorted(p.name for p in (tmp_path / "out" / "items").glob("*.parquet"))
     assert sorted(files) == on_disk  # the rerun removed what the crashed run published but never listed
+    assert not list((tmp_path / "out" / "items").glob("_dativo_tmp_*"))  # and the dead run's staging folder
     ids = sorted(i for name in files for i in pq.read_table(tmp_path / "out" / "items" / name).column("id").to_pylist())
     assert ids == list(range(1, 5001))
+
+
+@pytest.mark.parametrize("point", ["file_moved:1", "files_published"])
+def test_kill_9_on_day_one_before_the_first_manifest_then_rerun_parquet(tmp_path, pg_db, point):
+    """The very first run dies with its files moved in but no manifest yet: the rerun must not adopt them."""
+    create_items(pg_db)
+    options = "{target_file_size_mb: 0.02, row_group_size_mb: 0.01}"
+    target = f"target:\n  connector: parquet\n  path: out/items\n  options: {options}\n"
+    job = write_job(tmp_path, pg_db, target=target)
+    folder = tmp_path / "out" / "items"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"note": ["a file that was here before dativo"]}), folder / "before.parquet")
+    crashed = run(job, point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert run(job).returncode == 0
+    manifest = sorted((folder / "_dativo").glob("manifest-*.json"))[-1]
+    files = json.loads(manifest.read_text())["files"]
+    assert sorted(files) == sorted(p.name for p in folder.glob("*.parquet"))
+    assert not list(folder.glob("_dativo_tmp_*"))
+    ours = [name for name in files if name != "before.parquet"]
+    assert "before.parquet" in files  # what was there before the first run stays part of the dataset
+    ids = sorted(i for name in ours for i in pq.read_table(folder / name).column("id").to_pylist())
+    assert ids == list(range(1, 3001))
 
 
 def test_rerun_with_the_same_run_id_is_not_applied_twice(tmp_path, pg_db):

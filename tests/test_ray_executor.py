@@ -171,6 +171,9 @@ def test_validate_and_run_refuse_a_writer_that_cannot_stage_with_one_line(tmp_pa
     for command in (("validate", job), ("validate", "--offline", job), ("run", job, "--quiet")):
         result = dativo_cli(*command)
         assert_one_line_error(result, "does not implement dativo.StagingWriter", code=2)
+    staging = write_job(tmp_path, "staging", source, parquet_target(tmp_path / "out"))
+    ok = dativo_cli("validate", staging, "--executor", "ray")
+    assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
 
 
 def test_without_ray_the_executor_names_the_install_step(tmp_path):

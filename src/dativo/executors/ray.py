@@ -53,7 +53,7 @@ def _import_ray() -> Any:
 def execute(execution: Execution) -> Outcome:
     """Plan, launch one task per partition, gather; raise the first terminal failure after cancelling the rest.
 
-    The plan's executor check (``dativo.executors.ray.check``) has passed: Ray is installed
+    The executor's check (``dativo.executors.LazyRayExecutor.check``) has passed: Ray is installed
     and the writer is a StagingWriter.
     """
     ray = _import_ray()

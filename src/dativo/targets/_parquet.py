@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import threading
@@ -21,6 +22,8 @@ from dativo.sdk import FaultHook, fault_hook, redact
 __all__ = ["ParquetSettings", "RollingParquetWriter", "StagedFolder", "WrittenFile", "staged_stem"]
 
 _MIB = 1024 * 1024
+#: The lock file a live run holds in its staging folder (local folders); see StagedFolder.hold.
+_LOCK = ".alive"
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -276,6 +279,7 @@ class StagedFolder:
         self.display = display
         self.staging = f"{root}/_dativo_tmp_{run_id}"
         self.published: list[str] = []
+        self._lock: Any = None
 
     def check(self, what: str) -> None:
         """Create the folder and write and delete a probe; raises TargetError naming the location."""
@@ -294,6 +298,46 @@ class StagedFolder:
             self.make_dir(self.staging)
         except (OSError, pa.ArrowException) as exc:
             raise TargetError(f"{what} {self.display}: cannot create files: {redact(str(exc))}") from None
+
+    def hold(self) -> None:
+        """Mark the staging folder as a live run's (local folders): an flock that a SIGKILL releases.
+
+        The lock file is locked under a temporary name and then renamed into place, so
+        :meth:`sweep_dead` never sees it unlocked while this run lives. Raises TargetError
+        if it cannot be created. Object stores have no locks: nothing is held there.
+        """
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return
+        temp = f"{self.staging}/{_LOCK}.{os.getpid()}"
+        try:
+            handle = open(temp, "wb")  # noqa: SIM115 - held open until the staging folder goes
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            os.rename(temp, f"{self.staging}/{_LOCK}")
+        except OSError as exc:
+            raise TargetError(f"target {self.display}: cannot lock its staging folder: {redact(str(exc))}") from None
+        self._lock = handle
+
+    def sweep_dead(self) -> list[str]:
+        """Delete the staging folders of runs that died (local folders whose lock no process holds); never raises.
+
+        A folder without a lock file (a run starting this instant, or one on an object
+        store) is left alone. Returns the folders deleted.
+        """
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return []
+        swept = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.root):
+                if not entry.name.startswith("_dativo_tmp_") or entry.path == self.staging:
+                    continue
+                try:
+                    with open(f"{entry.path}/{_LOCK}", "rb") as handle:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        self.fs.delete_dir(entry.path)  # still locked by us: no run can take it meanwhile
+                        swept.append(entry.path)
+                except (OSError, pa.ArrowException):
+                    continue  # no lock file, or a live run holds it
+        return swept
 
     def staged_path(self, name: str) -> str:
         """Where a new file called ``name`` is written before publishing."""
@@ -330,12 +374,15 @@ class StagedFolder:
             self.fs.create_dir(path, recursive=True)
 
     def remove_staging(self) -> None:
-        """Delete the staging folder if it exists; never raises."""
+        """Delete the staging folder if it exists and release its lock; never raises."""
         try:
             if self.fs.get_file_info(self.staging).type != pafs.FileType.NotFound:
                 self.fs.delete_dir(self.staging)
         except (OSError, pa.ArrowException):
             pass
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def display_path(self, path: str) -> str:
         """``path`` as the user would write it (``s3://`` prefixed for object storage)."""

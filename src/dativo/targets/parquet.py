@@ -102,9 +102,14 @@ class ParquetDatasetWriter(DataWriter):
         return f"state of job '{self._job}' removed from {self._folder.display}"
 
     def prepare(self, schema: pa.Schema) -> None:
-        """Remove files a crashed run left unlisted, then create the staging folder; raises TargetError."""
+        """Remove what crashed runs left (unlisted files, staging folders), create and hold this run's staging folder.
+
+        Raises TargetError when the folder cannot be written.
+        """
         self._recover()
+        self._folder.sweep_dead()
         self._folder.prepare(f"{self.label} target")
+        self._folder.hold()
         self._schema = schema
         self._rolling = RollingParquetWriter(schema, self._open_file, self._settings, self.file_options)
 
@@ -254,7 +259,12 @@ class ParquetDatasetWriter(DataWriter):
 
     def _publish(self, written: list[WrittenFile]) -> dict[str, Any]:
         """Move ``written`` into the folder, commit the manifest listing them (and the state); the shared commit."""
-        manifest = read_manifest(self._folder.fs, self._folder.root) or self._baseline()
+        manifest = read_manifest(self._folder.fs, self._folder.root)
+        if manifest is None:
+            # The first commit here: the files already in the folder get a manifest of their own before any
+            # of this run's is moved in, so a crash after the move cannot make the next run adopt them.
+            manifest = self._baseline()
+            manifest["sequence"] = self._write_manifest(manifest, manifest["files"], {}, baseline=True)
         names = [file.path.rsplit("/", 1)[1] for file in written]
         files = names if self._mode == "overwrite" else [*manifest["files"], *names]
         self.before_publish(written, manifest, files)
@@ -313,15 +323,18 @@ class ParquetDatasetWriter(DataWriter):
                 deleted.append(f"{self._folder.root}/{name}")
         return deleted
 
-    def _write_manifest(self, previous: dict[str, Any], files: list[str], states: dict[str, Any]) -> int:
+    def _write_manifest(
+        self, previous: dict[str, Any], files: list[str], states: dict[str, Any], baseline: bool = False
+    ) -> int:
+        """Commit the next manifest; a ``baseline`` one lists what was in the folder before dativo and no run."""
         sequence = int(previous.get("sequence", 0)) + 1
         body = {
             "version": 1,
             "sequence": sequence,
             "committed_at": datetime.now(UTC).isoformat(),
             "job": self._job,
-            "run_id": self._folder.run_id,
-            "mode": self._mode,
+            "run_id": None if baseline else self._folder.run_id,
+            "mode": "baseline" if baseline else self._mode,
             "dativo_version": __version__,
             "files": files,
             "states": states,

@@ -1,12 +1,21 @@
-"""Opening the Iceberg target's catalog (embedded SQL, REST, Glue, ... by PyIceberg properties) and namespaces."""
+"""Opening the Iceberg target's catalog (embedded SQL, REST, Glue, ... by PyIceberg properties) and namespaces.
+
+A ``type: sql`` catalog on a plain ``sqlite:///`` file — the embedded catalog a job gets without a
+``catalog:`` block — is opened by :class:`~dativo.targets.iceberg.embedded.EmbeddedCatalog` (the same
+tables through the stdlib ``sqlite3``, without SQLAlchemy); every other catalog by PyIceberg's
+``load_catalog``, which imports that catalog type's module only (``pyiceberg.catalog.sql`` for SQL,
+``pyiceberg.catalog.rest`` for REST, ...).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pyiceberg.catalog
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
+from pyiceberg.utils.config import Config, merge_config
 
 from dativo.errors import TargetError
 from dativo.sdk import redact, register_secret
@@ -58,10 +67,23 @@ def open_catalog(properties: dict[str, Any], job_dir: Path) -> Catalog:
         properties["warehouse"] = local.as_uri()
     for attempt in range(3):
         try:
-            return load_catalog(name, **properties)
+            return _load(name, properties)
         except Exception as exc:
             # Two processes creating a new embedded catalog's tables at once: the loser sees them appear.
             if "already exists" in str(exc) and attempt < 2:
                 continue
             raise TargetError(f"iceberg catalog '{name}' cannot be opened: {redact(str(exc))}") from None
     raise AssertionError("unreachable")
+
+
+def _load(name: str, properties: dict[str, str]) -> Catalog:
+    # As load_catalog does: the PYICEBERG_CATALOG__<name>__* variables and ~/.pyiceberg.yaml come first.
+    config = getattr(pyiceberg.catalog, "_ENV_CONFIG", None) or Config()
+    merged = merge_config(config.get_catalog_config(name) or {}, dict(properties))
+    flat = {key: str(value) for key, value in merged.items() if not isinstance(value, dict)}
+    if flat.get("type", "sql").lower() == "sql" and flat.get("uri", "").startswith("sqlite:///"):
+        from dativo.targets.iceberg.embedded import EmbeddedCatalog, sqlite_path
+
+        if "py-catalog-impl" not in flat and sqlite_path(flat) is not None:
+            return EmbeddedCatalog(name, **flat)
+    return load_catalog(name, **properties)
