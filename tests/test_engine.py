@@ -159,6 +159,25 @@ def test_reader_runs_at_most_queue_size_ahead(tmp_path):
     assert 1 <= writer_cls.max_ahead <= 3 + 2
 
 
+def test_engine_queue_mb_bounds_the_queue_by_bytes(tmp_path):
+    """queue_size 64 would let the reader run far ahead; a byte bound below one batch holds one batch at a time."""
+    job = write_job(
+        tmp_path,
+        options={"rows": 60_000},
+        target=f'connector: custom\n  writer: {{implementation: "{SUPPORT}:CountingWriter"}}',
+        engine="batch_size: 500, queue_size: 64, queue_mb: 0.001",
+    )
+    plan = build_plan(load_job(job))
+    assert plan.queue_bytes == 1048
+    reader_cls, writer_cls = plan.reader.ref.cls, plan.writer.ref.cls
+    reader_cls.produced = 0
+    writer_cls.max_ahead = 0
+    summary = pipeline.run(plan)
+    assert summary.batches == 120
+    # one batch queued + one being handed over + one the reader holds while it waits for room.
+    assert 1 <= writer_cls.max_ahead <= 1 + 2
+
+
 def test_all_canonical_types_round_trip_through_iceberg(tmp_path):
     run_job(write_job(tmp_path, reader="AllTypesReader"))
     table = catalog(tmp_path).load_table("raw.items")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from pyiceberg.catalog import load_catalog
 
+from dativo import DataReader
 from dativo.config.loader import load_job
 from dativo.core.pump import SINGLE_STREAM, Pump, plan_read
 from dativo.engine.retry import run_job
@@ -104,3 +108,70 @@ def test_one_stream_keeps_order_and_counts_every_row(tmp_path):
     ids = [i for batch in pump for i in batch.column("id").to_pylist()]
     pump.join(5)
     assert ids == list(range(2500))
+
+
+class BigBatchReader(DataReader):
+    """Yields ``count`` batches of ``mb`` MiB each, every one freshly allocated from Arrow's default pool."""
+
+    SCHEMA = pa.schema([("v", pa.int64())])
+
+    def get_schema(self) -> pa.Schema:
+        return self.SCHEMA
+
+    def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
+        options = self.config["options"]
+        length = int(options["mb"]) * 1024 * 1024 // 8
+        for _ in range(int(options["count"])):
+            buffer = pa.allocate_buffer(length * 8)  # real memory, counted by pa.total_allocated_bytes()
+            yield pa.record_batch([pa.Array.from_buffers(pa.int64(), length, [None, buffer])], schema=self.SCHEMA)
+
+
+def _drain_slowly(pump: Pump) -> tuple[int, int]:
+    """Take every batch, pausing so the reader can run ahead; returns (batches, peak Arrow bytes allocated)."""
+    batches, peak = 0, 0
+    for batch in pump:
+        time.sleep(0.02)
+        peak = max(peak, pa.total_allocated_bytes())
+        batches += 1
+        del batch
+    return batches, peak
+
+
+def test_queue_is_bounded_by_bytes_not_only_batches():
+    """64 batches of queue depth would hold 256 MiB of 4 MiB batches; 12 MiB of bytes bound holds 3 of them."""
+    reader = BigBatchReader()
+    reader.initialize({"options": {"mb": 4, "count": 30}})
+    mib = 1024 * 1024
+    before = pa.total_allocated_bytes()
+    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 64, max_bytes=12 * mib)
+    pump.start()
+    batches, peak = _drain_slowly(pump)
+    pump.join(5)
+    assert batches == 30
+    assert pump.peak_queued_bytes <= 12 * mib
+    # Allocated at most: the queue's 12 MiB, the batch the consumer holds, the one the reader waits to queue.
+    assert peak - before <= (12 + 4 + 4) * mib
+
+
+def test_queue_of_batches_alone_runs_further_ahead():
+    """The same reader and consumer with a byte bound that never bites: the queue really does fill to its depth."""
+    reader = BigBatchReader()
+    reader.initialize({"options": {"mb": 4, "count": 30}})
+    mib = 1024 * 1024
+    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 64, max_bytes=1024 * mib)
+    pump.start()
+    batches, _ = _drain_slowly(pump)
+    pump.join(5)
+    assert batches == 30
+    assert pump.peak_queued_bytes >= 40 * mib
+
+
+def test_a_batch_larger_than_the_byte_bound_still_moves():
+    reader = BigBatchReader()
+    reader.initialize({"options": {"mb": 4, "count": 5}})
+    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 4, max_bytes=1024)
+    pump.start()
+    batches, _ = _drain_slowly(pump)
+    pump.join(5)
+    assert batches == 5
+    assert pump.peak_queued_bytes == 4 * 1024 * 1024  # one batch at a time

@@ -17,14 +17,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from dativo import __version__
 from dativo._logging import configure_logging
 from dativo._sdk_version import SDK_API_VERSION
 from dativo._secrets import redact
-from dativo.cli.common import err, fail, out, state
+from dativo.cli.common import err, escape, fail, out, real_console, say_ok, state
 from dativo.cli.lazy import LazyGroup, lazy_command
 from dativo.cli.streams import print_discovered, print_streams_summary, stream_errors
 from dativo.errors import ConfigError, PluginError
@@ -261,8 +259,7 @@ def validate(
     if not loaded.has_streams:
         if results[0].exception is not None:
             fail(results[0].exception)
-        sides = f"{job}: reader {results[0].reader}, writer {results[0].writer}"
-        out.print(f"[green]ok[/green] {escape(sides)}")
+        say_ok(f"{job}: reader {results[0].reader}, writer {results[0].writer}")
         return
     for item in results:
         if item.ok:
@@ -335,6 +332,8 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     if as_json:  # exit 0: a consumer reads each row's problem
         out.print_json(json.dumps([row.to_dict() for row in rows]))
         return
+    from rich.table import Table
+
     table = Table("kind", "name", "origin", "api", "details", "status")
     for row in rows:
         table.add_row(
@@ -396,6 +395,8 @@ def plugins_certify(
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
+        from rich.table import Table
+
         table = Table("rule", "result", "details", title=f"{report.plugin}: plugin SDK {report.sdk_version}")
         colours = {"pass": "green", "fail": "red", "skip": "yellow"}
         for result in report.results:
@@ -476,7 +477,7 @@ def _progress(quiet: bool) -> Iterator[pipeline.ProgressSink | None]:
         BarColumn(bar_width=None),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=True) as progress:
+    with Progress(*columns, console=real_console(err), transient=True) as progress:
         yield _Bar(progress)
 
 
@@ -507,6 +508,8 @@ def _print_retry(attempt: int, max_attempts: int, delay_s: float, exc: BaseExcep
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False)
     target = summary.get("target", {})
     files = target.get("files") if isinstance(target.get("files"), list) else []

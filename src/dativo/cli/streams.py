@@ -7,14 +7,12 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from dativo._secrets import redact
 from dativo.errors import DativoError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # rich is imported when something is printed (issue 15)
+    from rich.console import Console
+
     from dativo.api import DiscoveredStream, RunResult
     from dativo.config.loader import LoadedJob
 
@@ -23,6 +21,9 @@ __all__ = ["print_discovered", "print_streams_summary", "stream_errors"]
 
 def print_streams_summary(out: Console, result: RunResult) -> None:
     """One row per stream (status, rows, files, duration, target and snapshot), then the totals."""
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table("stream", "status", "rows", "files", "duration", "target", title=f"job {result.job}")
     colours = {"succeeded": "green", "already committed": "yellow", "failed": "red"}
     for stream in result.streams:
@@ -49,6 +50,9 @@ def print_streams_summary(out: Console, result: RunResult) -> None:
 
 def print_discovered(out: Console, found: Sequence[DiscoveredStream], *, as_json: bool, per_stream: bool) -> None:
     """Each stream's columns: Arrow type and target type (one table per stream, or JSON)."""
+    from rich.markup import escape
+    from rich.table import Table
+
     rows = {
         item.name: [
             {

@@ -455,6 +455,15 @@ class EngineConfig(_Strict):
 
     batch_size: int = Field(16_384, gt=0, le=10_000_000, description="Rows per batch asked of the reader.")
     queue_size: int = Field(4, gt=0, le=64, description="Batches the reader may run ahead of the writer.")
+    queue_mb: float = Field(
+        16,
+        gt=0,
+        le=65_536,
+        description=(
+            "Megabytes of Arrow data the reader may run ahead of the writer; with queue_size, whichever "
+            "is reached first bounds the queue (one batch always fits, however large)."
+        ),
+    )
     max_concurrent_streams: int = Field(
         4, gt=0, le=64, description="Jobs with streams: how many streams run at once in the one process."
     )

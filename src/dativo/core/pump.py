@@ -1,5 +1,12 @@
 """The one pump: a reader's partitions, read on worker threads into one bounded queue of conformed batches.
 
+The queue is bounded twice: at most ``depth`` batches and at most ``max_bytes`` of
+Arrow data (``RecordBatch.nbytes``), whichever is reached first; one batch is always
+admitted, however large, so a reader yielding a batch bigger than the budget still
+moves (the budget then holds that batch alone). Memory held by the pump is therefore
+about ``min(depth * batch, max_bytes) + workers * batch`` (each worker holds the
+batch it is waiting to queue).
+
 A single stream is one partition (:data:`WHOLE_STREAM`, read with ``read_batch``);
 a :class:`~dativo.sdk.PartitionedReader` plans several (read with
 ``read_partition``, up to ``workers`` at once, in one snapshot). Whatever the
@@ -31,7 +38,7 @@ from dativo.core.calls import call, plugin_error
 from dativo.errors import DativoError, SourceError
 from dativo.sdk import DataReader, PartitionedReader, ReadPartition
 
-__all__ = ["SINGLE_STREAM", "WHOLE_STREAM", "Pump", "ReadPlan", "plan_read"]
+__all__ = ["DEFAULT_QUEUE_BYTES", "SINGLE_STREAM", "WHOLE_STREAM", "Pump", "ReadPlan", "plan_read"]
 
 # The run's log: the pump's lines belong with the pipeline's (same logger).
 log = logging.getLogger("dativo.engine")
@@ -71,9 +78,43 @@ def plan_read(reader: DataReader, name: str, parallelism: int | None) -> ReadPla
 
 _DONE = object()
 
+#: Default bound of the pump's queue in bytes of Arrow data (``engine.queue_mb``).
+DEFAULT_QUEUE_BYTES = 16 * 1024 * 1024
+
+
+class _ByteBudget:
+    """Bytes of queued batches; ``reserve`` blocks while admitting a batch would exceed ``limit``.
+
+    A batch is always admitted into an empty budget, whatever its size (else a batch
+    larger than the budget would never move).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def reserve(self, nbytes: int, cancelled: threading.Event) -> bool:
+        """Wait until ``nbytes`` fit (or nothing is held); False when ``cancelled`` was set first."""
+        with self._cond:
+            while self.held and self.held + nbytes > self.limit:
+                if cancelled.is_set():
+                    return False
+                self._cond.wait(0.2)
+            self.held += nbytes
+            self.peak = max(self.peak, self.held)
+            return True
+
+    def release(self, nbytes: int) -> None:
+        """Return ``nbytes`` taken off the queue and wake a waiting worker."""
+        with self._cond:
+            self.held -= nbytes
+            self._cond.notify_all()
+
 
 class Pump:
-    """Reads the planned partitions on worker threads into one bounded queue of ``depth`` batches.
+    """Reads the planned partitions on worker threads into one queue of at most ``depth`` batches and ``max_bytes``.
 
     ``start`` the threads, iterate for conformed batches (in order for one stream,
     in arrival order across partitions), ``cancel`` to stop the workers at their next
@@ -90,6 +131,8 @@ class Pump:
         batch_size: int,
         depth: int,
         plan: ReadPlan = SINGLE_STREAM,
+        *,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
     ) -> None:
         self._reader = reader
         self._name = name
@@ -101,11 +144,17 @@ class Pump:
         self._single = len(plan.partitions) == 1
         workers = max(1, min(plan.workers, len(plan.partitions)))
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(depth, workers))
+        self._budget = _ByteBudget(max(1, max_bytes))
         self._cancelled = threading.Event()
         self._index_lock = threading.Lock()
         self._index = 0
         names = [f"dativo-reader-{name}"] if workers == 1 else [f"dativo-reader-{name}-{i}" for i in range(workers)]
         self._threads = [threading.Thread(target=self._work, name=n, daemon=True) for n in names]
+
+    @property
+    def peak_queued_bytes(self) -> int:
+        """The most Arrow data (``nbytes``) the queue has held at once so far."""
+        return self._budget.peak
 
     def start(self) -> None:
         """Start the worker threads."""
@@ -142,6 +191,7 @@ class Pump:
                 self._cancelled.set()
                 raise item
             assert isinstance(item, pa.RecordBatch)
+            self._budget.release(item.nbytes)
             yield item
 
     def _work(self) -> None:
@@ -176,8 +226,14 @@ class Pump:
                         continue
                     with self._index_lock:
                         index, self._index = self._index, self._index + 1
-                    if not self._put(conform(raw, self._schema, self._name, index)):
+                    batch = conform(raw, self._schema, self._name, index)
+                    del raw  # the worker holds one batch while it waits for room, not two
+                    if not self._budget.reserve(batch.nbytes, self._cancelled):
                         return False
+                    if not self._put(batch):
+                        self._budget.release(batch.nbytes)
+                        return False
+                    del batch
                     count += 1
                     crash_point("read")
                 if self._cancelled.is_set():

@@ -320,6 +320,6 @@ def _pump(plan: Plan, reader: DataReader, schema: pa.Schema, snapshot: bool) -> 
     """The run's batches: an initial load in parallel partitions when the reader can, else its one stream."""
     name = plan.reader.ref.name
     read = plan_read(reader, name, plan.job.config.source.parallelism) if snapshot else SINGLE_STREAM
-    pump = Pump(reader, name, schema, plan.batch_size, plan.queue_size, read)
+    pump = Pump(reader, name, schema, plan.batch_size, plan.queue_size, read, max_bytes=plan.queue_bytes)
     pump.start()
     return pump

@@ -118,7 +118,15 @@ class LocalExecutor:
         plan, reader, writer, summary = execution.plan, execution.reader, execution.writer, execution.summary
         tracker = CursorTracker(execution.incremental, execution.schema) if execution.incremental else None
         read = plan_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)
-        pump = Pump(reader, plan.reader.ref.name, execution.schema, plan.batch_size, plan.queue_size, read)
+        pump = Pump(
+            reader,
+            plan.reader.ref.name,
+            execution.schema,
+            plan.batch_size,
+            plan.queue_size,
+            read,
+            max_bytes=plan.queue_bytes,
+        )
         pump.start()
         try:
             for batch in pump:

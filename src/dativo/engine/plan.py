@@ -39,6 +39,11 @@ class Plan:
         """Batches the reader may run ahead of the writer."""
         return self.job.config.engine.queue_size
 
+    @property
+    def queue_bytes(self) -> int:
+        """Bytes of Arrow data the reader may run ahead of the writer (``engine.queue_mb``)."""
+        return int(self.job.config.engine.queue_mb * 1024 * 1024)
+
 
 def build_plan(job: LoadedJob, run_id: str | None = None, *, contact_source: bool = True) -> Plan:
     """Resolve the job's reader and writer. Raises PluginError when either cannot be loaded.

@@ -44,7 +44,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dativo.errors import ConfigError, SchemaError, SourceError, TypeMappingError
 
@@ -520,6 +519,8 @@ def decimal_from_strings(values: pa.Array, column: ColumnPlan) -> pa.Array:
     Raises :class:`SchemaError` naming the column (and the value) when any
     value would need rounding, has too many digits, or is NaN/Infinity.
     """
+    import pyarrow.compute as pc  # not at module level: planning and validate --offline need none of it
+
     dec = column.value_type
     try:
         return pc.cast(values, dec)
@@ -537,6 +538,8 @@ def check_temporal_range(values: pa.Array, column: ColumnPlan) -> None:
     """
     if len(values) == values.null_count:
         return
+    import pyarrow.compute as pc
+
     if pa.types.is_date32(values.type):
         low = pc.min(values.view(pa.int32())).as_py()
         bad = low is not None and low < _PG_MIN_DAYS
@@ -553,6 +556,8 @@ def check_temporal_range(values: pa.Array, column: ColumnPlan) -> None:
 
 def check_array_dims(ndims: pa.Array, column: ColumnPlan) -> None:
     """Fail when the ``array_ndims`` helper column shows a value with more than one dimension."""
+    import pyarrow.compute as pc
+
     top = pc.max(ndims).as_py()
     if top is not None and top > 1:
         raise SchemaError(

@@ -57,7 +57,7 @@ from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
 from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown
-from dativo.targets.iceberg.files import data_file
+from dativo.targets.iceberg.files import data_file, parquet_settings
 from dativo.targets.iceberg.partitioning import (
     PartitionedFiles,
     build_sort_order,
@@ -97,7 +97,8 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         self._mode = str(config.get("mode") or "append")
         self._merge = MergeSettings.from_config(config.get("merge")) if self._mode == "merge" else None
         self._evolution = str((config.get("schema_evolution") or {}).get("mode", "evolve"))
-        self._settings = ParquetSettings.from_options(config.get("options") or {})
+        self._options: dict[str, Any] = dict(config.get("options") or {})
+        self._settings = ParquetSettings.from_options(self._options)  # checked now; table properties: _start_files
         self._catalog = open_catalog(dict(config.get("catalog") or {}), self._job_dir)
         self._rolling: RollingParquetWriter | PartitionedFiles | None = None
         self._finalized = False
@@ -239,6 +240,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
 
     def _start_files(self, location: str, properties: Mapping[str, str]) -> None:
         """Open this run's data file writers for the table at ``location`` (on a worker: from the plan)."""
+        self._settings = parquet_settings(self._options, properties, self._iceberg_schema)
         self._file_schema = small_types(schema_to_pyarrow(self._iceberg_schema, include_field_ids=True))
         self._io = load_file_io({**self._catalog.properties, **properties}, location)
         self._locations = load_location_provider(location, dict(properties))
