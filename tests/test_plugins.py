@@ -66,6 +66,9 @@ def test_wrong_api_version_states_both_versions():
     assert f"this dativo provides SDK {SDK_API_VERSION}" in str(info.value)
 
 
+_MAJOR, _MINOR = (int(part) for part in SDK_API_VERSION.split(".")[:2])
+
+
 @pytest.mark.parametrize(
     ("declared", "accepted"),
     [
@@ -73,8 +76,9 @@ def test_wrong_api_version_states_both_versions():
         ("1.1", True),
         ("^1.1.0", True),
         (">=1.0,<2", True),
-        (">=1.1,<1.5", True),
-        ("1.5", False),  # needs an SDK newer than this one
+        (f">=1.1,<{_MAJOR}.{_MINOR + 1}", True),
+        (f"{_MAJOR}.{_MINOR + 1}", False),  # needs an SDK newer than this one
+        (f">=1.1,<{_MAJOR}.{_MINOR}", False),  # written for SDKs older than this one only
         (">=2,<3", False),
         ("0.9", False),
     ],
