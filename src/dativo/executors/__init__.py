@@ -11,7 +11,6 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from dativo.errors import ConfigError
-from dativo.sdk import StagingWriter
 
 if TYPE_CHECKING:
     from dativo.engine.executor import Execution, Outcome
@@ -48,6 +47,8 @@ class LazyRayExecutor:
                 )
         cls = plan.writer.ref.cls
         if writer is not None:
+            from dativo.sdk import StagingWriter  # here: the SDK loads pyarrow, which checking a plan needs not
+
             stages = isinstance(writer, StagingWriter)
         else:
             builds_another = any("__new__" in vars(k) for k in cls.__mro__[:-1])
