@@ -56,6 +56,9 @@ def test_without_a_sqlstate_the_exception_type_decides():
     assert is_transient_error(psycopg.OperationalError("consuming input failed"))
     assert is_transient_error(psycopg.InterfaceError("the connection is closed"))
     assert not is_transient_error(psycopg.ProgrammingError("the query has 2 placeholders"))
+    # What psycopg raises when the backend is terminated mid-FETCH (seen in CI): no SQLSTATE, a lost session.
+    assert is_transient_error(psycopg.InternalError("received 2 results from command 'FETCH FORWARD 50'"))
+    assert not is_transient_error(psycopg.errors.lookup("XX000")("internal error"))  # the server's, with SQLSTATE
     assert is_transient_error(ConnectionResetError(104, "reset by peer"))
     assert is_transient_error(TimeoutError("timed out"))
     assert not is_transient_error(ValueError("server closed the connection"))

@@ -118,7 +118,8 @@ def is_transient_error(exc: BaseException) -> bool:
     With a SQLSTATE: :func:`is_transient_sqlstate`. Without one, the client lost or never
     had the connection, which is transient: ``ConnectionError`` / ``TimeoutError``,
     :class:`PostgresDriverError` with ``connection_lost``, psycopg's ``OperationalError`` and
-    ``InterfaceError`` (libpq reports a dropped connection through them without a SQLSTATE),
+    ``InterfaceError`` (libpq reports a dropped connection through them without a SQLSTATE) and
+    ``InternalError`` without a SQLSTATE (a backend terminated mid-``FETCH``),
     and ADBC errors with the IO / timeout status. Anything else is terminal.
     """
     code = sqlstate_of(exc)
@@ -131,7 +132,9 @@ def is_transient_error(exc: BaseException) -> bool:
     if type(exc).__module__.startswith("psycopg"):
         import psycopg
 
-        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        # InternalError without a SQLSTATE: psycopg lost track of the protocol, as when a backend is
+        # terminated mid-FETCH ("received 2 results from command"); a fresh connection is the fix.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg.InternalError)
     if type(exc).__module__.startswith("adbc_driver_manager"):
         status = getattr(exc, "status_code", None)
         return getattr(status, "name", None) in ("IO", "TIMEOUT")
