@@ -465,7 +465,7 @@ class EngineConfig(_Strict):
         ),
     )
     read_mb: float = Field(
-        32,
+        64,
         gt=0,
         le=65_536,
         description=(

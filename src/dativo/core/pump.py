@@ -104,7 +104,7 @@ _DONE = object()
 DEFAULT_QUEUE_BYTES = 16 * 1024 * 1024
 
 #: Default bound of the Arrow data the running partitions hold together before the queue (``engine.read_mb``).
-DEFAULT_READ_BYTES = 32 * 1024 * 1024
+DEFAULT_READ_BYTES = 64 * 1024 * 1024
 
 #: Batches one running partition holds at once: the one its reader is filling, one handed over
 #: inside the reader (a decoder's channel, a driver's stream), the one its worker waits to queue.
@@ -241,7 +241,7 @@ class Pump:
                 "engine.read_mb: %d partitions run at most %d at once (batches of %d rows)",
                 len(plan.partitions),
                 workers,
-                budget.batch_rows,
+                read_budget(self._row_bytes, batch_size, workers, self._read_bytes).batch_rows,
                 extra={"reader": name},
             )
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(depth, workers))
