@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -40,6 +41,9 @@ log = logging.getLogger("dativo.engine")
 
 #: Seconds to wait for cancelled tasks to end before aborting the writer.
 CANCEL_WAIT_S = 60.0
+
+#: Held while connecting: the streams of a ``streams:`` job run on threads and connect at once.
+_CONNECTING = threading.Lock()
 
 
 def _import_ray() -> Any:
@@ -77,8 +81,13 @@ def execute(execution: Execution) -> Outcome:
 
 
 def _connect(ray: Any, settings: RayConfig) -> None:
-    if ray.is_initialized():
-        return
+    """Connect this process to the cluster once (serialized: concurrent streams share the connection)."""
+    with _CONNECTING:
+        if not ray.is_initialized():
+            _init(ray, settings)
+
+
+def _init(ray: Any, settings: RayConfig) -> None:
     address = None if settings.address == "local" else settings.address
     try:
         ray.init(
