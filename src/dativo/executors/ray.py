@@ -201,15 +201,19 @@ def _result(ray: Any, ref: Any, task: PartitionTask) -> dict[str, Any]:
 
 
 def _cancel(ray: Any, refs: list[Any]) -> None:
-    """Force-cancel ``refs`` and wait (bounded) until none runs, so no task stages files after the abort."""
-    for ref in refs:
-        try:
-            ray.cancel(ref, force=True)
-        except Exception:
-            log.debug("cancelling a Ray task raised", exc_info=True)
+    """Force-cancel ``refs`` and wait (bounded) until none runs, so no task stages files after the abort.
+
+    The cancellation is sent again every second to the tasks still pending: Ray loses one
+    sent while a task is being handed to a freshly started worker (it then runs to its end).
+    """
     deadline = time.monotonic() + CANCEL_WAIT_S
     pending = list(refs)
     while pending and time.monotonic() < deadline:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                log.debug("cancelling a Ray task raised", exc_info=True)
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
     if pending:
         log.warning("%d cancelled Ray task(s) still running after %.0f s", len(pending), CANCEL_WAIT_S)
