@@ -206,7 +206,7 @@ def test_worker_process_sigkilled_mid_partition_into_iceberg_is_committed_once_w
 
 
 def test_terminal_partition_failures_into_iceberg_commit_nothing_and_leave_no_file(tmp_path, pg_db, ray_env):
-    """A terminal error, then a worker killed with no retry left (its partial file and the others' are swept)."""
+    """A terminal error, then a worker killed with no retry left (the files the other partitions staged are swept)."""
     create_items(pg_db, 1, ROWS)
     warehouse = tmp_path / "warehouse"
     day_one = write_job(tmp_path, "day-one", pg_source(pg_db), iceberg_target(warehouse))
