@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from run import WIDE_COLUMNS, markdown_table
+from _report import markdown_table
+from _table import WIDE_COLUMNS
 
 
 def _f(value: Any, spec: str = "") -> str:
