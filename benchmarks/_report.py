@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from _common import log
 from _runner import Measurement
 from _table import WIDE_COLUMNS
 from _variants import Variant
@@ -164,7 +169,8 @@ def check_targets(
     return targets
 
 
-def _fmt(value: Any, spec: str = "") -> str:
+def fmt(value: Any, spec: str = "") -> str:
+    """``value`` formatted with ``spec``; ``-`` for None."""
     if value is None:
         return "-"
     return format(value, spec)
@@ -187,6 +193,45 @@ def _ratio_to(summary: Mapping[str, Mapping[str, Any]], v: Variant, key: str) ->
     return round(mine / theirs, 2)
 
 
+def verification_table(verification: Mapping[str, Mapping[str, Any]], width: int) -> str:
+    """The correctness table: each ``variant@table`` checked, its rows, the mismatches (cut at ``width``)."""
+    rows = [
+        [
+            key,
+            "ok" if v.get("ok") else "MISMATCH",
+            fmt(v.get("rows"), ","),
+            json.dumps(v.get("mismatches") or v.get("error") or "")[:width],
+        ]
+        for key, v in verification.items()
+    ]
+    return markdown_table(["variant@table", "check", "rows", "details"], rows, "llrl") if rows else "(nothing verified)"
+
+
+def result_head(started_at: str, args: argparse.Namespace, **config: Any) -> dict[str, Any]:
+    """The first keys of a benchmark's JSON: when it ran, its command, its configuration (the common keys first)."""
+    return {
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": [sys.executable, *sys.argv],
+        "config": {
+            "rows": args.rows,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "batch_size": args.batch_size,
+            **config,
+        },
+    }
+
+
+def write_results(out: Path, result: Mapping[str, Any], report: str) -> None:
+    """Write ``result`` as JSON to ``out`` and ``report`` next to it (``.md``), print the report."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(report)
+    print(report)
+    log(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str:
     """The Markdown report printed at the end (and saved next to the JSON)."""
     meta, cfg = result["machine"], result["config"]
@@ -205,20 +250,20 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
         if not s.get("ok_runs"):
             rows.append([v.label, "failed", "-", "-", "-", "-", "-", "-", "-"])
             continue
-        rss = _fmt(s["max_peak_rss_mb"], ".0f")
+        rss = fmt(s["max_peak_rss_mb"], ".0f")
         if s.get("max_tree_rss_mb") is not None:
             rss += f" (tree {s['max_tree_rss_mb']:.0f})"
         rows.append(
             [
                 v.label,
-                _fmt(s["median_wall_s"], ".2f"),
+                fmt(s["median_wall_s"], ".2f"),
                 f"{s['min_wall_s']:.2f} / {s['max_wall_s']:.2f}",
-                "1.00" if v.role == "floor" else _fmt(s["median_ratio_to_floor"], ".2f"),
-                _fmt(_ratio_to(result["summary"], v, "adbc"), ".2f"),
+                "1.00" if v.role == "floor" else fmt(s["median_ratio_to_floor"], ".2f"),
+                fmt(_ratio_to(result["summary"], v, "adbc"), ".2f"),
                 rss,
-                "-" if v.role == "startup" else _fmt(s["rows_per_s"], ",.0f"),
-                _fmt(s["median_cpu_s"], ".2f"),
-                _fmt(s["median_engine_s"], ".2f"),
+                "-" if v.role == "startup" else fmt(s["rows_per_s"], ",.0f"),
+                fmt(s["median_cpu_s"], ".2f"),
+                fmt(s["median_engine_s"], ".2f"),
             ]
         )
     parts.append(
@@ -272,15 +317,15 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
             [
                 f"{row['rows']:,}",
                 row["variant"],
-                _fmt(row.get("median_wall_s"), ".2f"),
-                "1.00" if row["variant"] == "floor" else _fmt(row.get("median_ratio_to_floor"), ".2f"),
-                _fmt(row.get("median_peak_rss_mb"), ".0f"),
-                _fmt(row.get("max_peak_rss_mb"), ".0f"),
+                fmt(row.get("median_wall_s"), ".2f"),
+                "1.00" if row["variant"] == "floor" else fmt(row.get("median_ratio_to_floor"), ".2f"),
+                fmt(row.get("median_peak_rss_mb"), ".0f"),
+                fmt(row.get("max_peak_rss_mb"), ".0f"),
                 "-"
                 if not row.get("median_peak_rss_mb") or not base.get(row["variant"])
                 else f"{row['median_peak_rss_mb'] / base[row['variant']] - 1:+.1%}",
-                _fmt(row.get("median_cpu_s"), ".2f"),
-                _fmt(row.get("rows_per_s"), ",.0f"),
+                fmt(row.get("median_cpu_s"), ".2f"),
+                fmt(row.get("rows_per_s"), ",.0f"),
             ]
             for row in result["scaling"]
         ]
@@ -303,21 +348,10 @@ def render_report(result: Mapping[str, Any], variants: Sequence[Variant]) -> str
         )
         parts += ["", "- *vs smallest*: median peak RSS over that of the fewest rows (the scaling target).", ""]
     parts += ["## Correctness (read back with PyIceberg)", ""]
-    vrows = [
-        [
-            key,
-            "ok" if v.get("ok") else "MISMATCH",
-            _fmt(v.get("rows"), ","),
-            json.dumps(v.get("mismatches") or v.get("error") or "")[:200],
-        ]
-        for key, v in result["verification"].items()
-    ]
-    parts.append(
-        markdown_table(["variant@table", "check", "rows", "details"], vrows, "llrl") if vrows else "(nothing verified)"
-    )
+    parts.append(verification_table(result["verification"], 200))
     parts += ["", "## Targets", ""]
     trows = [
-        [t["target"], _fmt(t["value"]), {True: "met", False: "NOT met", None: "not measured"}[t["met"]]]
+        [t["target"], fmt(t["value"]), {True: "met", False: "NOT met", None: "not measured"}[t["met"]]]
         for t in result["targets"]
     ]
     parts.append(markdown_table(["target", "value", "status"], trows, "lrl"))

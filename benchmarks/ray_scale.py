@@ -49,7 +49,7 @@ from _environment import dativo_command, dist_version, filesystem_of, machine_fa
 from _measure import rss_measurement_floor
 from _ray_report import model_inputs, render
 from _raycluster import LocalRayCluster, NodeLimits, NodeSampler
-from _report import summarize
+from _report import result_head, summarize, write_results
 from _runner import Measurement, Runner
 from _table import SourceTable, ensure_table
 from _variants import (
@@ -475,21 +475,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"key": s.key, "label": s.label, "partitions": s.partitions, "worker_nodes": s.nodes} for s in specs
     ]
     result: dict[str, Any] = {
-        "started_at": started_at,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": {
-            "rows": args.rows,
-            "runs": args.runs,
-            "warmup": args.warmup,
-            "batch_size": args.batch_size,
-            "partitions": args.partitions,
-            "many_partitions": args.many_partitions,
-            "nodes": args.nodes,
-            "node_limits": limits.describe(),
-            "sample_interval_s": args.sample_interval,
-            "workdir": str(workdir) if args.keep else None,
-        },
+        **result_head(
+            started_at,
+            args,
+            partitions=args.partitions,
+            many_partitions=args.many_partitions,
+            nodes=args.nodes,
+            node_limits=limits.describe(),
+            sample_interval_s=args.sample_interval,
+            workdir=str(workdir) if args.keep else None,
+        ),
         "machine": machine,
         "source": asdict(source),
         "wire_bytes": wire,
@@ -504,11 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["overhead"] = overhead(bench, specs)
     result["model_inputs"] = model_inputs(result)
     report = render(result)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(report)
-    print(report)
-    log(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(out, result, report)
     return 0
 
 

@@ -29,7 +29,6 @@ New variants are one entry in :data:`VARIANTS` (see :func:`dativo_variant`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -40,10 +39,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, log
+from _common import HERE
 from _environment import dativo_command, filesystem_of, machine_facts, postgres
 from _measure import rss_measurement_floor
-from _report import check_targets, render_report, summarize
+from _report import check_targets, render_report, result_head, summarize, write_results
 from _runner import Runner
 from _table import ensure_table
 from _variants import VARIANTS, BenchContext, select_variants
@@ -155,20 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     result: dict[str, Any] = {
-        "started_at": started_at,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": {
-            "rows": args.rows,
-            "runs": args.runs,
-            "warmup": args.warmup,
-            "batch_size": args.batch_size,
-            "variants": [v.key for v in variants],
-            "rows_scaling": args.rows_scaling,
-            "scaling_runs": args.scaling_runs,
-            "scaling_variants": [v.key for v in scaling_variants],
-            "workdir": str(workdir) if args.keep else None,
-        },
+        **result_head(
+            started_at,
+            args,
+            variants=[v.key for v in variants],
+            rows_scaling=args.rows_scaling,
+            scaling_runs=args.scaling_runs,
+            scaling_variants=[v.key for v in scaling_variants],
+            workdir=str(workdir) if args.keep else None,
+        ),
         "machine": machine,
         "source": asdict(source),
         "variants": [{"key": v.key, "label": v.label, "role": v.role, "description": v.description} for v in variants],
@@ -180,11 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result["targets"] = check_targets(summary, variants, scaling)
     report = render_report(result, variants)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(report)
-    print(report)
-    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_results(args.out, result, report)
     return 0
 
 

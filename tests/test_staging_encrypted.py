@@ -26,7 +26,7 @@ from dativo.targets.encrypted_parquet import read_encrypted
 from support.cli import dativo
 from support.kms_fixtures import KmsHelper
 from support.s3server import S3Server
-from support.staging import attempt_killed, drive_killed, split, stage, stage_all, staged_run, writer_of
+from support.staging import attempt_killed, drive_killed, killed_retry, split, stage, stage_all, staged_run, writer_of
 
 REF = "dativo.targets.encrypted_parquet:EncryptedParquetWriter"
 
@@ -145,13 +145,7 @@ def test_aborted_staged_run_leaves_no_file_and_a_verifiable_log(
     staged_run(workers, REF, config_of(target, tmp_path), [rows(0, 100)])
     before = stored(tmp_path)
     config = config_of(target, tmp_path)
-    driver = writer_of(REF, config)
-    driver.load_state()
-    driver.prepare(rows(0, 1).schema)
-    plan = driver.staging_plan()
-    parts = split(rows(100, 300), 2)
-    stage_all(workers, REF, config, plan, parts)
-    assert attempt_killed(REF, config, plan, f"{config['job']['run_id']}-p0001-a2", parts[1]) == -signal.SIGKILL
+    driver = killed_retry(workers, REF, config, split(rows(100, 300), 2))
     assert len(stored(tmp_path)) > len(before)
     driver.abort()
     driver.close()

@@ -27,7 +27,7 @@ from dativo.errors import SchemaError, TargetError
 
 from support.iceberg_fixtures import embedded_catalog, rest_catalog
 from support.iceberg_rest import DropResponseProxy, RestCatalogServer
-from support.staging import attempt_killed, drive_killed, split, stage, stage_all, staged_run, writer_of
+from support.staging import attempt_killed, drive_killed, killed_retry, split, stage, stage_all, staged_run, writer_of
 
 REF = "dativo.targets.iceberg.writer:IcebergWriter"
 Catalogs = tuple[dict[str, Any], Callable[[Path], Catalog]]
@@ -176,12 +176,7 @@ def test_abort_removes_every_staged_file_including_a_dead_attempts(
     before, snapshots = stored(table), run_ids(table)
 
     config = config_for({}, tmp_path, name)
-    driver = writer_of(REF, config)
-    driver.prepare(rows(0, 1).schema)
-    plan = driver.staging_plan()
-    parts = split(rows(100, 400), 2)
-    stage_all(workers, REF, config, plan, parts)
-    assert attempt_killed(REF, config, plan, f"{config['job']['run_id']}-p0001-a2", parts[1]) == -signal.SIGKILL
+    driver = killed_retry(workers, REF, config, split(rows(100, 400), 2))
     assert list((tmp_path / "warehouse").rglob("*-p0001-a2*")), "the killed attempt left no file to clean"
     assert len(stored(table)) > len(before) + 2
     driver.abort()

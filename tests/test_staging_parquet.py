@@ -24,7 +24,7 @@ from dativo.storage import filesystem_for
 from dativo.targets.parquet import read_manifest
 
 from support.s3server import S3Server
-from support.staging import attempt_killed, drive_killed, split, stage, stage_all, writer_of
+from support.staging import attempt_killed, drive_killed, killed_retry, split, stage, stage_all, writer_of
 from support.staging import staged_run as run_staged
 
 REF = "dativo.targets.parquet:ParquetDatasetWriter"
@@ -138,12 +138,7 @@ def test_abort_removes_every_staged_file_including_a_dead_attempts(
     staged_run(workers, first, [rows(0, 100)])
     before = everything(first)
     config = config_for(target, tmp_path)
-    driver = writer_of(REF, config)
-    driver.prepare(rows(0, 1).schema)
-    plan = driver.staging_plan()
-    parts = split(rows(100, 400), 2)
-    stage_all(workers, REF, config, plan, parts)
-    assert attempt_killed(REF, config, plan, f"{config['job']['run_id']}-p0001-a2", parts[1]) == -signal.SIGKILL
+    driver = killed_retry(workers, REF, config, split(rows(100, 400), 2))
     assert len(everything(config)) > len(before)
     driver.abort()
     driver.close()

@@ -28,6 +28,7 @@ __all__ = [
     "attempt_killed",
     "drive",
     "drive_killed",
+    "killed_retry",
     "pool",
     "split",
     "stage",
@@ -105,6 +106,25 @@ def attempt_killed(ref: str, config: Mapping[str, Any], plan: Mapping[str, Any],
     process.start()
     process.join(180)
     return process.exitcode if process.exitcode is not None else 0
+
+
+def killed_retry(
+    executor: ProcessPoolExecutor, ref: str, config: Mapping[str, Any], parts: Sequence[pa.Table]
+) -> DataWriter:
+    """A driver of a run whose partitions all staged, then whose retry of the last one was SIGKILLed mid-write.
+
+    The driver has loaded the state and been prepared; every partition of ``parts`` is staged in
+    ``executor``'s processes (attempt 1), then attempt 2 of the last one dies by SIGKILL after two
+    batches, leaving its files (asserted). The caller commits or aborts the driver, and closes it.
+    """
+    driver = writer_of(ref, config)
+    driver.load_state()  # type: ignore[attr-defined]
+    driver.prepare(parts[0].schema)
+    plan = driver.staging_plan()  # type: ignore[attr-defined]
+    stage_all(executor, ref, config, plan, parts)
+    key = f"{config['job']['run_id']}-p{len(parts) - 1:04d}-a2"
+    assert attempt_killed(ref, config, plan, key, parts[-1]) == -signal.SIGKILL
+    return driver
 
 
 def drive(
