@@ -23,7 +23,10 @@ peak RSS (``ru_maxrss``; for a process tree the largest single process, see
 The report is a Markdown table on stdout (also written next to ``--out`` as
 ``.md``) and every raw figure is written as JSON to ``--out``.
 
-New variants are one entry in :data:`VARIANTS` (see :func:`dativo_variant`).
+New variants are one entry in ``_variants.py``'s ``VARIANTS`` (see ``dativo_variant``). This file is
+the command line and the order of work; the parts are modules beside it: ``_table.py`` (the standard
+table), ``_measure.py`` (one measured child), ``_variants.py``, ``_runner.py`` (passes),
+``_report.py`` (summaries, targets, the report), ``_environment.py`` (the server, the machine).
 """
 
 from __future__ import annotations
