@@ -46,7 +46,7 @@ def test_read_budget_keeps_batch_size_when_it_fits_then_shrinks_batches_then_cap
     floor_rows = MIN_BATCH_BYTES // 500
     capped = read_budget(500, 16_384, 32, budget)
     assert capped.batch_rows == floor_rows
-    assert capped.workers == budget // (IN_FLIGHT_BATCHES * floor_rows * 500) == 10
+    assert capped.workers == budget // (IN_FLIGHT_BATCHES * floor_rows * 500) == 5
     assert read_budget(500, 100, 32, budget) == ReadBudget(100, 32)  # small batches asked: all 32 fit
     assert read_budget(500, 16_384, 32, 1) == ReadBudget(floor_rows, 1)  # at least one partition runs
     # What the running partitions hold (3 batches each) stays within the budget once batches may shrink.
@@ -113,16 +113,15 @@ def _pump_32(read_bytes: int) -> tuple[ManyPartitions, Pump, int, list[int], int
 
 
 def test_32_partitions_hold_about_read_bytes_not_32_batches():
-    """32 partitions asked for 2 MiB batches: within read_mb 8 the pump holds ~8 MiB + the queue, not 32 x 2 x 2 MiB."""
+    """32 partitions asked for 2 MiB batches: within read_mb 8 the pump holds ~8 MiB + the queue, not 32 x 2 MiB."""
     reader, pump, rows, ends, peak = _pump_32(read_bytes=8 * MIB)
     assert rows == 32 * 4 * 262_144
     starts = sorted(ends[0::2])
     assert starts[0] == 0 and len(set(starts)) == len(starts)  # every batch once
-    assert pump.workers == 2  # 8 MiB / (3 batches x at least 1 MiB): two partitions at once
-    assert set(reader.asked) == {8 * MIB // (2 * IN_FLIGHT_BATCHES) // 9}  # 9 bytes per row estimated
-    assert len(reader.asked) == 32
+    assert pump.workers == 1  # 8 MiB / (3 batches x at least 2 MiB): one partition at a time
+    assert set(reader.asked) == {262_144} and len(reader.asked) == 32  # 2.25 MiB (9 bytes a row estimated)
     # The queue's 4 MiB, what the running partitions hold (read_mb), the batch the consumer holds.
-    assert peak <= (4 + 8 + 1.5) * MIB, peak / MIB
+    assert peak <= (4 + 8 + 2.5) * MIB, peak / MIB
 
 
 def test_without_the_read_budget_32_partitions_hold_far_more():
@@ -130,7 +129,7 @@ def test_without_the_read_budget_32_partitions_hold_far_more():
     reader, pump, rows, _, peak = _pump_32(read_bytes=1024 * MIB)
     assert rows == 32 * 4 * 262_144
     assert pump.workers == 32 and set(reader.asked) == {262_144}
-    assert peak > 3 * (4 + 8 + 1) * MIB, peak / MIB
+    assert peak > 3 * (4 + 8 + 2.5) * MIB, peak / MIB
 
 
 def test_later_partitions_are_asked_for_batches_as_wide_as_seen():
@@ -151,10 +150,10 @@ def test_later_partitions_are_asked_for_batches_as_wide_as_seen():
     pump.start()
     assert sum(b.num_rows for b in pump) == 16_000
     pump.join(5)
-    assert pump.workers == 1  # 3 MiB / (3 x 1 MiB batches of the 37-byte estimate)
+    assert pump.workers == 1  # 3 MiB / (3 x 2 MiB batches of the 37-byte estimate)
     first, *later = reader.asked
     assert first == MIN_BATCH_BYTES // 37
-    assert len(later) == 3  # 1 MiB of rows of 1020 bytes + a 4-byte offset, as seen
+    assert len(later) == 3  # 2 MiB of rows of 1020 bytes + a 4-byte offset, as seen
     assert all(MIN_BATCH_BYTES // 1030 <= rows <= MIN_BATCH_BYTES // 1024 for rows in later), later
 
 

@@ -111,7 +111,7 @@ DEFAULT_READ_BYTES = 64 * 1024 * 1024
 IN_FLIGHT_BATCHES = 3
 
 #: The smallest batch the pump asks for to fit ``read_bytes``; below it, fewer partitions run at once.
-MIN_BATCH_BYTES = 1024 * 1024
+MIN_BATCH_BYTES = 2 * 1024 * 1024
 
 _VARIABLE_WIDTH_GUESS = 32  # bytes of data per string/binary value before any batch was seen
 
