@@ -40,9 +40,6 @@ class ParquetSettings:
     statistics: bool | tuple[str, ...] = True
     #: Parquet data page size in bytes (``None``: Arrow's default, 1 MiB).
     data_page_bytes: int | None = None
-    #: Values the Parquet encoder takes per step (Arrow's ``write_batch_size``, default 1,024); a page is
-    #: closed between steps, so pages can exceed ``data_page_bytes`` by one step's encoded values.
-    write_batch_rows: int = 8_192
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ParquetSettings:
@@ -266,7 +263,6 @@ class RollingParquetWriter:
                 else self._settings.statistics
             ),
             data_page_size=self._settings.data_page_bytes,
-            write_batch_size=self._settings.write_batch_rows,
             store_decimal_as_integer=True,
             **extra,
         )
