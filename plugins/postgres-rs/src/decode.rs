@@ -27,6 +27,14 @@ const READ_CHUNK: usize = 256 * 1024;
 /// A batch is cut early once its buffers hold this much, whatever the row count: with the
 /// engine queue and the writer buffer holding a few batches each, this bounds peak memory.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Rows the column builders are sized for before the first batch: small, so a small result costs
+/// little; the first batch grows them by doubling, later ones are pre-sized from the batch before.
+const INITIAL_ROWS: usize = 1024;
+
+// MEASURING ONLY (removed before the final commit): DATIVO_RS_INITIAL_ROWS / DATIVO_RS_BATCH_BYTES.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 /// An error for Python: from the server/connection, or a value Arrow cannot hold.
 pub enum NativeError {
@@ -513,12 +521,13 @@ pub struct Decoder<R: BufRead> {
     skip: usize,
     batch_size: usize,
     builders: Vec<ColumnBuilder>,
+    max_bytes: usize,
 }
 
 impl<R: BufRead> Decoder<R> {
     pub fn new(reader: R, specs: Vec<ColumnSpec>, skip: usize, batch_size: usize) -> Self {
         let schema = Arc::new(Schema::new(specs.iter().map(ColumnSpec::field).collect::<Vec<_>>()));
-        let capacity = batch_size.min(1 << 20);
+        let capacity = batch_size.min(knob("DATIVO_RS_INITIAL_ROWS", INITIAL_ROWS));
         let builders = specs.iter().map(|s| ColumnBuilder::new(s, capacity)).collect();
         Decoder {
             reader,
@@ -532,6 +541,7 @@ impl<R: BufRead> Decoder<R> {
             skip,
             batch_size,
             builders,
+            max_bytes: knob("DATIVO_RS_BATCH_BYTES", MAX_BATCH_BYTES),
         }
     }
 
@@ -622,7 +632,7 @@ impl<R: BufRead> Decoder<R> {
                     decode_row(&mut self.builders, &rest[..total])?;
                     used += total;
                     rows += 1;
-                    full = rows & 1023 == 0 && batch_full(&self.builders);
+                    full = rows & 1023 == 0 && batch_full(&self.builders, self.max_bytes);
                 }
                 let partial = used < chunk.len() && rows < self.batch_size && !full && !self.finished;
                 self.reader.consume(used);
@@ -653,7 +663,7 @@ impl<R: BufRead> Decoder<R> {
             decode_row(&mut self.builders, &self.buf[self.pos..self.pos + total])?;
             self.pos += total;
             rows += 1;
-            full = rows & 1023 == 0 && batch_full(&self.builders);
+            full = rows & 1023 == 0 && batch_full(&self.builders, self.max_bytes);
         }
         if rows == 0 {
             if !self.finished {
@@ -711,9 +721,9 @@ fn decode_row(builders: &mut [ColumnBuilder], row: &[u8]) -> Result<(), NativeEr
     Ok(())
 }
 
-/// The batch's buffers hold MAX_BATCH_BYTES: cut it here whatever the row count.
-fn batch_full(builders: &[ColumnBuilder]) -> bool {
-    builders.iter().map(ColumnBuilder::nbytes).sum::<usize>() >= MAX_BATCH_BYTES
+/// The batch's buffers hold `max_bytes` (MAX_BATCH_BYTES): cut it here whatever the row count.
+fn batch_full(builders: &[ColumnBuilder], max_bytes: usize) -> bool {
+    builders.iter().map(ColumnBuilder::nbytes).sum::<usize>() >= max_bytes
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use postgres::{CancelToken, Client};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyTuple};
+use pyo3::types::{PyBool, PyCapsule, PyString, PyTuple};
 
 use decode::{ColumnSpec, Decoder, NativeError};
 use tls::{ConnectFailure, Connector};
@@ -144,6 +144,53 @@ impl Connection {
         .map_err(to_py)
     }
 
+    /// Run one query without parameters and return `(columns, rows)`: one `(name, type oid, typmod)`
+    /// per result column (PostgreSQL's row description), and the rows as tuples of `bool`, `int`,
+    /// `str` or `None`. For describing a source (dativo's shared type mapping asks the server with
+    /// it); a result column of another type raises DecodeError (kind "protocol"). Releases the GIL;
+    /// ServerError for what PostgreSQL or the connection reports.
+    fn query<'py>(
+        &self,
+        py: Python<'py>,
+        sql: String,
+    ) -> PyResult<(Vec<(String, u32, i32)>, Vec<Bound<'py, PyTuple>>)> {
+        let client = self.client.clone();
+        let (columns, rows) = py
+            .detach(move || -> Result<(Vec<(String, u32, i32)>, Vec<Vec<Cell>>), NativeError> {
+                let mut guard = client.lock().unwrap_or_else(|p| p.into_inner());
+                let c = guard.as_mut().ok_or_else(NativeError::closed)?;
+                let statement = c.prepare(&sql).map_err(server_error)?;
+                let columns = statement
+                    .columns()
+                    .iter()
+                    .map(|col| (col.name().to_string(), col.type_().oid(), col.type_modifier()))
+                    .collect();
+                let rows = c.query(&statement, &[]).map_err(server_error)?;
+                let cells = rows
+                    .iter()
+                    .map(|row| (0..row.len()).map(|i| cell(row, i)).collect::<Result<Vec<_>, _>>())
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((columns, cells))
+            })
+            .map_err(to_py)?;
+        let rows = rows
+            .into_iter()
+            .map(|cells| {
+                let values = cells
+                    .into_iter()
+                    .map(|c| match c {
+                        Cell::Null => py.None().into_bound(py),
+                        Cell::Bool(b) => PyBool::new(py, b).to_owned().into_any(),
+                        Cell::Int(v) => v.into_pyobject(py).expect("infallible").into_any(),
+                        Cell::Text(s) => PyString::new(py, &s).into_any(),
+                    })
+                    .collect::<Vec<_>>();
+                PyTuple::new(py, values)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((columns, rows))
+    }
+
     /// Start `COPY (sql) TO STDOUT (FORMAT binary)` on a Rust thread and return the batch stream.
     ///
     /// `columns` holds one `(name, kind, is_array, precision, scale)` tuple per
@@ -220,6 +267,43 @@ impl Connection {
             py.detach(move || drop(client));
         }
     }
+}
+
+/// One value of a `query` result, converted while the GIL is released.
+enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+fn cell(row: &postgres::Row, i: usize) -> Result<Cell, NativeError> {
+    use postgres::types::Type;
+    let ty = row.columns()[i].type_();
+    let got = |e: postgres::Error| NativeError::from(e);
+    let value = if *ty == Type::BOOL {
+        row.try_get::<_, Option<bool>>(i).map_err(got)?.map(Cell::Bool)
+    } else if *ty == Type::INT2 {
+        row.try_get::<_, Option<i16>>(i).map_err(got)?.map(|v| Cell::Int(v.into()))
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(i).map_err(got)?.map(|v| Cell::Int(v.into()))
+    } else if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(i).map_err(got)?.map(Cell::Int)
+    } else if *ty == Type::OID {
+        row.try_get::<_, Option<u32>>(i).map_err(got)?.map(|v| Cell::Int(v.into()))
+    } else {
+        match row.try_get::<_, Option<String>>(i) {
+            Ok(v) => v.map(Cell::Text),
+            Err(_) => {
+                return Err(NativeError::Decode {
+                    kind: "protocol",
+                    column: i,
+                    detail: format!("query results of type {} are not supported", ty.name()),
+                })
+            }
+        }
+    };
+    Ok(value.unwrap_or(Cell::Null))
 }
 
 #[allow(clippy::too_many_arguments)]
