@@ -14,10 +14,10 @@ import pytest
 from dativo_postgres_rs import RustPostgresReader
 from dativo_postgres_rs._conninfo import make_conninfo, parse_conninfo
 from dativo_postgres_rs._describe import render
-from test_startup import imported_modules
 
 from dativo.errors import SourceError
 from dativo.postgres_sdk import SourceSpec, describe_source
+from test_startup import imported_modules
 
 
 def write_job(path: Path, connection: dict, source: str, reader: str | None) -> Path:
@@ -44,7 +44,8 @@ def run_rows(job: Path) -> tuple[int, set[str]]:
 
 def test_a_postgres_rs_run_imports_no_psycopg(tmp_path, pg_db):
     pg_db.execute(
-        "CREATE TABLE items (id bigint PRIMARY KEY, label text, price numeric(10,2), tags text[], updated_at timestamptz);"
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text, price numeric(10,2), tags text[], "
+        "updated_at timestamptz);"
         "INSERT INTO items SELECT g, 'item ' || g, g * 1.5, ARRAY['a', 'b'], "
         "timestamptz '2024-01-01 00:00+00' + g * interval '1 s' FROM generate_series(1, 40) g"
     )
@@ -78,7 +79,7 @@ def test_the_plan_equals_the_psycopg_description(pg_db):
     )
     sources = [
         {"table": 'public."Mixed""Case"', "cast_to_text": ["p"]},
-        {"query": "SELECT n52, ms, 1::int2 AS small, 'x'::text AS x, now() AS at FROM \"Mixed\"\"Case\" -- note"},
+        {"query": 'SELECT n52, ms, 1::int2 AS small, \'x\'::text AS x, now() AS at FROM "Mixed""Case" -- note'},
     ]
     for source in sources:
         reader = RustPostgresReader()
@@ -93,7 +94,7 @@ def test_the_plan_equals_the_psycopg_description(pg_db):
 
 
 def test_a_missing_table_is_named_with_suggestions_and_a_quoted_name_resolves(pg_db):
-    pg_db.execute("CREATE TABLE \"it's\" (a int); INSERT INTO \"it's\" VALUES (7); CREATE TABLE orders (a int)")
+    pg_db.execute('CREATE TABLE "it\'s" (a int); INSERT INTO "it\'s" VALUES (7); CREATE TABLE orders (a int)')
     reader = RustPostgresReader()
     try:
         reader.initialize({"connection": pg_db.connection, "table": "public.it's"})

@@ -26,15 +26,8 @@ const EPOCH_MICROS: i64 = 946_684_800_000_000;
 const READ_CHUNK: usize = 256 * 1024;
 /// A batch is cut early once its buffers hold this much, whatever the row count: with the
 /// engine queue and the writer buffer holding a few batches each, this bounds peak memory.
+/// (8 MiB measured no better end to end: docs/performance.md, "postgres-rs, session 5".)
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-/// Rows the column builders are sized for before the first batch: small, so a small result costs
-/// little; the first batch grows them by doubling, later ones are pre-sized from the batch before.
-const INITIAL_ROWS: usize = 1024;
-
-// MEASURING ONLY (removed before the final commit): DATIVO_RS_INITIAL_ROWS / DATIVO_RS_BATCH_BYTES.
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// An error for Python: from the server/connection, or a value Arrow cannot hold.
 pub enum NativeError {
@@ -51,8 +44,8 @@ impl NativeError {
     }
 }
 
-impl From<postgres::Error> for NativeError {
-    fn from(e: postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for NativeError {
+    fn from(e: tokio_postgres::Error) -> Self {
         if let Some(db) = e.as_db_error() {
             return NativeError::Server {
                 sqlstate: Some(db.code().code().to_string()),
@@ -77,8 +70,8 @@ impl From<postgres::Error> for NativeError {
 
 impl From<std::io::Error> for NativeError {
     fn from(e: std::io::Error) -> Self {
-        // CopyOutReader wraps server errors in io::Error; surface the PostgreSQL error itself.
-        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<postgres::Error>()) {
+        // CopyReader (session.rs) wraps server errors in io::Error; surface the PostgreSQL error itself.
+        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<tokio_postgres::Error>()) {
             if let Some(db) = inner.as_db_error() {
                 return NativeError::Server {
                     sqlstate: Some(db.code().code().to_string()),
@@ -521,13 +514,14 @@ pub struct Decoder<R: BufRead> {
     skip: usize,
     batch_size: usize,
     builders: Vec<ColumnBuilder>,
-    max_bytes: usize,
 }
 
 impl<R: BufRead> Decoder<R> {
     pub fn new(reader: R, specs: Vec<ColumnSpec>, skip: usize, batch_size: usize) -> Self {
         let schema = Arc::new(Schema::new(specs.iter().map(ColumnSpec::field).collect::<Vec<_>>()));
-        let capacity = batch_size.min(knob("DATIVO_RS_INITIAL_ROWS", INITIAL_ROWS));
+        // Capacity that is never written is never resident (mimalloc maps it lazily): sizing the
+        // builders for `batch_size` up front costs a 1-row job nothing (measured, session 5).
+        let capacity = batch_size.min(1 << 20);
         let builders = specs.iter().map(|s| ColumnBuilder::new(s, capacity)).collect();
         Decoder {
             reader,
@@ -541,7 +535,6 @@ impl<R: BufRead> Decoder<R> {
             skip,
             batch_size,
             builders,
-            max_bytes: knob("DATIVO_RS_BATCH_BYTES", MAX_BATCH_BYTES),
         }
     }
 
@@ -632,7 +625,7 @@ impl<R: BufRead> Decoder<R> {
                     decode_row(&mut self.builders, &rest[..total])?;
                     used += total;
                     rows += 1;
-                    full = rows & 1023 == 0 && batch_full(&self.builders, self.max_bytes);
+                    full = rows & 1023 == 0 && batch_full(&self.builders);
                 }
                 let partial = used < chunk.len() && rows < self.batch_size && !full && !self.finished;
                 self.reader.consume(used);
@@ -663,7 +656,7 @@ impl<R: BufRead> Decoder<R> {
             decode_row(&mut self.builders, &self.buf[self.pos..self.pos + total])?;
             self.pos += total;
             rows += 1;
-            full = rows & 1023 == 0 && batch_full(&self.builders, self.max_bytes);
+            full = rows & 1023 == 0 && batch_full(&self.builders);
         }
         if rows == 0 {
             if !self.finished {
@@ -721,9 +714,9 @@ fn decode_row(builders: &mut [ColumnBuilder], row: &[u8]) -> Result<(), NativeEr
     Ok(())
 }
 
-/// The batch's buffers hold `max_bytes` (MAX_BATCH_BYTES): cut it here whatever the row count.
-fn batch_full(builders: &[ColumnBuilder], max_bytes: usize) -> bool {
-    builders.iter().map(ColumnBuilder::nbytes).sum::<usize>() >= max_bytes
+/// The batch's buffers hold MAX_BATCH_BYTES: cut it here whatever the row count.
+fn batch_full(builders: &[ColumnBuilder]) -> bool {
+    builders.iter().map(ColumnBuilder::nbytes).sum::<usize>() >= MAX_BATCH_BYTES
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 mod decode;
 mod numeric;
+mod session;
 mod tls;
 
 use std::ffi::CString;
@@ -25,11 +26,12 @@ use arrow_array::{Array, RecordBatch, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::DataType;
-use postgres::{CancelToken, Client};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyCapsule, PyString, PyTuple};
+use session::Session;
+use tokio_postgres::CancelToken;
 
 use decode::{ColumnSpec, Decoder, NativeError};
 use tls::{ConnectFailure, Connector};
@@ -83,14 +85,14 @@ fn to_py(err: NativeError) -> PyErr {
     }
 }
 
-fn server_error(err: postgres::Error) -> NativeError {
+fn server_error(err: tokio_postgres::Error) -> NativeError {
     NativeError::from(err)
 }
 
 /// One PostgreSQL connection. `copy` streams a query's result as Arrow batches.
 #[pyclass(module = "dativo_postgres_rs._native")]
 struct Connection {
-    client: Arc<Mutex<Option<Client>>>,
+    client: Arc<Mutex<Option<Session>>>,
     cancel: CancelToken,
     connector: Connector,
     closed: Arc<AtomicBool>,
@@ -135,7 +137,7 @@ impl Connection {
             let c = guard.as_mut().ok_or_else(NativeError::closed)?;
             let rows = c.simple_query(&sql).map_err(server_error)?;
             for msg in rows {
-                if let postgres::SimpleQueryMessage::Row(row) = msg {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
                     return Ok(row.get(0).map(str::to_owned));
                 }
             }
@@ -165,7 +167,7 @@ impl Connection {
                     .iter()
                     .map(|col| (col.name().to_string(), col.type_().oid(), col.type_modifier()))
                     .collect();
-                let rows = c.query(&statement, &[]).map_err(server_error)?;
+                let rows = c.query(&statement).map_err(server_error)?;
                 let cells = rows
                     .iter()
                     .map(|row| (0..row.len()).map(|i| cell(row, i)).collect::<Result<Vec<_>, _>>())
@@ -277,10 +279,10 @@ enum Cell {
     Text(String),
 }
 
-fn cell(row: &postgres::Row, i: usize) -> Result<Cell, NativeError> {
-    use postgres::types::Type;
+fn cell(row: &tokio_postgres::Row, i: usize) -> Result<Cell, NativeError> {
+    use tokio_postgres::types::Type;
     let ty = row.columns()[i].type_();
-    let got = |e: postgres::Error| NativeError::from(e);
+    let got = |e: tokio_postgres::Error| NativeError::from(e);
     let value = if *ty == Type::BOOL {
         row.try_get::<_, Option<bool>>(i).map_err(got)?.map(Cell::Bool)
     } else if *ty == Type::INT2 {
@@ -308,7 +310,7 @@ fn cell(row: &postgres::Row, i: usize) -> Result<Cell, NativeError> {
 
 #[allow(clippy::too_many_arguments)]
 fn run_copy(
-    client: &mut Client,
+    client: &mut Session,
     sql: &str,
     specs: Vec<ColumnSpec>,
     skip: usize,

@@ -4,9 +4,9 @@ The schema and the SQL come from dativo's public PostgreSQL helper SDK
 (:mod:`dativo.postgres_sdk`: set-up, type mapping, error translation,
 partitions), exactly as for the built-in readers; the source is described through
 the extension's own connection (no psycopg: a run reading with one connection never
-imports it; only partitioned planning, the snapshot export, uses psycopg), and the extension runs ``COPY (sql) TO STDOUT (FORMAT
-binary)`` on a thread of its own (without the GIL), decodes the tuples straight
-into Arrow buffers and hands each batch over through the Arrow C data
+imports it; only partitioned planning, the snapshot export, uses psycopg), and the
+extension runs ``COPY (sql) TO STDOUT (FORMAT binary)`` on a thread of its own
+(without the GIL), decodes the tuples straight into Arrow buffers and hands each batch over through the Arrow C data
 interface, so no value becomes a Python object and no batch is copied.
 
 Value rules are the shared ones: a numeric that does not fit its decimal
@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pyarrow as pa
 
@@ -153,13 +153,15 @@ class RustPostgresReader(SnapshotPartitionedReader):
         self._conninfo = native_conninfo(info)
         conn = self._connect()
         try:
-            self._plan = describe_source(DescribeConnection(conn), spec)
+            # DescribeConnection answers the psycopg calls describe_source makes (see _describe.py).
+            self._plan = describe_source(cast(Any, DescribeConnection(conn)), spec)
         except ServerError as exc:
             self._close_failed(conn)
             raise self.translate(_driver_error(exc)) from None
         except DecodeError as exc:
             self._close_failed(conn)
-            raise SourceError(f"the postgres-rs reader could not describe the {spec.describe()}: {exc.args[2]}") from None
+            detail = exc.args[2]
+            raise SourceError(f"the postgres-rs reader could not describe the {spec.describe()}: {detail}") from None
         except BaseException:
             self._close_failed(conn)
             raise
