@@ -1,5 +1,7 @@
 """``postgres-rs`` describes its source through its own connection: no psycopg, the same plan (issue 15).
 
+Partitions are planned with psycopg only when a table is big enough to split (tests/test_parallel_reads.py).
+
 Against the suite's real PostgreSQL server: a real ``dativo run`` subprocess must not import psycopg
 (``sys.modules`` recorded at exit, as tests/test_startup.py does), and the plan the extension's
 connection yields must equal the one the shared mapping builds on a psycopg connection.
@@ -55,8 +57,9 @@ def test_a_postgres_rs_run_imports_no_psycopg(tmp_path, pg_db):
     assert rows == 1
     assert "dativo_postgres_rs._native" in names and "psycopg" not in names, sorted(n for n in names if "psyco" in n)
 
-    # A table source on one connection, incremental: day one reads everything, day two only the new rows.
-    source = "  table: public.items\n  parallelism: 1\n  incremental: {cursor: updated_at}\n"
+    # A table source, parallelism unset (too small to split: the size is asked on the native connection),
+    # incremental: day one reads everything, day two only the new rows.
+    source = "  table: public.items\n  incremental: {cursor: updated_at}\n"
     table = write_job(tmp_path / "table", {"dsn": pg_db.dsn}, source, "postgres-rs")
     rows, names = run_rows(table)
     assert rows == 40 and "psycopg" not in names and "dativo_postgres_rs._native" in names

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
@@ -34,6 +35,7 @@ from dativo.postgres_sdk import (
     build_connection,
     check_array_dims,
     check_temporal_range,
+    ctid_partitions,
     decimal_from_strings,
     describe_source,
     snapshot_setup_sql,
@@ -42,11 +44,15 @@ from dativo.sdk import PluginConfig, ReadPartition
 
 from ._conninfo import make_conninfo, parse_conninfo
 from ._describe import DescribeConnection
+from ._describe import literal as _literal
 from ._native import BatchStream, Connection, DecodeError, ServerError
 
 __all__ = ["RustPostgresReader"]
 
 log = logging.getLogger(__name__)
+
+# What describe_source puts after FROM for a table source: one to three quoted identifiers.
+_QUOTED_RELATION = re.compile(r'"(?:[^"]|"")*"(?:\."(?:[^"]|"")*"){0,2}')
 
 # libpq keywords rust-postgres understands (client_encoding is always UTF8 there).
 _SUPPORTED_KEYS = (
@@ -172,14 +178,44 @@ class RustPostgresReader(SnapshotPartitionedReader):
         conn.close()
 
     def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
-        """Plan ctid partitions with psycopg (see the base class); without psycopg, unset parallelism reads whole.
+        """Plan ctid partitions with psycopg (see the base class), only when there will be some.
 
-        An explicit ``source.parallelism`` without psycopg raises PluginError naming the extra (for a table source).
+        With ``source.parallelism`` unset, the table's size is asked on the native connection first:
+        a table too small to split (or a source that is no plain table read) is read on one connection
+        without psycopg. Without psycopg installed, unset parallelism reads whole; one above 1
+        raises PluginError naming the extra (for a table source).
         """
+        plan, spec, _ = self.source()
+        if parallelism is None and spec.table is not None and not self._worth_splitting(plan):
+            return []
         if parallelism is None and importlib.util.find_spec("psycopg") is None:
             log.info("psycopg is not installed: reading on one connection (pip install 'dativo[postgres]')")
             return []
         return super().plan_partitions(parallelism)
+
+    def _worth_splitting(self, plan: SourcePlan) -> bool:
+        """False when ``ctid_partitions`` would not split this plain table read (asked without psycopg).
+
+        A SQL that does not end in ``FROM <table>`` (e.g. an incremental read) is not split by the
+        partitioner either. True (let the partitioner decide) when there is no connection or the
+        server cannot answer.
+        """
+        relation = plan.sql.rpartition(" FROM ")[2]
+        if _QUOTED_RELATION.fullmatch(relation) is None:
+            return False
+        if self._conn is None:
+            return True
+        try:
+            _, rows = self._conn.query(
+                "SELECT pg_relation_size(c.oid), current_setting('block_size')::int8 FROM pg_class c "
+                f"WHERE c.oid = to_regclass({_literal(relation)})"
+            )
+        except (ServerError, DecodeError):
+            return True
+        if len(rows) != 1:
+            return True
+        size, block = int(rows[0][0]), int(rows[0][1])
+        return bool(ctid_partitions(plan.sql, size, block, None))
 
     def _connect(self) -> Any:
         try:

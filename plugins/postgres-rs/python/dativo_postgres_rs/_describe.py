@@ -32,7 +32,8 @@ class _Result:
         return self._typmods[index]
 
 
-def _literal(value: Any) -> str:
+def literal(value: Any) -> str:
+    """``value`` as a SQL literal: an ``E'...'`` string, a number, or an int array; TypeError otherwise."""
     if isinstance(value, bool) or value is None:
         raise TypeError(f"unsupported query parameter {value!r}")
     if isinstance(value, int):
@@ -50,7 +51,7 @@ def render(sql: str, params: Sequence[Any] | None) -> str:
     """``sql`` with its ``%s`` placeholders replaced by ``params`` as literals (``%%`` is a percent sign)."""
     if params is None:
         return sql
-    values = [_literal(v) for v in params]
+    values = [literal(v) for v in params]
     out: list[str] = []
     used = pos = 0
     while (hole := sql.find("%", pos)) >= 0:
