@@ -151,14 +151,10 @@ impl Connection {
     /// `str` or `None`. For describing a source (dativo's shared type mapping asks the server with
     /// it); a result column of another type raises DecodeError (kind "protocol"). Releases the GIL;
     /// ServerError for what PostgreSQL or the connection reports.
-    fn query<'py>(
-        &self,
-        py: Python<'py>,
-        sql: String,
-    ) -> PyResult<(Vec<(String, u32, i32)>, Vec<Bound<'py, PyTuple>>)> {
+    fn query<'py>(&self, py: Python<'py>, sql: String) -> PyResult<(Vec<ColumnDesc>, Vec<Bound<'py, PyTuple>>)> {
         let client = self.client.clone();
         let (columns, rows) = py
-            .detach(move || -> Result<(Vec<(String, u32, i32)>, Vec<Vec<Cell>>), NativeError> {
+            .detach(move || -> Result<(Vec<ColumnDesc>, Vec<Vec<Cell>>), NativeError> {
                 let mut guard = client.lock().unwrap_or_else(|p| p.into_inner());
                 let c = guard.as_mut().ok_or_else(NativeError::closed)?;
                 let statement = c.prepare(&sql).map_err(server_error)?;
@@ -270,6 +266,9 @@ impl Connection {
         }
     }
 }
+
+/// A result column of `query`: name, type OID and typmod (as PostgreSQL's row description has them).
+type ColumnDesc = (String, u32, i32);
 
 /// One value of a `query` result, converted while the GIL is released.
 enum Cell {

@@ -152,7 +152,7 @@ impl Drop for Session {
             drop(client);
         }
         let conn = &mut self.conn;
-        let _ = self.rt.block_on(poll_fn(|cx| match conn.poll(cx) {
+        self.rt.block_on(poll_fn(|cx| match conn.poll(cx) {
             Err(_) => Poll::Ready(()),
             Ok(()) if conn.done => Poll::Ready(()),
             Ok(()) => Poll::Pending,
