@@ -18,6 +18,7 @@ from pyarrow import fs as pafs
 
 from dativo.errors import ConfigError, TargetError
 from dativo.sdk import FaultHook, fault_hook, redact
+from dativo.targets import _lease
 
 __all__ = ["ParquetSettings", "RollingParquetWriter", "StagedFolder", "WrittenFile", "staged_stem"]
 
@@ -324,6 +325,7 @@ class StagedFolder:
         self.staging = f"{root}/_dativo_tmp_{run_id}"
         self.published: list[str] = []
         self._lock: Any = None
+        self._lease: _lease.Lease | None = None
 
     def check(self, what: str) -> None:
         """Create the folder and write and delete a probe; raises TargetError naming the location."""
@@ -344,13 +346,16 @@ class StagedFolder:
             raise TargetError(f"{what} {self.display}: cannot create files: {redact(str(exc))}") from None
 
     def hold(self) -> None:
-        """Mark the staging folder as a live run's (local folders): an flock that a SIGKILL releases.
+        """Mark the staging folder as a live run's, so that :meth:`sweep_dead` of other runs leaves it alone.
 
-        The lock file is locked under a temporary name and then renamed into place, so
-        :meth:`sweep_dead` never sees it unlocked while this run lives. Raises TargetError
-        if it cannot be created. Object stores have no locks: nothing is held there.
+        Local folders: an flock that a SIGKILL releases, locked under a temporary name and
+        then renamed into place, so :meth:`sweep_dead` never sees it unlocked while this run
+        lives. Object stores have no locks: a lease object rewritten while the run lives
+        (``targets/_lease.py``). Raises TargetError if either cannot be created.
         """
         if not isinstance(self.fs, pafs.LocalFileSystem):
+            self._lease = _lease.Lease(self.fs, self.root, self.run_id, self.display, _lease.LEASE_REFRESH_S)
+            self._lease.take()
             return
         temp = f"{self.staging}/{_LOCK}.{os.getpid()}"
         try:
@@ -362,13 +367,14 @@ class StagedFolder:
         self._lock = handle
 
     def sweep_dead(self) -> list[str]:
-        """Delete the staging folders of runs that died (local folders whose lock no process holds); never raises.
+        """Delete the staging folders of runs that died; never raises. Call it after :meth:`hold`.
 
-        A folder without a lock file (a run starting this instant, or one on an object
-        store) is left alone. Returns the folders deleted.
+        Local folders: those whose lock no process holds (a folder without a lock file, a
+        run starting this instant, is left alone). Object stores: those whose lease is
+        older than ``LEASE_STALE_S`` (``targets/_lease.py``). Returns the folders deleted.
         """
         if not isinstance(self.fs, pafs.LocalFileSystem):
-            return []
+            return self._sweep_expired()
         swept = []
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.root):
@@ -381,6 +387,19 @@ class StagedFolder:
                         swept.append(entry.path)
                 except (OSError, pa.ArrowException):
                     continue  # no lock file, or a live run holds it
+        return swept
+
+    def _sweep_expired(self) -> list[str]:
+        swept = []
+        for run_id, lease in _lease.dead_runs(self.fs, self.root, _lease.LEASE_STALE_S):
+            if run_id == self.run_id:
+                continue
+            staging = f"{self.root}/_dativo_tmp_{run_id}"
+            with contextlib.suppress(OSError, pa.ArrowException):
+                if self.fs.get_file_info(staging).type != pafs.FileType.NotFound:
+                    self.fs.delete_dir(staging)
+                    swept.append(staging)
+                self.fs.delete_file(lease)
         return swept
 
     def staged_path(self, name: str) -> str:
@@ -427,6 +446,9 @@ class StagedFolder:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def display_path(self, path: str) -> str:
         """``path`` as the user would write it (``s3://`` prefixed for object storage)."""
