@@ -130,7 +130,7 @@ def test_a_job_reads_over_verify_full_with_the_default_reader(tls_pg, tmp_path):
         bad = job(tmp_path, {**connection, "sslrootcert": str(files.other_ca)})
         with pytest.raises(SourceError) as caught:
             dativo.run(bad).raise_for_failures()
-        # postgres-rs describes the source with psycopg first, so libpq's words come first; either way terminal
+        # postgres-rs describes the source on its own (rustls) connection: its words; either way terminal
         message = str(caught.value)
         assert "certificate verify failed" in message or "not signed by a CA" in message, message
         assert not caught.value.transient

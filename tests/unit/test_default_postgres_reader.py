@@ -32,11 +32,11 @@ def test_settings_only_libpq_readers_honour_fall_back_to_adbc(fresh):
     assert choose_default_reader({"host": "h", "sslcrl": "x.crl"})[0] == "postgres-adbc"
 
 
-def test_without_the_package_or_psycopg_the_default_is_adbc(fresh):
+def test_without_the_package_the_default_is_adbc_and_psycopg_is_not_needed(fresh):
     fresh.setitem(sys.modules, "dativo_postgres_rs", None)
     reader, why = choose_default_reader({"host": "h"})
     assert reader == "postgres-adbc" and "pip install 'dativo[native]'" in why
     native.native_settings.cache_clear()
     fresh.delitem(sys.modules, "dativo_postgres_rs")
-    fresh.setitem(sys.modules, "psycopg", None)  # postgres-rs describes the source with psycopg
-    assert choose_default_reader({"host": "h"})[0] == "postgres-adbc"
+    fresh.setitem(sys.modules, "psycopg", None)  # postgres-rs describes the source on its own connection
+    assert choose_default_reader({"host": "h"})[0] == "postgres-rs"

@@ -26,6 +26,7 @@ const EPOCH_MICROS: i64 = 946_684_800_000_000;
 const READ_CHUNK: usize = 256 * 1024;
 /// A batch is cut early once its buffers hold this much, whatever the row count: with the
 /// engine queue and the writer buffer holding a few batches each, this bounds peak memory.
+/// (8 MiB measured no better end to end: docs/performance.md, "postgres-rs, session 5".)
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// An error for Python: from the server/connection, or a value Arrow cannot hold.
@@ -43,8 +44,8 @@ impl NativeError {
     }
 }
 
-impl From<postgres::Error> for NativeError {
-    fn from(e: postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for NativeError {
+    fn from(e: tokio_postgres::Error) -> Self {
         if let Some(db) = e.as_db_error() {
             return NativeError::Server {
                 sqlstate: Some(db.code().code().to_string()),
@@ -69,8 +70,8 @@ impl From<postgres::Error> for NativeError {
 
 impl From<std::io::Error> for NativeError {
     fn from(e: std::io::Error) -> Self {
-        // CopyOutReader wraps server errors in io::Error; surface the PostgreSQL error itself.
-        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<postgres::Error>()) {
+        // CopyReader (session.rs) wraps server errors in io::Error; surface the PostgreSQL error itself.
+        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<tokio_postgres::Error>()) {
             if let Some(db) = inner.as_db_error() {
                 return NativeError::Server {
                     sqlstate: Some(db.code().code().to_string()),
@@ -518,6 +519,8 @@ pub struct Decoder<R: BufRead> {
 impl<R: BufRead> Decoder<R> {
     pub fn new(reader: R, specs: Vec<ColumnSpec>, skip: usize, batch_size: usize) -> Self {
         let schema = Arc::new(Schema::new(specs.iter().map(ColumnSpec::field).collect::<Vec<_>>()));
+        // Capacity that is never written is never resident (mimalloc maps it lazily): sizing the
+        // builders for `batch_size` up front costs a 1-row job nothing (measured, session 5).
         let capacity = batch_size.min(1 << 20);
         let builders = specs.iter().map(|s| ColumnBuilder::new(s, capacity)).collect();
         Decoder {

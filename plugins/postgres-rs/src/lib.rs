@@ -12,6 +12,7 @@
 
 mod decode;
 mod numeric;
+mod session;
 mod tls;
 
 use std::ffi::CString;
@@ -25,11 +26,12 @@ use arrow_array::{Array, RecordBatch, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::DataType;
-use postgres::{CancelToken, Client};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyTuple};
+use pyo3::types::{PyBool, PyCapsule, PyString, PyTuple};
+use session::Session;
+use tokio_postgres::CancelToken;
 
 use decode::{ColumnSpec, Decoder, NativeError};
 use tls::{ConnectFailure, Connector};
@@ -83,14 +85,14 @@ fn to_py(err: NativeError) -> PyErr {
     }
 }
 
-fn server_error(err: postgres::Error) -> NativeError {
+fn server_error(err: tokio_postgres::Error) -> NativeError {
     NativeError::from(err)
 }
 
 /// One PostgreSQL connection. `copy` streams a query's result as Arrow batches.
 #[pyclass(module = "dativo_postgres_rs._native")]
 struct Connection {
-    client: Arc<Mutex<Option<Client>>>,
+    client: Arc<Mutex<Option<Session>>>,
     cancel: CancelToken,
     connector: Connector,
     closed: Arc<AtomicBool>,
@@ -135,13 +137,56 @@ impl Connection {
             let c = guard.as_mut().ok_or_else(NativeError::closed)?;
             let rows = c.simple_query(&sql).map_err(server_error)?;
             for msg in rows {
-                if let postgres::SimpleQueryMessage::Row(row) = msg {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
                     return Ok(row.get(0).map(str::to_owned));
                 }
             }
             Ok(None)
         })
         .map_err(to_py)
+    }
+
+    /// Run one query without parameters and return `(columns, rows)`: one `(name, type oid, typmod)`
+    /// per result column (PostgreSQL's row description), and the rows as tuples of `bool`, `int`,
+    /// `str` or `None`. For describing a source (dativo's shared type mapping asks the server with
+    /// it); a result column of another type raises DecodeError (kind "protocol"). Releases the GIL;
+    /// ServerError for what PostgreSQL or the connection reports.
+    fn query<'py>(&self, py: Python<'py>, sql: String) -> PyResult<(Vec<ColumnDesc>, Vec<Bound<'py, PyTuple>>)> {
+        let client = self.client.clone();
+        let (columns, rows) = py
+            .detach(move || -> Result<(Vec<ColumnDesc>, Vec<Vec<Cell>>), NativeError> {
+                let mut guard = client.lock().unwrap_or_else(|p| p.into_inner());
+                let c = guard.as_mut().ok_or_else(NativeError::closed)?;
+                let statement = c.prepare(&sql).map_err(server_error)?;
+                let columns = statement
+                    .columns()
+                    .iter()
+                    .map(|col| (col.name().to_string(), col.type_().oid(), col.type_modifier()))
+                    .collect();
+                let rows = c.query(&statement).map_err(server_error)?;
+                let cells = rows
+                    .iter()
+                    .map(|row| (0..row.len()).map(|i| cell(row, i)).collect::<Result<Vec<_>, _>>())
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((columns, cells))
+            })
+            .map_err(to_py)?;
+        let rows = rows
+            .into_iter()
+            .map(|cells| {
+                let values = cells
+                    .into_iter()
+                    .map(|c| match c {
+                        Cell::Null => py.None().into_bound(py),
+                        Cell::Bool(b) => PyBool::new(py, b).to_owned().into_any(),
+                        Cell::Int(v) => v.into_pyobject(py).expect("infallible").into_any(),
+                        Cell::Text(s) => PyString::new(py, &s).into_any(),
+                    })
+                    .collect::<Vec<_>>();
+                PyTuple::new(py, values)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((columns, rows))
     }
 
     /// Start `COPY (sql) TO STDOUT (FORMAT binary)` on a Rust thread and return the batch stream.
@@ -222,9 +267,49 @@ impl Connection {
     }
 }
 
+/// A result column of `query`: name, type OID and typmod (as PostgreSQL's row description has them).
+type ColumnDesc = (String, u32, i32);
+
+/// One value of a `query` result, converted while the GIL is released.
+enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+fn cell(row: &tokio_postgres::Row, i: usize) -> Result<Cell, NativeError> {
+    use tokio_postgres::types::Type;
+    let ty = row.columns()[i].type_();
+    let got = |e: tokio_postgres::Error| NativeError::from(e);
+    let value = if *ty == Type::BOOL {
+        row.try_get::<_, Option<bool>>(i).map_err(got)?.map(Cell::Bool)
+    } else if *ty == Type::INT2 {
+        row.try_get::<_, Option<i16>>(i).map_err(got)?.map(|v| Cell::Int(v.into()))
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(i).map_err(got)?.map(|v| Cell::Int(v.into()))
+    } else if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(i).map_err(got)?.map(Cell::Int)
+    } else if *ty == Type::OID {
+        row.try_get::<_, Option<u32>>(i).map_err(got)?.map(|v| Cell::Int(v.into()))
+    } else {
+        match row.try_get::<_, Option<String>>(i) {
+            Ok(v) => v.map(Cell::Text),
+            Err(_) => {
+                return Err(NativeError::Decode {
+                    kind: "protocol",
+                    column: i,
+                    detail: format!("query results of type {} are not supported", ty.name()),
+                })
+            }
+        }
+    };
+    Ok(value.unwrap_or(Cell::Null))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_copy(
-    client: &mut Client,
+    client: &mut Session,
     sql: &str,
     specs: Vec<ColumnSpec>,
     skip: usize,

@@ -13,16 +13,17 @@
 
 use std::sync::Arc;
 
-use postgres::config::SslMode as PgSslMode;
-use postgres::{CancelToken, Client, Config, NoTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::{CancelToken, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::decode::NativeError;
+use crate::session::{self, Session};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
@@ -301,14 +302,20 @@ fn client_config(settings: &TlsSettings) -> Result<ClientConfig, String> {
 ///
 /// A malformed string is `Invalid`; an unusable `sslrootcert` and every connection
 /// failure are `Server` errors (TLS ones start with "SSL/TLS:" and say what to change).
-pub fn connect(conninfo: &str) -> Result<(Client, Connector), ConnectFailure> {
+pub fn connect(conninfo: &str) -> Result<(Session, Connector), ConnectFailure> {
     let (rest, settings) = split_conninfo(conninfo).map_err(ConnectFailure::Invalid)?;
     let mut config: Config = rest
         .parse()
-        .map_err(|e: postgres::Error| ConnectFailure::Invalid(format!("invalid connection settings: {e}")))?;
+        .map_err(|e: tokio_postgres::Error| ConnectFailure::Invalid(format!("invalid connection settings: {e}")))?;
+    let rt = session::runtime().map_err(|e| {
+        ConnectFailure::Server(NativeError::Server {
+            sqlstate: None,
+            message: format!("cannot start the I/O runtime: {e}"),
+        })
+    })?;
     if settings.mode == SslMode::Disable {
         config.ssl_mode(PgSslMode::Disable);
-        let client = config.connect(NoTls).map_err(|e| ConnectFailure::Server(NativeError::from(e)))?;
+        let client = Session::connect(rt, &config, NoTls).map_err(|e| ConnectFailure::Server(NativeError::from(e)))?;
         return Ok((client, Connector::Plain));
     }
     config.ssl_mode(if settings.mode == SslMode::Prefer { PgSslMode::Prefer } else { PgSslMode::Require });
@@ -316,7 +323,8 @@ pub fn connect(conninfo: &str) -> Result<(Client, Connector), ConnectFailure> {
         ConnectFailure::Server(NativeError::Server { sqlstate: None, message: format!("SSL/TLS: {message}") })
     })?;
     let tls = MakeRustlsConnect::new(tls_config);
-    let client = config.connect(tls.clone()).map_err(|e| ConnectFailure::Server(tls_error(e, &settings)))?;
+    let client =
+        Session::connect(rt, &config, tls.clone()).map_err(|e| ConnectFailure::Server(tls_error(e, &settings)))?;
     Ok((client, Connector::Rustls(tls)))
 }
 
@@ -327,7 +335,7 @@ pub enum ConnectFailure {
 }
 
 /// Say which TLS requirement failed, in words a user can act on.
-fn tls_error(err: postgres::Error, settings: &TlsSettings) -> NativeError {
+fn tls_error(err: tokio_postgres::Error, settings: &TlsSettings) -> NativeError {
     let mut native = NativeError::from(err);
     if let NativeError::Server { sqlstate: None, message } = &mut native {
         let mode = settings.mode.name();
@@ -353,9 +361,10 @@ fn tls_error(err: postgres::Error, settings: &TlsSettings) -> NativeError {
 
 /// Ask the server to cancel what runs on a connection, over the same kind of transport.
 pub fn cancel(token: &CancelToken, connector: &Connector) {
+    let Ok(rt) = session::runtime() else { return };
     let _ = match connector {
-        Connector::Plain => token.cancel_query(NoTls),
-        Connector::Rustls(tls) => token.cancel_query(tls.clone()),
+        Connector::Plain => rt.block_on(token.cancel_query(NoTls)),
+        Connector::Rustls(tls) => rt.block_on(token.cancel_query(tls.clone())),
     };
 }
 

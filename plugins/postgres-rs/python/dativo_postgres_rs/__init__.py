@@ -2,9 +2,11 @@
 
 The schema and the SQL come from dativo's public PostgreSQL helper SDK
 (:mod:`dativo.postgres_sdk`: set-up, type mapping, error translation,
-partitions), exactly as for the built-in readers; the Rust extension runs ``COPY (sql) TO STDOUT (FORMAT
-binary)`` on a thread of its own (without the GIL), decodes the tuples straight
-into Arrow buffers and hands each batch over through the Arrow C data
+partitions), exactly as for the built-in readers; the source is described through
+the extension's own connection (no psycopg: a run reading with one connection never
+imports it; only partitioned planning, the snapshot export, uses psycopg), and the
+extension runs ``COPY (sql) TO STDOUT (FORMAT binary)`` on a thread of its own
+(without the GIL), decodes the tuples straight into Arrow buffers and hands each batch over through the Arrow C data
 interface, so no value becomes a Python object and no batch is copied.
 
 Value rules are the shared ones: a numeric that does not fit its decimal
@@ -14,8 +16,11 @@ with the same :class:`dativo.SchemaError` the built-in readers raise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, ClassVar
+import importlib.util
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, cast
 
 import pyarrow as pa
 
@@ -26,17 +31,28 @@ from dativo.postgres_sdk import (
     PostgresDriverError,
     SnapshotPartitionedReader,
     SourcePlan,
+    SourceSpec,
+    build_connection,
     check_array_dims,
     check_temporal_range,
+    ctid_partitions,
     decimal_from_strings,
-    import_psycopg,
+    describe_source,
     snapshot_setup_sql,
 )
 from dativo.sdk import PluginConfig, ReadPartition
 
+from ._conninfo import make_conninfo, parse_conninfo
+from ._describe import DescribeConnection
+from ._describe import literal as _literal
 from ._native import BatchStream, Connection, DecodeError, ServerError
 
 __all__ = ["RustPostgresReader"]
+
+log = logging.getLogger(__name__)
+
+# What describe_source puts after FROM for a table source: one to three quoted identifiers.
+_QUOTED_RELATION = re.compile(r'"(?:[^"]|"")*"(?:\."(?:[^"]|"")*"){0,2}')
 
 # libpq keywords rust-postgres understands (client_encoding is always UTF8 there).
 _SUPPORTED_KEYS = (
@@ -65,10 +81,7 @@ def _quote(value: str) -> str:
 
 def native_conninfo(info: PgConnectionInfo) -> str:
     """The ``key=value`` string for the Rust client; ConfigError for settings it cannot honour (client certificates)."""
-    import_psycopg()
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = {k: str(v) for k, v in conninfo_to_dict(info.conninfo).items() if v is not None}
+    params = parse_conninfo(info.conninfo)
     unsupported = sorted(k for k in params if k not in _SUPPORTED_KEYS and k not in _IGNORED_KEYS)
     if unsupported:
         raise ConfigError(
@@ -112,17 +125,22 @@ def _decode_error(exc: BaseException, plan: SourcePlan) -> DativoError:
 class RustPostgresReader(SnapshotPartitionedReader):
     """Read a PostgreSQL table or query with the native (Rust) binary-COPY decoder.
 
-    ``initialize`` describes the source with psycopg and opens the native
-    connection: a wrong password, an unreachable server, a missing table or
-    an unmappable type fail there (:class:`dativo.SourceError`,
+    ``initialize`` opens the native connection and describes the source on it
+    with the shared type mapping: a wrong password, an unreachable server, a
+    missing table or an unmappable type fail there (:class:`dativo.SourceError`,
     :class:`dativo.TypeMappingError`, :class:`dativo.ConfigError`).
     ``read_batch`` raises :class:`dativo.SchemaError` for a value that cannot
     be represented exactly and :class:`dativo.SourceError` carrying
     PostgreSQL's message for a failure mid-stream; it never ends early.
     Partitioned reads (``source.parallelism``) are supported for ``table``
     sources: every partition runs on its own connection inside the snapshot
-    exported by a coordinating transaction.
+    exported by a coordinating transaction (planned with psycopg, the only
+    use of it here; without psycopg installed an unset ``source.parallelism``
+    reads on one connection).
     """
+
+    #: Nothing beyond the extension: psycopg is needed only to plan partitions (see ``plan_partitions``).
+    requires: ClassVar[Mapping[str, str]] = {}
 
     #: libpq settings this reader honours (``client_encoding`` is accepted and ignored: always UTF8);
     #: dativo's default-reader choice reads it, so the list lives in one place.
@@ -134,10 +152,70 @@ class RustPostgresReader(SnapshotPartitionedReader):
         self._conn: Any = None
 
     def initialize(self, config: PluginConfig) -> None:
-        """Describe the source and connect; see the class docstring for the errors raised."""
-        self.setup_source(config)
-        self._conninfo = native_conninfo(self.source()[2])
-        self._conn = self._connect()
+        """Connect and describe the source on that connection; see the class docstring for the errors raised."""
+        self.config = config
+        self._spec = spec = SourceSpec.from_config(config)
+        self._info = info = build_connection(config.get("connection"), parse=parse_conninfo, make=make_conninfo)
+        self._conninfo = native_conninfo(info)
+        conn = self._connect()
+        try:
+            # DescribeConnection answers the psycopg calls describe_source makes (see _describe.py).
+            self._plan = describe_source(cast(Any, DescribeConnection(conn)), spec)
+        except ServerError as exc:
+            self._close_failed(conn)
+            raise self.translate(_driver_error(exc)) from None
+        except DecodeError as exc:
+            self._close_failed(conn)
+            detail = exc.args[2]
+            raise SourceError(f"the postgres-rs reader could not describe the {spec.describe()}: {detail}") from None
+        except BaseException:
+            self._close_failed(conn)
+            raise
+        self._conn = conn
+
+    def _close_failed(self, conn: Any) -> None:
+        self.running.discard(conn)
+        conn.close()
+
+    def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
+        """Plan ctid partitions with psycopg (see the base class), only when there will be some.
+
+        With ``source.parallelism`` unset, the table's size is asked on the native connection first:
+        a table too small to split (or a source that is no plain table read) is read on one connection
+        without psycopg. Without psycopg installed, unset parallelism reads whole; one above 1
+        raises PluginError naming the extra (for a table source).
+        """
+        plan, spec, _ = self.source()
+        if parallelism is None and spec.table is not None and not self._worth_splitting(plan):
+            return []
+        if parallelism is None and importlib.util.find_spec("psycopg") is None:
+            log.info("psycopg is not installed: reading on one connection (pip install 'dativo[postgres]')")
+            return []
+        return super().plan_partitions(parallelism)
+
+    def _worth_splitting(self, plan: SourcePlan) -> bool:
+        """False when ``ctid_partitions`` would not split this plain table read (asked without psycopg).
+
+        A SQL that does not end in ``FROM <table>`` (e.g. an incremental read) is not split by the
+        partitioner either. True (let the partitioner decide) when there is no connection or the
+        server cannot answer.
+        """
+        relation = plan.sql.rpartition(" FROM ")[2]
+        if _QUOTED_RELATION.fullmatch(relation) is None:
+            return False
+        if self._conn is None:
+            return True
+        try:
+            _, rows = self._conn.query(
+                "SELECT pg_relation_size(c.oid), current_setting('block_size')::int8 FROM pg_class c "
+                f"WHERE c.oid = to_regclass({_literal(relation)})"
+            )
+        except (ServerError, DecodeError):
+            return True
+        if len(rows) != 1:
+            return True
+        size, block = int(rows[0][0]), int(rows[0][1])
+        return bool(ctid_partitions(plan.sql, size, block, None))
 
     def _connect(self) -> Any:
         try:

@@ -174,7 +174,12 @@ class PgConnectionInfo:
         return f"PgConnectionInfo(host={self.host!r}, port={self.port!r}, user={self.user!r}, dbname={self.dbname!r})"
 
 
-def build_connection(connection: Mapping[str, Any] | None) -> PgConnectionInfo:
+def build_connection(
+    connection: Mapping[str, Any] | None,
+    *,
+    parse: Callable[[str], Mapping[str, Any]] | None = None,
+    make: Callable[[dict[str, Any]], str] | None = None,
+) -> PgConnectionInfo:
     """Build a libpq connection string from a job's ``connection:`` mapping.
 
     Accepts ``dsn`` (a ``postgresql://`` URI or ``key=value`` string) and/or
@@ -183,10 +188,16 @@ def build_connection(connection: Mapping[str, Any] | None) -> PgConnectionInfo:
     override the DSN. ``client_encoding`` is always UTF8; ``connect_timeout``
     defaults to 10 seconds. The password is registered for redaction. Raises
     :class:`ConfigError` for a missing mapping, a malformed DSN or an unknown
-    keyword.
+    keyword. ``parse`` and ``make`` replace psycopg's ``conninfo_to_dict`` and
+    ``make_conninfo`` for a reader that does not use psycopg (a ValueError from them
+    is a malformed DSN); by default psycopg parses.
     """
-    psycopg = import_psycopg()
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    errors: tuple[type[Exception], ...] = (ValueError,)
+    if parse is None or make is None:
+        psycopg = import_psycopg()
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        parse, make, errors = conninfo_to_dict, lambda params: make_conninfo("", **params), (psycopg.Error,)
 
     if not connection or not isinstance(connection, Mapping):
         raise ConfigError(
@@ -203,14 +214,14 @@ def build_connection(connection: Mapping[str, Any] | None) -> PgConnectionInfo:
     if dsn is not None and not isinstance(dsn, str):
         raise ConfigError("connection.dsn must be a string")
     try:
-        merged = conninfo_to_dict(dsn or "")
+        merged = dict(parse(dsn or ""))
         register_secret(str(merged.get("password") or ""))
         merged.update(params)
         for key, default in _DEFAULTS.items():
             merged.setdefault(key, default)
         merged["client_encoding"] = "UTF8"
-        conninfo = make_conninfo("", **merged)
-    except psycopg.Error as exc:
+        conninfo = make(merged)
+    except errors as exc:
         raise ConfigError(
             f"invalid PostgreSQL connection settings: {redact(str(exc))}",
             hint="use a postgresql:// URI in connection.dsn or libpq keywords (host, port, user, password, dbname)",

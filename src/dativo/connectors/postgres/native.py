@@ -37,7 +37,8 @@ def native_settings() -> frozenset[str] | None:
     try:
         reader = importlib.import_module("dativo_postgres_rs").RustPostgresReader
         requires = getattr(reader, "requires", {})
-        # e.g. psycopg, which it describes the source with: missing, ADBC's own message names the extra
+        # what the plugin declares it needs (postgres-rs itself declares nothing since it describes
+        # the source on its own connection); missing, ADBC's own message names the extra
         if not all(importlib.util.find_spec(name.partition(".")[0]) is not None for name in requires):
             return None
         # plus dativo's own keys: the DSN and the aliases connection.py maps to libpq names
