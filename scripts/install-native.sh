@@ -25,5 +25,7 @@ if [ "${1:-}" = "--wheel-only" ]; then
   echo "$wheels"
   exit 0
 fi
-# dativo[native] names the dativo-postgres-rs distribution; --find-links points pip at the wheel just built.
+# The wheel's version does not change with its sources, so pip would keep an older build already installed
+# ("Requirement already satisfied"): put this one in place first. dativo[native] then finds it installed.
+$python -m pip install --disable-pip-version-check --no-deps --force-reinstall "$wheels"/*.whl
 $python -m pip install --disable-pip-version-check --find-links "$wheels" "$@" '.[native]'

@@ -67,7 +67,7 @@ def _parse_uri(text: str) -> dict[str, str]:
         user, colon, password = userinfo.partition(":")
         if user:
             params["user"] = unquote(user)
-        if colon:
+        if colon and password:  # libpq ignores an empty one, as an empty user
             params["password"] = unquote(password)
     hosts: list[str] = []
     ports: list[str] = []
