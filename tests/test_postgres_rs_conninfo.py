@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
+from dativo_postgres_rs import native_conninfo
 from dativo_postgres_rs._conninfo import make_conninfo, parse_conninfo
 from dativo_postgres_rs._describe import literal
 from dativo_postgres_rs._native import Connection
@@ -18,7 +19,6 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.conninfo import make_conninfo as libpq_make_conninfo
 
-from dativo_postgres_rs import native_conninfo
 from dativo.postgres_sdk import build_connection
 
 # Any text libpq can carry in a setting (no NUL), spaces, quotes and backslashes included.
