@@ -46,7 +46,7 @@ from pyiceberg.io.pyarrow import (
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
-from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table import FileScanTask, Table, TableProperties
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.typedef import Record
 
@@ -117,6 +117,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         self._files_opened = 0
         self._keep_files = False
         self._state_loaded = False
+        self._loaded: tuple[Table | None] | None = None  # the table as load_state found it, until prepare uses it
         self._commit_id = ""
         self._outcome_wait_s = float((config.get("options") or {}).get("commit_outcome_wait_s", 30))
 
@@ -128,6 +129,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         found = latest_job_state(table, self._job_name) if table is not None else None
         self._state_snapshot = found[0] if found else None
         self._state_loaded = True
+        self._loaded = (table,)  # prepare starts from this load (issue 15: one load per run, not two)
         return found[1] if found else None
 
     def stage_state(self, state: dict[str, Any]) -> None:
@@ -205,7 +207,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         for field in data_schema:
             iceberg_type_of(field)
         self._data_schema = data_schema
-        self._begin(self._load_table())
+        self._begin(self._table_as_loaded())
 
     def _begin(self, table: Table | None) -> None:
         """Open the transaction this run commits: a staged create, or an update of ``table``."""
@@ -218,6 +220,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
                 # Another run of this job may have committed (even created the table) since load_state.
                 self._check_no_other_run(table)
             check_writable(table.spec(), table.schema(), f"table {self._name}")
+            table = _without_library_retries(table)
             self._transaction = table.transaction()
             evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
             self._table = table
@@ -540,6 +543,18 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
 
     # -- helpers ----------------------------------------------------------------------------------------
 
+    def _table_as_loaded(self) -> Table | None:
+        """The table as :meth:`load_state` loaded it in this run (once), else freshly loaded.
+
+        Reusing that load is safe: the transaction opened on it carries PyIceberg's requirements
+        (the branch's snapshot, the schema it evolved), which the catalog checks against the
+        table's current metadata when committing; a change since then fails the commit with
+        ``CommitFailedException``, and :meth:`_commit_files` refreshes (:meth:`_rebase`, which
+        also refuses when another run of this job committed) and retries.
+        """
+        loaded, self._loaded = self._loaded, None
+        return loaded[0] if loaded is not None else self._load_table()
+
     def _load_table(self) -> Table | None:
         try:
             return self._catalog.load_table(self._identifier)
@@ -579,3 +594,17 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
             return self._prebuilt[file.path]
         partition, spec_id = self._placement.get(file.path, (Record(), self._spec_id))
         return data_file(file, self._iceberg_schema, self._table_properties, partition, spec_id)
+
+
+def _without_library_retries(table: Table) -> Table:
+    """``table`` whose transactions leave a conflicting commit to :meth:`IcebergWriter._commit_files`.
+
+    PyIceberg's ``commit_transaction`` retries a conflicting append itself (refresh, rebuild the
+    snapshot on top, commit: ``commit.retry.num-retries``), which would put this run's rows on top
+    of another run of the same job without :meth:`IcebergWriter._check_no_other_run`. The setting
+    is 0 in this in-memory copy only: the catalog applies the transaction's updates to its own
+    current metadata, so the table's properties are unchanged.
+    """
+    properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    metadata = table.metadata.model_copy(update={"properties": properties})
+    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog, table.config)
