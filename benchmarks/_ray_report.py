@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from run import WIDE_COLUMNS, markdown_table
-
-
-def _f(value: Any, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
+from _report import fmt, markdown_table, verification_table
+from _table import WIDE_COLUMNS
 
 
 def render(result: dict[str, Any]) -> str:
@@ -46,7 +43,7 @@ def render(result: dict[str, Any]) -> str:
             continue
         nodes = x.get("nodes", {})
         workers = [
-            f"{n[7:]}: {f['max_rss_mb']:.0f}/{_f(f['max_pss_mb'], '.0f')}"
+            f"{n[7:]}: {f['max_rss_mb']:.0f}/{fmt(f['max_pss_mb'], '.0f')}"
             for n, f in nodes.items()
             if n.startswith("worker-")
         ]
@@ -54,15 +51,15 @@ def render(result: dict[str, Any]) -> str:
         rows.append(
             [
                 v["label"],
-                _f(x["median_wall_s"], ".2f"),
+                fmt(x["median_wall_s"], ".2f"),
                 f"{x['min_wall_s']:.2f} / {x['max_wall_s']:.2f}",
-                "1.00" if v["key"] == "floor" else _f(x.get("median_ratio_to_floor"), ".2f"),
-                f"{x['max_peak_rss_mb']:.0f} (tree {_f(x.get('max_tree_rss_mb'), '.0f')})",
-                "-" if head is None else f"{head['max_rss_mb']:.0f}/{_f(head['max_pss_mb'], '.0f')}",
+                "1.00" if v["key"] == "floor" else fmt(x.get("median_ratio_to_floor"), ".2f"),
+                f"{x['max_peak_rss_mb']:.0f} (tree {fmt(x.get('max_tree_rss_mb'), '.0f')})",
+                "-" if head is None else f"{head['max_rss_mb']:.0f}/{fmt(head['max_pss_mb'], '.0f')}",
                 "; ".join(workers) or "-",
-                _f(x.get("median_driver_cpu_s"), ".1f"),
-                _f(x.get("median_worker_nodes_cpu_s"), ".1f"),
-                _f(x.get("median_server_cpu_s"), ".1f"),
+                fmt(x.get("median_driver_cpu_s"), ".1f"),
+                fmt(x.get("median_worker_nodes_cpu_s"), ".1f"),
+                fmt(x.get("median_server_cpu_s"), ".1f"),
             ]
         )
     lines.append(
@@ -111,18 +108,18 @@ def render(result: dict[str, Any]) -> str:
         markdown_table(
             ["figure", "value"],
             [
-                ["Ray, 1 slot: per partition, wall, s", _f(ov.get("ray_wall_s_per_partition"), ".3f")],
-                ["Ray: per partition, inside the task, s", _f(ov.get("ray_in_task_s_per_partition"), ".3f")],
-                ["**Ray: per partition, outside the task, s**", _f(ov.get("ray_outside_task_s_per_partition"), ".3f")],
-                ["local executor: per partition, wall, s", _f(ov.get("local_wall_s_per_partition"), ".3f")],
+                ["Ray, 1 slot: per partition, wall, s", fmt(ov.get("ray_wall_s_per_partition"), ".3f")],
+                ["Ray: per partition, inside the task, s", fmt(ov.get("ray_in_task_s_per_partition"), ".3f")],
+                ["**Ray: per partition, outside the task, s**", fmt(ov.get("ray_outside_task_s_per_partition"), ".3f")],
+                ["local executor: per partition, wall, s", fmt(ov.get("local_wall_s_per_partition"), ".3f")],
                 *[
-                    [f"{k[: -len('_minus_local_s')]} wall minus local wall, same partitions, s", _f(v, ".2f")]
+                    [f"{k[: -len('_minus_local_s')]} wall minus local wall, same partitions, s", fmt(v, ".2f")]
                     for k, v in ov.items()
                     if k.endswith("_minus_local_s")
                 ],
-                ["no-op task round trip (submit -> result), ms, median", _f(ov.get("noop_task_round_trip_ms_median"))],
-                ["200 no-op tasks at once, ms per task", _f(ov.get("noop_tasks_200_at_once_ms_per_task"))],
-                ["first task of a new driver (worker lease/start), s", _f(ov.get("first_task_s_median"))],
+                ["no-op task round trip (submit -> result), ms, median", fmt(ov.get("noop_task_round_trip_ms_median"))],
+                ["200 no-op tasks at once, ms per task", fmt(ov.get("noop_tasks_200_at_once_ms_per_task"))],
+                ["first task of a new driver (worker lease/start), s", fmt(ov.get("first_task_s_median"))],
                 ["imports on a fresh worker, s", json.dumps(ov.get("worker_import_s"))],
                 ["cluster start (head + nodes, ready), s", json.dumps(ov.get("cluster_start_s"))],
             ],
@@ -131,23 +128,12 @@ def render(result: dict[str, Any]) -> str:
         "",
         "## Inputs for docs/scale-out.md",
         "",
-        markdown_table(["input", "value"], [[k, _f(v)] for k, v in inputs.items()], "lr"),
+        markdown_table(["input", "value"], [[k, fmt(v)] for k, v in inputs.items()], "lr"),
         "",
         "## Correctness (read back with PyIceberg)",
         "",
     ]
-    vrows = [
-        [
-            k,
-            "ok" if v.get("ok") else "MISMATCH",
-            _f(v.get("rows"), ","),
-            json.dumps(v.get("mismatches") or v.get("error") or "")[:300],
-        ]
-        for k, v in result["verification"].items()
-    ]
-    lines.append(
-        markdown_table(["variant@table", "check", "rows", "details"], vrows, "llrl") if vrows else "(nothing verified)"
-    )
+    lines.append(verification_table(result["verification"], 300))
     lines += [
         "",
         "Checked: row count, sum(id), non-NULL count of each of the 50 columns, the snapshot's "

@@ -1,17 +1,17 @@
-"""A real multi-node Ray cluster on this machine, and per-node memory/CPU sampling (for ``ray_scale.py``).
+"""Ray clusters with per-node limits, and per-node memory/CPU sampling (for ``ray_scale.py``).
 
-:class:`LocalRayCluster` starts a head node (``ray start --head --block``, no CPUs for tasks, so
-every partition runs on a worker node; the driver connects to it) and N worker nodes
-(``ray start --address ... --block``), each its own process tree in its own session, with its
-own resources: ``--num-cpus`` (task slots), ``--memory`` (Ray's logical memory),
-``--object-store-memory`` and optionally one pinned core (``taskset``). Nodes advertise
-loopback addresses (head 127.0.0.1, workers 127.0.0.2, 127.0.0.3, ...) and the dashboard is
-off. Caveat, stated in the report: Ray's gcs_server and raylets listen on every interface
-(``*:port``) whatever ``--node-ip-address`` says, and Ray canonicalises ``127.0.0.1`` in
-bootstrap addresses to the machine's own address; traffic to either never leaves the machine.
+:class:`LocalRayCluster` is the tests' cluster (``tests/support/raycluster.py``: a head node that
+runs no tasks, so every partition runs on a worker node, and N worker nodes, each its own
+``ray start --block`` process tree in its own session, on loopback addresses, dashboard off),
+with each worker node's own resources: ``--num-cpus`` (task slots), ``--memory`` (Ray's logical
+memory), ``--object-store-memory`` and optionally one pinned core (``taskset``); once up, a probe
+checks every node is alive and measures Ray's bare task latency. Caveat, stated in the report:
+Ray's gcs_server and raylets listen on every interface (``*:port``) whatever
+``--node-ip-address`` says, and Ray canonicalises ``127.0.0.1`` in bootstrap addresses to the
+machine's own address; traffic to either never leaves the machine.
 
-:class:`NodeSampler` samples, from ``/proc``, the summed RSS and PSS of each node's process tree
-(``ray start``, gcs_server, raylet, agents, workers ...) and its CPU time.
+:class:`NodeSampler` samples, from ``/proc`` (``tests/support/procs.py``), the summed RSS and PSS
+of each node's process tree (``ray start``, gcs_server, raylet, agents, workers ...) and its CPU time.
 
 ``python _raycluster.py probe ADDRESS NODES OUT.json`` is the readiness check and the bare
 Ray task-latency probe (a separate driver process, so the benchmark never joins the cluster).
@@ -19,17 +19,11 @@ Ray task-latency probe (a separate driver process, so the benchmark never joins 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -37,25 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_TICK = os.sysconf("SC_CLK_TCK")
+import _common  # noqa: F401  (tests/ on sys.path)
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_range_free(base: int, count: int) -> bool:
-    for port in range(base, base + count, max(1, count // 8)):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                return False
-    return True
+from support.procs import PAGE, TICK, descendants, pss_kb, scan
+from support.raycluster import RayCluster
 
 
 @dataclass(frozen=True)
@@ -74,128 +53,55 @@ class NodeLimits:
             f"--object-store-memory {self.object_store_mb} MB{pin}"
         )
 
-
-@dataclass
-class _Node:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+    def ray_start_args(self) -> tuple[str, ...]:
+        """A worker node's ``ray start`` arguments for these limits (pinning is the cluster's)."""
+        return (
+            f"--num-cpus={self.num_cpus}",
+            f"--memory={self.memory_mb * 1024 * 1024}",
+            f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
+        )
 
 
 @dataclass
 class LocalRayCluster:
-    """A head node plus ``workers`` worker nodes as separate ``ray start --block`` process trees.
+    """A head node plus ``workers`` worker nodes with ``limits`` (a :class:`support.raycluster.RayCluster`).
 
     ``env`` is added to every node's environment (the job's secrets reach the workers this way, as on
-    a real cluster). :meth:`start` raises ``RuntimeError`` (with the node's log tail) when a node does
-    not come up; :meth:`stop` always ends every process it started (SIGTERM, then SIGKILL by pid).
+    a real cluster). :meth:`start` raises ``RuntimeError`` (with the nodes' log tails) when a node or the
+    probe fails; :meth:`stop` always ends every process it started (SIGTERM, then SIGKILL by pid).
     """
 
     workdir: Path
     workers: int
     limits: NodeLimits = field(default_factory=NodeLimits)
     env: Mapping[str, str] = field(default_factory=dict)
-    nodes: list[_Node] = field(default_factory=list)
-    port: int = 0
-    temp_dir: Path | None = None
     probe: dict[str, Any] = field(default_factory=dict)
     start_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        # The head keeps Ray's own defaults (object store, health checks); the workers get the limits.
+        self.cluster = RayCluster(
+            self.workdir,
+            env=self.env,
+            head_args=(),
+            worker_args=self.limits.ray_start_args(),
+            pin_cpus=self.limits.pin_cpus,
+        )
 
     @property
     def address(self) -> str:
         """The GCS address drivers use (``engine.ray.address``)."""
-        return f"127.0.0.1:{self.port}"
+        return self.cluster.address
 
     def roots(self) -> dict[str, int]:
-        """Node name -> pid of its ``ray start`` process (the root of its process tree)."""
-        return {n.name: n.proc.pid for n in self.nodes}
-
-    def _ray(self) -> str:
-        script = Path(sys.executable).parent / "ray"
-        return str(script) if script.is_file() else (shutil.which("ray") or "ray")
-
-    def _launch(self, name: str, argv: list[str], cpu: int | None) -> None:
-        log = self.workdir / f"{name}.log"
-        if cpu is not None and shutil.which("taskset"):
-            argv = ["taskset", "-c", str(cpu), *argv]
-        # A loaded machine: give a raylet time to register (Ray's default is 10 s).
-        env = {**os.environ, **self.env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_raylet_start_wait_time_s": "120"}
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(
-                argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-            )
-        node = _Node(name, proc, log)
-        self.nodes.append(node)
-        # One node at a time: a worker node started before the head (or beside another starting node)
-        # times out registering on a loaded machine. `ray start --block` logs "--block" once it is up.
-        deadline = time.monotonic() + 180
-        while b"--block" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray node {name} did not start; {self._tails()}")
-            time.sleep(0.2)
-
-    def _common_ports(self) -> list[str]:
-        # Below Linux's ephemeral range (32768+), where free_port()'s single ports come from.
-        base = random.randrange(20000, 32400, 200)
-        for _ in range(20):
-            if _port_range_free(base, 200):
-                break
-            base = random.randrange(20000, 32400, 200)
-        return [
-            f"--min-worker-port={base}",
-            f"--max-worker-port={base + 199}",
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-        ]
+        """Node name (``head``, ``worker-1`` ...) -> pid of its ``ray start`` process (the root of its tree)."""
+        nodes = self.cluster.nodes
+        return {("head" if i == 0 else f"worker-{i}"): n.proc.pid for i, n in enumerate(nodes)}
 
     def start(self, timeout_s: float = 180.0) -> LocalRayCluster:
         """Start the nodes and wait until all of them are alive (checked by the probe, which also measures)."""
         started = time.perf_counter()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        # Ray's unix sockets must fit in 107 bytes: a short temp dir of our own, not the workdir.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
-        self.port = free_port()
-        ray = self._ray()
-        common = ["--disable-usage-stats", "--block", f"--temp-dir={self.temp_dir}"]
-        self._launch(
-            "head",
-            [
-                ray,
-                "start",
-                "--head",
-                "--node-ip-address=127.0.0.1",
-                f"--port={self.port}",
-                f"--ray-client-server-port={free_port()}",
-                "--include-dashboard=false",
-                "--num-cpus=0",  # the head runs the driver only; partitions go to worker nodes
-                *self._common_ports(),
-                *common,
-            ],
-            cpu=None,
-        )
-        lim = self.limits
-        ncpu = os.cpu_count() or 1
-        for i in range(1, self.workers + 1):
-            self._launch(
-                f"worker-{i}",
-                [
-                    ray,
-                    "start",
-                    # 127.0.0.2, ...: a loopback address that Ray does not rewrite to the host's address.
-                    f"--address=127.0.0.{i + 1}:{self.port}",
-                    f"--node-ip-address=127.0.0.{i + 1}",
-                    f"--num-cpus={lim.num_cpus}",
-                    f"--memory={lim.memory_mb * 1024 * 1024}",
-                    f"--object-store-memory={lim.object_store_mb * 1024 * 1024}",
-                    *self._common_ports(),
-                    *common,
-                ],
-                cpu=(i - 1) % ncpu if lim.pin_cpus else None,
-            )
+        self.cluster.start(self.workers)
         out = self.workdir / "probe.json"
         try:
             probe = subprocess.run(
@@ -206,44 +112,16 @@ class LocalRayCluster:
                 timeout=timeout_s,
             )
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"Ray cluster not ready after {timeout_s:g}s; {self._tails()}") from None
+            raise RuntimeError(f"Ray cluster not ready after {timeout_s:g}s; {self.cluster.tails()}") from None
         if probe.returncode != 0:
-            raise RuntimeError(f"Ray cluster probe failed: {probe.stderr.strip()[-1500:]}; {self._tails()}")
+            raise RuntimeError(f"Ray cluster probe failed: {probe.stderr.strip()[-1500:]}; {self.cluster.tails()}")
         self.probe = json.loads(out.read_text())
         self.start_s = round(time.perf_counter() - started, 2)
         return self
 
-    def _tails(self) -> str:
-        parts = []
-        for n in self.nodes:
-            with contextlib.suppress(OSError):
-                parts.append(f"{n.name} (exit {n.proc.poll()}): {n.log.read_text(errors='replace')[-600:]}")
-        return " | ".join(parts)
-
     def stop(self) -> None:
         """SIGTERM each node's ``ray start`` (it stops its own processes), then SIGKILL what is left, by pid."""
-        pids = set()
-        for n in self.nodes:
-            pids |= tree_pids(n.proc.pid)
-        for n in reversed(self.nodes):  # workers first, the head last
-            with contextlib.suppress(ProcessLookupError):
-                n.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                n.proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
-        for pid in pids:
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        for n in self.nodes:
-            if n.proc.poll() is None:
-                n.proc.kill()
-            n.proc.wait()
-        self.nodes.clear()
-        if self.temp_dir is not None:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.cluster.stop()
 
     def close(self) -> None:
         """The same as :meth:`stop` (for ``contextlib.closing``)."""
@@ -263,63 +141,6 @@ class LocalRayCluster:
 # --------------------------------------------------------------------------------------------------
 # /proc sampling
 # --------------------------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().split(b")")[-1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
-@dataclass
-class _Proc:
-    ppid: int
-    cpu_ticks: int  # utime + stime
-    rss_pages: int
-
-
-def _scan() -> dict[int, _Proc]:
-    procs: dict[int, _Proc] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        f = stat[stat.rfind(b")") + 2 :].split()
-        # fields after the name: state ppid ... utime(11) stime(12) ... rss(21)
-        procs[int(entry.name)] = _Proc(int(f[1]), int(f[11]) + int(f[12]), int(f[21]))
-    return procs
-
-
-def _descendants(root: int, procs: Mapping[int, _Proc]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, p in procs.items():
-        children.setdefault(p.ppid, []).append(pid)
-    tree, frontier = {root} if root in procs else set(), [root]
-    while frontier:
-        for child in children.get(frontier.pop(), []):
-            if child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return tree
-
-
-def tree_pids(root: int) -> set[int]:
-    """``root`` and all its descendants now."""
-    return _descendants(root, _scan())
-
-
-def _pss_kb(pid: int) -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-        for line in fh:
-            if line.startswith(b"Pss:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _role(pid: int) -> str:
@@ -364,15 +185,15 @@ class NodeSampler(threading.Thread):
         self._roles: dict[int, str] = {}
 
     def _sample(self) -> None:
-        procs = _scan()
+        procs = scan()
         for name, root in self.roots.items():
-            tree = _descendants(root, procs)
+            tree = descendants(root, procs)
             seen = self._ticks.setdefault(name, {})
             for p in tree:
                 # The first sample's figures are the baseline: what a process used before the run is not counted.
                 self._base.setdefault(name, {}).setdefault(p, procs[p].cpu_ticks if self._first else 0)
                 seen[p] = procs[p].cpu_ticks
-            rss = sum(procs[p].rss_pages for p in tree) * _PAGE / 1e6
+            rss = sum(procs[p].rss_pages for p in tree) * PAGE / 1e6
             peak = self.peaks[name]
             if rss <= peak["rss_mb"]:
                 continue
@@ -380,9 +201,9 @@ class NodeSampler(threading.Thread):
             pss_total = 0.0
             for p in tree:
                 role = self._roles.setdefault(p, _role(p))
-                by_role[role] = by_role.get(role, 0.0) + procs[p].rss_pages * _PAGE / 1e6
+                by_role[role] = by_role.get(role, 0.0) + procs[p].rss_pages * PAGE / 1e6
                 if self.pss:
-                    pss_total += _pss_kb(p) * 1024 / 1e6
+                    pss_total += pss_kb(p) * 1024 / 1e6
             peak.update(
                 rss_mb=round(rss, 1),
                 pss_mb=round(pss_total, 1) if self.pss else None,
@@ -404,7 +225,7 @@ class NodeSampler(threading.Thread):
         out = {}
         for name in self.roots:
             base = self._base.get(name, {})
-            cpu = sum(t - base.get(p, 0) for p, t in self._ticks.get(name, {}).items()) / _TICK
+            cpu = sum(t - base.get(p, 0) for p, t in self._ticks.get(name, {}).items()) / TICK
             out[name] = {**self.peaks[name], "cpu_s": round(cpu, 2)}
         return out
 

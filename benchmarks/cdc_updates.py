@@ -32,7 +32,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import run as bench  # noqa: E402  (benchmarks/run.py: table builder, measured launches, the server)
+from _common import log  # noqa: E402  (run.py's modules: table builder, measured launches, the server)
+from _environment import dativo_command, postgres  # noqa: E402
+from _measure import ProcessResult, run_measured  # noqa: E402
+from _table import WIDE_COLUMNS, ensure_table  # noqa: E402
 
 NARROW = "public.cdc_narrow"
 WIDE = "public.cdc_wide"
@@ -46,7 +49,7 @@ def build(dsn: str, kind: str, rows: int) -> tuple[str, str]:
     import psycopg
 
     if kind == "wide":
-        bench.ensure_table(dsn, WIDE, rows)
+        ensure_table(dsn, WIDE, rows)
         table, column = WIDE, "i07"
     else:
         table, column = NARROW, "amount"
@@ -85,7 +88,7 @@ def apply_inserts(dsn: str, table: str, kind: str, first_id: int, count: int) ->
     """``count`` new rows with ids from ``first_id``, committed every 100,000; returns seconds."""
     import psycopg
 
-    exprs = ", ".join(c.expr for c in bench.WIDE_COLUMNS) if kind == "wide" else NARROW_ROW
+    exprs = ", ".join(c.expr for c in WIDE_COLUMNS) if kind == "wide" else NARROW_ROW
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
         for first in range(first_id, first_id + count, BATCH):
@@ -114,10 +117,10 @@ def target_facts(work: Path, column: str) -> tuple[int, float]:
     return data.num_rows, float(sum(float(v) for v in values if v is not None))
 
 
-def measured_run(work: Path, name: str) -> tuple[bench.ProcessResult, dict[str, Any]]:
+def measured_run(work: Path, name: str) -> tuple[ProcessResult, dict[str, Any]]:
     summary = work / f"{name}.json"
-    result = bench.run_measured(
-        [*bench._dativo_command(), "run", "cdc.yaml", "--quiet", "--summary-json", str(summary)],
+    result = run_measured(
+        [*dativo_command(), "run", "cdc.yaml", "--quiet", "--summary-json", str(summary)],
         env=dict(os.environ),
         cwd=work,
         stdout=work / f"{name}.out",
@@ -143,20 +146,20 @@ def main() -> int:
     opts.out = opts.out or HERE / "results" / f"cdc_{opts.change}s_{opts.table}.json"
     if opts.change == "update" and opts.updates > opts.rows:
         parser.error("--updates must not exceed --rows (each update touches another row)")
-    with bench.postgres(opts) as (dsn, _psql, server), tempfile.TemporaryDirectory(prefix="dativo-cdc-bench-") as tmp:
+    with postgres(opts) as (dsn, _psql, server), tempfile.TemporaryDirectory(prefix="dativo-cdc-bench-") as tmp:
         work = Path(tmp)
-        bench.log(f"building {opts.table} table of {opts.rows:,} rows ...")
+        log(f"building {opts.table} table of {opts.rows:,} rows ...")
         table, column = build(dsn, opts.table, opts.rows)
         (work / "cdc.yaml").write_text(
             "name: cdc_bench\n"
             f"source: {{connector: postgres, connection: {{dsn: {json.dumps(dsn)}}}, table: {table}, cdc: {{}}}}\n"
             "target: {connector: iceberg, table: raw.cdc_bench}\n"
         )
-        bench.log("initial load (a full read of the table) ...")
+        log("initial load (a full read of the table) ...")
         load, load_summary = measured_run(work, "load")
         runs: list[dict[str, Any]] = []
         for index in range(opts.runs):
-            bench.log(f"run {index + 1}/{opts.runs}: {opts.updates:,} {opts.change}s ...")
+            log(f"run {index + 1}/{opts.runs}: {opts.updates:,} {opts.change}s ...")
             if opts.change == "insert":
                 update_s = apply_inserts(dsn, table, opts.table, opts.rows + 1 + index * opts.updates, opts.updates)
             else:
@@ -175,7 +178,7 @@ def main() -> int:
                     "correct": ok,
                 }
             )
-            bench.log(f"  {result.wall_s:.1f} s, {result.peak_rss_mb:.0f} MB, correct: {ok}")
+            log(f"  {result.wall_s:.1f} s, {result.peak_rss_mb:.0f} MB, correct: {ok}")
     median = statistics.median(r["wall_s"] for r in runs)
     figures = {
         "table": opts.table,

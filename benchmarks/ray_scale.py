@@ -44,28 +44,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import run  # benchmarks/run.py: the table, the floor, the launcher, the Iceberg fingerprint
+from _common import DSN_ENV, TARGET_TABLE, Phase, log
+from _environment import dativo_command, dist_version, filesystem_of, machine_facts, postgres
+from _measure import rss_measurement_floor
 from _ray_report import model_inputs, render
 from _raycluster import LocalRayCluster, NodeLimits, NodeSampler
-from run import (
-    DSN_ENV,
-    TARGET_TABLE,
+from _report import result_head, summarize, write_results
+from _runner import Measurement, Runner
+from _table import SourceTable, ensure_table
+from _variants import (
+    VARIANTS,
     BenchContext,
-    Measurement,
-    Runner,
-    SourceTable,
+    Invocation,
+    Outcome,
     Variant,
     dativo_variant,
-    ensure_table,
     iceberg_fingerprint,
-    log,
-    summarize,
+    pg_client_env,
 )
 
 from dativo.config.models import EngineConfig
 
 HERE = Path(__file__).resolve().parent
-FLOOR = next(v for v in run.VARIANTS if v.role == "floor")
+FLOOR = next(v for v in VARIANTS if v.role == "floor")
 
 #: Checksums computed on the server and from the Iceberg table, as exact integers.
 CHECKSUM_SQL = """SELECT sum(i03)::numeric, sum(i08)::numeric, (sum(f01) * 2)::numeric, (sum(n02) * 100)::numeric,
@@ -113,7 +114,7 @@ def iceberg_checksums(warehouse: Path, table: str) -> dict[str, int]:
 
 def wire_bytes(ctx: BenchContext, table: str) -> int:
     """Bytes of ``COPY (SELECT * FROM table) TO STDOUT (FORMAT binary)``: what every reader receives."""
-    conn_args, env = run._pg_client_env(ctx.dsn)
+    conn_args, env = pg_client_env(ctx.dsn)
     copy_cmd = f"\\copy (SELECT * FROM {table}) TO STDOUT (FORMAT binary)"
     proc = subprocess.Popen(
         [ctx.psql, "-X", "-v", "ON_ERROR_STOP=1", *conn_args, "-c", copy_cmd],
@@ -159,7 +160,7 @@ class Spec:
 
 @dataclass
 class Bench:
-    """Runs the passes and keeps what ``run.Runner`` does not: node samples and dativo summaries."""
+    """Runs the passes and keeps what ``Runner`` does not: node samples and dativo summaries."""
 
     args: argparse.Namespace
     ctx: BenchContext
@@ -181,10 +182,10 @@ class Bench:
         base = dativo_variant(spec.key, spec.label, description=spec.label, job=job, sample_tree_rss=True)
         summaries, files = self.extra, self.files
 
-        def build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> run.Invocation:
+        def build(ctx: BenchContext, source: SourceTable, run_dir: Path) -> Invocation:
             inv = base.build(ctx, source, run_dir)
 
-            def outcome(directory: Path) -> run.Outcome:
+            def outcome(directory: Path) -> Outcome:
                 summary = json.loads((directory / "summary.json").read_text())
                 summaries.setdefault(directory.name, {})["summary"] = summary
                 return inv.outcome(directory)
@@ -199,8 +200,8 @@ class Bench:
 
         return dataclasses.replace(base, build=build)
 
-    def measure(self, variant: Variant, phase: run.Phase, i: int, roots: dict[str, int]) -> Measurement:
-        """``run.Runner.measure`` with the nodes' and the server's process trees sampled meanwhile."""
+    def measure(self, variant: Variant, phase: Phase, i: int, roots: dict[str, int]) -> Measurement:
+        """``Runner.measure`` (``_runner.py``) with the nodes' and the server's process trees sampled meanwhile."""
         if self.pg_pid is not None:
             roots = {**roots, "postgres": self.pg_pid}
         sampler = NodeSampler(roots, interval_s=self.args.sample_interval)
@@ -216,7 +217,7 @@ class Bench:
         )
         return m
 
-    def _start_cluster(self, phase: run.Phase, i: int, nodes: int, attempts: int = 3) -> LocalRayCluster | None:
+    def _start_cluster(self, phase: Phase, i: int, nodes: int, attempts: int = 3) -> LocalRayCluster | None:
         """A started cluster, or None (logged, recorded) when it did not come up ``attempts`` times."""
         for attempt in range(1, attempts + 1):
             cluster = LocalRayCluster(
@@ -237,7 +238,7 @@ class Bench:
                 raise
         return None
 
-    def run_pass(self, specs: Sequence[Spec], phase: run.Phase, i: int) -> None:
+    def run_pass(self, specs: Sequence[Spec], phase: Phase, i: int) -> None:
         """Floor, local variants, then each cluster size on a fresh cluster; ratios to this pass's floor."""
         floor = self.measure(FLOOR, phase, i, {})
         measured: list[Measurement] = []
@@ -287,7 +288,7 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def summarize_variant(bench: Bench, key: str) -> dict[str, Any]:
-    """``run.summarize`` plus the nodes' and server's figures and the executor's own report."""
+    """``summarize`` plus the nodes' and server's figures and the executor's own report."""
     ms = [m for m in bench.runner.measurements if m.phase == "run" and m.variant == key]
     out = summarize(ms)
     runs = [e for e in bench.extra.values() if e.get("variant") == key and e.get("phase") == "run"]
@@ -449,16 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or HERE / "results" / f"ray-{args.name}.json"
     limits = NodeLimits(args.node_cpus, args.node_memory_mb, args.node_object_store_mb, args.pin_cpus)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    with _workdir(args) as workdir, run.postgres(args) as (dsn, psql, server_note):
+    with _workdir(args) as workdir, postgres(args) as (dsn, psql, server_note):
         ctx = BenchContext(
-            dsn=dsn, psql=psql, python=sys.executable, dativo=run._dativo_command(), batch_size=args.batch_size
+            dsn=dsn, psql=psql, python=sys.executable, dativo=dativo_command(), batch_size=args.batch_size
         )
-        machine = run.machine_facts(dsn, psql)
+        machine = machine_facts(dsn, psql)
         machine["server"] = server_note
-        machine["ray"] = run._version("ray")
-        machine["dativo-postgres-rs"] = run._version("dativo-postgres-rs")
-        machine["workdir_filesystem"] = run._filesystem_of(workdir)
-        machine["rss_measurement_floor_mb"] = run.rss_measurement_floor(workdir)
+        machine["ray"] = dist_version("ray")
+        machine["dativo-postgres-rs"] = dist_version("dativo-postgres-rs")
+        machine["workdir_filesystem"] = filesystem_of(workdir)
+        machine["rss_measurement_floor_mb"] = rss_measurement_floor(workdir)
         source = ensure_table(dsn, args.table, args.rows)
         source.fingerprint.update(source_checksums(dsn, args.table))
         log("measuring the binary COPY size ...")
@@ -474,21 +475,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"key": s.key, "label": s.label, "partitions": s.partitions, "worker_nodes": s.nodes} for s in specs
     ]
     result: dict[str, Any] = {
-        "started_at": started_at,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, *sys.argv],
-        "config": {
-            "rows": args.rows,
-            "runs": args.runs,
-            "warmup": args.warmup,
-            "batch_size": args.batch_size,
-            "partitions": args.partitions,
-            "many_partitions": args.many_partitions,
-            "nodes": args.nodes,
-            "node_limits": limits.describe(),
-            "sample_interval_s": args.sample_interval,
-            "workdir": str(workdir) if args.keep else None,
-        },
+        **result_head(
+            started_at,
+            args,
+            partitions=args.partitions,
+            many_partitions=args.many_partitions,
+            nodes=args.nodes,
+            node_limits=limits.describe(),
+            sample_interval_s=args.sample_interval,
+            workdir=str(workdir) if args.keep else None,
+        ),
         "machine": machine,
         "source": asdict(source),
         "wire_bytes": wire,
@@ -503,11 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["overhead"] = overhead(bench, specs)
     result["model_inputs"] = model_inputs(result)
     report = render(result)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(report)
-    print(report)
-    log(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(out, result, report)
     return 0
 
 

@@ -5,7 +5,8 @@ pytest_plugins = [
     "support.s3_fixtures",
     "support.kms_fixtures",
     "support.iceberg_fixtures",
-    "support.raycluster",
+    "support.ray_fixtures",
+    "support.staging_fixtures",
 ]
 
 _skipped: list[str] = []

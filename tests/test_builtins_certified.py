@@ -35,7 +35,7 @@ from dativo.testing import (
 from test_postgres_readers import FIDELITY, create_fidelity_table
 
 from support.cli import dativo
-from support.kms_fixtures import write_key_file
+from support.kms_fixtures import encrypted_parquet_scenario
 from support.pgserver import PostgresServer
 from support.s3server import S3Server
 
@@ -243,19 +243,8 @@ def writer_scenarios(plugin: str, tmp_path_factory: pytest.TempPathFactory) -> d
         # Iceberg has no 16-bit integer: smallint lands as int, losslessly (docs/types.md).
         return {"standard": {"connector": "iceberg", "table": "certify.types"}, "widens": {"int16": "int32"}}
     keys = tmp_path_factory.mktemp("keys")
-    key_file = write_key_file(keys / "keys.json", {"footer_key": os.urandom(32), "phi_key": os.urandom(32)})
     return {
-        "standard": {
-            "connector": "encrypted-parquet",
-            "options": {
-                "footer_key": "footer_key",
-                "column_keys": {"phi_key": ["label", "raw", "uid"]},
-                "kms": {"type": "local", "key_file": str(key_file)},
-                # The audit trail outlives an aborted run by design: it lives beside the job, not the data.
-                "audit": {"log": str(keys / "audit.jsonl")},
-            },
-        },
-        "read_back": "dativo.targets.encrypted_parquet:read_back",
+        **encrypted_parquet_scenario(keys),
         "_sandbox": {"writable_paths": [str(keys)]},  # as a process plugin: the key file, the audit log
     }
 

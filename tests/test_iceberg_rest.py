@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,7 @@ from dativo.errors import TargetError
 
 from support.cli import dativo
 from support.iceberg_fixtures import rest_catalog
-from support.iceberg_rest import DropResponseProxy, RestCatalogServer
-
-
-@pytest.fixture
-def proxy(rest_server: RestCatalogServer) -> Iterator[DropResponseProxy]:
-    server = DropResponseProxy(rest_server.port).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from support.iceberg_rest import RestCatalogServer
 
 
 @pytest.fixture

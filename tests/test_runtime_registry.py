@@ -118,8 +118,8 @@ def test_unknown_runtime_names_the_registered_ones(tmp_path):
     with pytest.raises(PluginError) as info:
         host_reader(dataclasses.replace(plan.reader, runtime="nope"))
     message = str(info.value)
-    assert message.startswith(f"reader '{plan.reader.ref.name}': unknown runtime type 'nope' (registered runtimes: ")
-    assert "custom, flight, process" in message and "'dativo.runtimes' entry-point group" in message
+    assert message.startswith(f"reader '{plan.reader.ref.name}': runtime 'nope': no installed runtime has that name (")
+    assert "custom, flight, process" in message and "entry-point group 'dativo.runtimes'" in message
 
 
 def test_a_runtime_that_fails_to_load_is_one_plugin_error(site):
@@ -148,7 +148,7 @@ def test_stale_install_without_runtime_entry_points_says_to_reinstall(tmp_path, 
     # An environment whose installed dativo metadata predates the group (nothing registered at all).
     from dativo.core import hosting
 
-    monkeypatch.setattr(hosting, "_entries", dict)
+    monkeypatch.setattr(hosting, "runtime_names", list)
     plan = build_plan(load_job(write_job(tmp_path)))
     stale = r"no runtime is registered .*not even dativo's own \(reinstall dativo \('pip install -e \.'"
     with pytest.raises(PluginError, match=stale):

@@ -15,7 +15,7 @@ from dativo.targets.parquet import ParquetDatasetWriter
 from dativo.testing import PluginUnderTest, certify
 
 from support.cli import dativo
-from support.kms_fixtures import write_key_file
+from support.kms_fixtures import encrypted_parquet_scenario
 
 RULES = ["writer.staging-commit", "writer.staging-abort"]
 SECRET = "tok-" + os.urandom(8).hex()
@@ -50,19 +50,7 @@ def scenarios(plugin: str, tmp_path: Path) -> dict[str, Any]:
     if plugin == "encrypted-parquet":
         keys = tmp_path / "keys"
         keys.mkdir()
-        key_file = write_key_file(keys / "keys.json", {"footer_key": os.urandom(32), "phi_key": os.urandom(32)})
-        return {
-            "standard": {
-                "connector": "encrypted-parquet",
-                "options": {
-                    "footer_key": "footer_key",
-                    "column_keys": {"phi_key": ["label", "raw", "uid"]},
-                    "kms": {"type": "local", "key_file": str(key_file)},
-                    "audit": {"log": str(keys / "audit.jsonl")},
-                },
-            },
-            "read_back": "dativo.targets.encrypted_parquet:read_back",
-        }
+        return encrypted_parquet_scenario(keys)
     return {"standard": {"connector": plugin}}
 
 

@@ -12,7 +12,6 @@ import json
 import pickle
 import signal
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,9 @@ from dativo.targets.encrypted_parquet import read_encrypted
 from support.cli import dativo
 from support.kms_fixtures import KmsHelper
 from support.s3server import S3Server
-from support.staging import attempt_killed, drive_killed, pool, stage, stage_all, staged_run, writer_of
+from support.staging import attempt_killed, drive_killed, killed_retry, split, stage, stage_all, staged_run, writer_of
 
 REF = "dativo.targets.encrypted_parquet:EncryptedParquetWriter"
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[ProcessPoolExecutor]:
-    executor = pool()
-    try:
-        yield executor
-    finally:
-        executor.shutdown(cancel_futures=True)
 
 
 def rows(start: int, count: int) -> pa.Table:
@@ -51,11 +41,6 @@ def rows(start: int, count: int) -> pa.Table:
             "amount": pa.array([i * 1.5 for i in ids]),
         }
     )
-
-
-def split(table: pa.Table, parts: int) -> list[pa.Table]:
-    size = -(-table.num_rows // parts)
-    return [table.slice(i * size, size) for i in range(parts)]
 
 
 def target_of(tmp_path: Path, mode: str = "append", **options: Any) -> dict[str, Any]:
@@ -160,13 +145,7 @@ def test_aborted_staged_run_leaves_no_file_and_a_verifiable_log(
     staged_run(workers, REF, config_of(target, tmp_path), [rows(0, 100)])
     before = stored(tmp_path)
     config = config_of(target, tmp_path)
-    driver = writer_of(REF, config)
-    driver.load_state()
-    driver.prepare(rows(0, 1).schema)
-    plan = driver.staging_plan()
-    parts = split(rows(100, 300), 2)
-    stage_all(workers, REF, config, plan, parts)
-    assert attempt_killed(REF, config, plan, f"{config['job']['run_id']}-p0001-a2", parts[1]) == -signal.SIGKILL
+    driver = killed_retry(workers, REF, config, split(rows(100, 300), 2))
     assert len(stored(tmp_path)) > len(before)
     driver.abort()
     driver.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,10 @@ from dativo.errors import SchemaError, TargetError
 
 from support.iceberg_fixtures import embedded_catalog, rest_catalog
 from support.iceberg_rest import DropResponseProxy, RestCatalogServer
-from support.staging import attempt_killed, drive_killed, pool, stage, stage_all, staged_run, writer_of
+from support.staging import attempt_killed, drive_killed, killed_retry, split, stage, stage_all, staged_run, writer_of
 
 REF = "dativo.targets.iceberg.writer:IcebergWriter"
 Catalogs = tuple[dict[str, Any], Callable[[Path], Catalog]]
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[ProcessPoolExecutor]:
-    executor = pool()
-    try:
-        yield executor
-    finally:
-        executor.shutdown(cancel_futures=True)
 
 
 def rows(start: int, count: int, name: str = "row", extra: dict[str, list[Any]] | None = None) -> pa.Table:
@@ -51,11 +42,6 @@ def rows(start: int, count: int, name: str = "row", extra: dict[str, list[Any]] 
         "amount": pa.array([i * 1.5 for i in ids]),
     }
     return pa.table({**columns, **(extra or {})})
-
-
-def split(table: pa.Table, parts: int) -> list[pa.Table]:
-    size = -(-table.num_rows // parts)
-    return [table.slice(i * size, size) for i in range(parts)]
 
 
 def config_for(
@@ -190,12 +176,7 @@ def test_abort_removes_every_staged_file_including_a_dead_attempts(
     before, snapshots = stored(table), run_ids(table)
 
     config = config_for({}, tmp_path, name)
-    driver = writer_of(REF, config)
-    driver.prepare(rows(0, 1).schema)
-    plan = driver.staging_plan()
-    parts = split(rows(100, 400), 2)
-    stage_all(workers, REF, config, plan, parts)
-    assert attempt_killed(REF, config, plan, f"{config['job']['run_id']}-p0001-a2", parts[1]) == -signal.SIGKILL
+    driver = killed_retry(workers, REF, config, split(rows(100, 400), 2))
     assert list((tmp_path / "warehouse").rglob("*-p0001-a2*")), "the killed attempt left no file to clean"
     assert len(stored(table)) > len(before) + 2
     driver.abort()
@@ -246,15 +227,6 @@ def test_driver_killed_during_commit_leaves_all_or_nothing_and_the_next_run_comm
         table = embedded_catalog(tmp_path).load_table(name)
     assert contents(table) == pa.concat_tables([day_one, day_two]).to_pylist()
     assert len(run_ids(table)) == 2 and len(set(run_ids(table))) == 2  # day two committed exactly once
-
-
-@pytest.fixture
-def proxy(rest_server: RestCatalogServer) -> Iterator[DropResponseProxy]:
-    server = DropResponseProxy(rest_server.port).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_unknown_commit_outcome_is_resolved_by_commit_id_and_keeps_files_when_unresolved(

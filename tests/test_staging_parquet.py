@@ -10,7 +10,6 @@ from __future__ import annotations
 import pickle
 import signal
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,19 +24,10 @@ from dativo.storage import filesystem_for
 from dativo.targets.parquet import read_manifest
 
 from support.s3server import S3Server
-from support.staging import attempt_killed, drive_killed, pool, stage, stage_all, writer_of
+from support.staging import attempt_killed, drive_killed, killed_retry, split, stage, stage_all, writer_of
 from support.staging import staged_run as run_staged
 
 REF = "dativo.targets.parquet:ParquetDatasetWriter"
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[ProcessPoolExecutor]:
-    executor = pool()
-    try:
-        yield executor
-    finally:
-        executor.shutdown(cancel_futures=True)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -58,11 +48,6 @@ def rows(start: int, count: int) -> pa.Table:
             "amount": pa.array([i * 1.5 for i in ids]),
         }
     )
-
-
-def split(table: pa.Table, parts: int) -> list[pa.Table]:
-    size = -(-table.num_rows // parts)
-    return [table.slice(i * size, size) for i in range(parts)]
 
 
 def config_for(
@@ -153,12 +138,7 @@ def test_abort_removes_every_staged_file_including_a_dead_attempts(
     staged_run(workers, first, [rows(0, 100)])
     before = everything(first)
     config = config_for(target, tmp_path)
-    driver = writer_of(REF, config)
-    driver.prepare(rows(0, 1).schema)
-    plan = driver.staging_plan()
-    parts = split(rows(100, 400), 2)
-    stage_all(workers, REF, config, plan, parts)
-    assert attempt_killed(REF, config, plan, f"{config['job']['run_id']}-p0001-a2", parts[1]) == -signal.SIGKILL
+    driver = killed_retry(workers, REF, config, split(rows(100, 400), 2))
     assert len(everything(config)) > len(before)
     driver.abort()
     driver.close()

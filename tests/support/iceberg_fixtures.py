@@ -6,6 +6,7 @@ Registered in ``tests/conftest.py`` (``pytest_plugins``).
   warehouse on the session's moto server.
 * ``iceberg_catalog`` (function, parametrized ``embedded``/``rest``): ``(catalog properties for the job
   or {} for embedded, a function job_dir -> PyIceberg Catalog to read back with)``.
+* ``proxy`` (function): a :class:`support.iceberg_rest.DropResponseProxy` in front of ``rest_server``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from pyiceberg.catalog import Catalog, load_catalog
 
-from support.iceberg_rest import RestCatalogServer
+from support.iceberg_rest import DropResponseProxy, RestCatalogServer
 from support.s3server import S3Server
 
 
@@ -25,6 +26,16 @@ from support.s3server import S3Server
 def rest_server(s3_server: S3Server) -> Iterator[RestCatalogServer]:
     """Apache Iceberg's REST catalog server on loopback for the session (S3 warehouse on moto)."""
     server = RestCatalogServer(s3_server, s3_server.create_bucket()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(rest_server: RestCatalogServer) -> Iterator[DropResponseProxy]:
+    """A proxy to ``rest_server`` that can drop a response (an unknown commit outcome); stopped after the test."""
+    server = DropResponseProxy(rest_server.port).start()
     try:
         yield server
     finally:

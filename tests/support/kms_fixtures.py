@@ -83,3 +83,25 @@ def key_file(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """A 0600 key file with fresh 256-bit master keys ``footer_key`` and ``phi_key``."""
     keys = {"footer_key": os.urandom(32), "phi_key": os.urandom(32)}
     return write_key_file(tmp_path / "keys.json", keys), keys
+
+
+def encrypted_parquet_scenario(keys: Path) -> dict[str, Any]:
+    """The conformance kit's scenarios for the ``encrypted-parquet`` writer, its key material in ``keys``.
+
+    A fresh local key file (master keys ``footer_key`` and ``phi_key``, the latter for the
+    ``label``, ``raw`` and ``uid`` columns) and the audit log, both in ``keys``: the audit trail
+    outlives an aborted run by design, so it lives beside the job, not the data.
+    """
+    key_file = write_key_file(keys / "keys.json", {"footer_key": os.urandom(32), "phi_key": os.urandom(32)})
+    return {
+        "standard": {
+            "connector": "encrypted-parquet",
+            "options": {
+                "footer_key": "footer_key",
+                "column_keys": {"phi_key": ["label", "raw", "uid"]},
+                "kms": {"type": "local", "key_file": str(key_file)},
+                "audit": {"log": str(keys / "audit.jsonl")},
+            },
+        },
+        "read_back": "dativo.targets.encrypted_parquet:read_back",
+    }

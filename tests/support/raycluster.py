@@ -1,4 +1,4 @@
-"""pytest plugin: a real multi-node Ray cluster on this machine, one per test session (started on first use).
+"""A real multi-node Ray cluster on this machine, for the tests (one per session) and the benchmarks.
 
 The head node (``ray start --head --num-cpus=0``: it schedules, runs no partition) and two
 worker nodes (``--num-cpus=1`` each) are separate ``ray start --block`` process trees, each
@@ -7,9 +7,11 @@ in its own session, on loopback addresses (head 127.0.0.1, workers 127.0.0.2, 12
 stores. ``kill_worker`` SIGKILLs a worker node's whole process tree (a node lost);
 ``add_worker`` starts a new one. The nodes get ``env`` (the secrets of the tests' jobs
 reach the workers that way, as on a real cluster). Ray is imported only by the fixture.
+benchmarks/_raycluster.py starts its clusters with this class too (its own per-node limits).
 
-Fixture ``ray_cluster`` (session): a started :class:`RayCluster` whose ``env`` holds
-``DATIVO_RAY_PGPASSWORD`` (the session PostgreSQL server's password).
+The tests' fixture ``ray_cluster`` (tests/support/ray_fixtures.py) is a started :class:`RayCluster`
+whose ``env`` holds :data:`PASSWORD_ENV` (the session PostgreSQL server's password). This module
+imports neither pytest nor Ray.
 """
 
 from __future__ import annotations
@@ -24,35 +26,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from support.procs import alive, tree_pids
 
 PASSWORD_ENV = "DATIVO_RAY_PGPASSWORD"
+#: What each node of the tests' cluster has: a 100 MB object store; workers one CPU; the head fast failure detection.
+_OBJECT_STORE = "--object-store-memory=100000000"
+_HEALTH_CHECKS = '--system-config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3}'
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _tree(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-                children.setdefault(int(stat[stat.rfind(b")") + 2 :].split()[1]), []).append(int(entry.name))
-    found, frontier = {root}, [root]
-    while frontier:
-        for child in children.get(frontier.pop(), []):
-            if child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
+def _port_range_free(base: int, count: int) -> bool:
+    for port in range(base, base + count, max(1, count // 8)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                return False
+    return True
 
 
 @dataclass
@@ -65,7 +65,13 @@ class _Node:
 
 @dataclass
 class RayCluster:
-    """A head and worker nodes as ``ray start`` subprocesses (see the module docstring)."""
+    """A head and worker nodes as ``ray start`` subprocesses (see the module docstring).
+
+    ``head_args`` and ``worker_args`` are the nodes' own ``ray start`` arguments (their resources;
+    the benchmarks give each worker node its limits); ``pin_cpus`` pins worker node ``i`` to core
+    ``i`` (``taskset``). :meth:`start` raises RuntimeError with the nodes' logs when one does not
+    come up; :meth:`stop` always ends every process it started.
+    """
 
     workdir: Path
     env: Mapping[str, str] = field(default_factory=dict)
@@ -73,6 +79,9 @@ class RayCluster:
     port: int = 0
     temp_dir: Path | None = None
     _next_ip: int = 2
+    head_args: Sequence[str] = (_OBJECT_STORE, _HEALTH_CHECKS)
+    worker_args: Sequence[str] = ("--num-cpus=1", _OBJECT_STORE)
+    pin_cpus: bool = False
 
     @property
     def address(self) -> str:
@@ -80,26 +89,34 @@ class RayCluster:
         return f"127.0.0.1:{self.port}"
 
     def _ports(self) -> list[str]:
-        base = random.randrange(20000, 60000, 100)
+        # Below Linux's ephemeral range (32768+), where free_port()'s single ports come from.
+        base = random.randrange(20000, 32400, 200)
+        for _ in range(20):
+            if _port_range_free(base, 200):
+                break
+            base = random.randrange(20000, 32400, 200)
         return [
             f"--min-worker-port={base}",
-            f"--max-worker-port={base + 99}",
-            f"--node-manager-port={_free_port()}",
-            f"--object-manager-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
+            f"--max-worker-port={base + 199}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
         ]
 
-    def _launch(self, name: str, ip: str, argv: list[str]) -> _Node:
+    def _launch(self, name: str, ip: str, argv: list[str], cpu: int | None = None) -> _Node:
         log = self.workdir / f"{name}.log"
-        ray = str(Path(sys.executable).parent / "ray")
+        script = Path(sys.executable).parent / "ray"
+        ray = str(script) if script.is_file() else (shutil.which("ray") or "ray")
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
+        # A loaded machine: give a raylet time to register (Ray's default is 10 s).
         env = {**os.environ, **self.env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_raylet_start_wait_time_s": "120"}
-        common = ["--disable-usage-stats", "--block", f"--temp-dir={self.temp_dir}", "--object-store-memory=100000000"]
+        common = ["--disable-usage-stats", "--block", f"--temp-dir={self.temp_dir}"]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [ray, "start", *argv, *self._ports(), *common],
+                [*pin, ray, "start", *argv, *self._ports(), *common],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -108,18 +125,29 @@ class RayCluster:
             )
         node = _Node(name, ip, proc, log)
         self.nodes.append(node)
+        # One node at a time: a worker node started before the head (or beside another starting node)
+        # times out registering on a loaded machine. `ray start --block` logs "--block" once it is up.
         deadline = time.monotonic() + 180
-        while b"--block" not in log.read_bytes():  # `ray start --block` says so once the node is up
+        while b"--block" not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray node {name} did not start: {log.read_text(errors='replace')[-1500:]}")
+                raise RuntimeError(f"ray node {name} did not start; {self.tails()}")
             time.sleep(0.2)
         return node
+
+    def tails(self) -> str:
+        """The end of every node's log, with its exit status (for error messages)."""
+        parts = []
+        for n in self.nodes:
+            with contextlib.suppress(OSError):
+                parts.append(f"{n.name} (exit {n.proc.poll()}): {n.log.read_text(errors='replace')[-1000:]}")
+        return " | ".join(parts)
 
     def start(self, workers: int = 2) -> RayCluster:
         """Start the head and ``workers`` worker nodes; raises RuntimeError with a node's log when one fails."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="dr-", dir="/tmp"))  # unix socket paths must stay short
-        self.port = _free_port()
+        # Ray's unix sockets must fit in 107 bytes: a short temp dir of our own, not the workdir.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="dr-", dir="/tmp"))
+        self.port = free_port()
         self._launch(
             "head",
             "127.0.0.1",
@@ -127,10 +155,10 @@ class RayCluster:
                 "--head",
                 "--node-ip-address=127.0.0.1",
                 f"--port={self.port}",
-                f"--ray-client-server-port={_free_port()}",
+                f"--ray-client-server-port={free_port()}",
                 "--include-dashboard=false",
-                "--num-cpus=0",
-                '--system-config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3}',
+                "--num-cpus=0",  # the head schedules; partitions go to worker nodes
+                *self.head_args,
             ],
         )
         for _ in range(workers):
@@ -138,10 +166,13 @@ class RayCluster:
         return self
 
     def add_worker(self) -> str:
-        """Start one more worker node (one CPU); returns its IP address, which names it."""
+        """Start one more worker node (``worker_args``); returns its IP address, which names it."""
+        index = self._next_ip - 2
+        # 127.0.0.2, ...: a loopback address that Ray does not rewrite to the host's address.
         ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
-        self._launch(f"worker-{ip}", ip, [f"--address={ip}:{self.port}", f"--node-ip-address={ip}", "--num-cpus=1"])
+        argv = [f"--address={ip}:{self.port}", f"--node-ip-address={ip}", *self.worker_args]
+        self._launch(f"worker-{ip}", ip, argv, index % (os.cpu_count() or 1) if self.pin_cpus else None)
         return ip
 
     def alive_workers(self) -> list[str]:
@@ -151,7 +182,7 @@ class RayCluster:
     def kill_worker(self, ip: str) -> None:
         """SIGKILL every process of the worker node at ``ip`` (raylet, agents, workers): the node is lost."""
         node = next(n for n in self.nodes if n.ip == ip and n.name != "head")
-        for pid in _tree(node.proc.pid):
+        for pid in tree_pids(node.proc.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         node.proc.wait(timeout=30)
@@ -160,15 +191,19 @@ class RayCluster:
         """End every process this object started (SIGTERM to each ``ray start``, then SIGKILL by pid)."""
         pids: set[int] = set()
         for node in self.nodes:
-            pids |= _tree(node.proc.pid)
-        for node in reversed(self.nodes):
+            pids |= tree_pids(node.proc.pid)
+        for node in reversed(self.nodes):  # workers first, the head last
             with contextlib.suppress(ProcessLookupError):
                 node.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(timeout=20)
+                node.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+            time.sleep(0.2)
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         for node in self.nodes:
             if node.proc.poll() is None:
                 node.proc.kill()
@@ -176,19 +211,3 @@ class RayCluster:
         self.nodes.clear()
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(pg_server, tmp_path_factory) -> Iterator[RayCluster]:  # type: ignore[no-untyped-def]
-    """One head and two worker nodes for the session; this process is disconnected and the nodes stopped at the end."""
-    cluster = RayCluster(tmp_path_factory.mktemp("ray"), env={PASSWORD_ENV: pg_server.password})
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        if "ray" in sys.modules:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        cluster.stop()

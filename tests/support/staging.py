@@ -15,7 +15,7 @@ import importlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -23,9 +23,27 @@ import pyarrow as pa
 
 from dativo.sdk import FAULT_HOOK_KEY, DataWriter
 
-__all__ = ["SPAWN", "attempt_killed", "drive", "drive_killed", "pool", "stage", "stage_all", "staged_run", "writer_of"]
+__all__ = [
+    "SPAWN",
+    "attempt_killed",
+    "drive",
+    "drive_killed",
+    "killed_retry",
+    "pool",
+    "split",
+    "stage",
+    "stage_all",
+    "staged_run",
+    "writer_of",
+]
 
 SPAWN = multiprocessing.get_context("spawn")
+
+
+def split(table: pa.Table, parts: int) -> list[pa.Table]:
+    """``table`` in ``parts`` slices of equal size (the last one shorter): one per partition."""
+    size = -(-table.num_rows // parts)
+    return [table.slice(i * size, size) for i in range(parts)]
 
 
 def writer_of(ref: str, config: Mapping[str, Any]) -> DataWriter:
@@ -90,6 +108,25 @@ def attempt_killed(ref: str, config: Mapping[str, Any], plan: Mapping[str, Any],
     return process.exitcode if process.exitcode is not None else 0
 
 
+def killed_retry(
+    executor: ProcessPoolExecutor, ref: str, config: Mapping[str, Any], parts: Sequence[pa.Table]
+) -> DataWriter:
+    """A driver of a run whose partitions all staged, then whose retry of the last one was SIGKILLed mid-write.
+
+    The driver has loaded the state and been prepared; every partition of ``parts`` is staged in
+    ``executor``'s processes (attempt 1), then attempt 2 of the last one dies by SIGKILL after two
+    batches, leaving its files (asserted). The caller commits or aborts the driver, and closes it.
+    """
+    driver = writer_of(ref, config)
+    driver.load_state()  # type: ignore[attr-defined]
+    driver.prepare(parts[0].schema)
+    plan = driver.staging_plan()  # type: ignore[attr-defined]
+    stage_all(executor, ref, config, plan, parts)
+    key = f"{config['job']['run_id']}-p{len(parts) - 1:04d}-a2"
+    assert attempt_killed(ref, config, plan, key, parts[-1]) == -signal.SIGKILL
+    return driver
+
+
 def drive(
     ref: str,
     config: Mapping[str, Any],
@@ -104,21 +141,11 @@ def drive(
     """
     from dativo._faults import crash_point
 
-    driver = writer_of(ref, {**config, FAULT_HOOK_KEY: crash_point})
-    try:
-        driver.load_state()  # type: ignore[attr-defined]
-        driver.prepare(schema)
-        plan = driver.staging_plan()  # type: ignore[attr-defined]
+    def inline(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
         run_id = config["job"]["run_id"]
-        staged = [stage(ref, config, plan, f"{run_id}-p{index:04d}-a1", part) for index, part in enumerate(parts)]
-        if state is not None:
-            driver.stage_state(dict(state))  # type: ignore[attr-defined]
-        return dict(driver.commit_staged(staged))  # type: ignore[attr-defined]
-    except BaseException:
-        driver.abort()
-        raise
-    finally:
-        driver.close()
+        return [stage(ref, config, plan, f"{run_id}-p{index:04d}-a1", part) for index, part in enumerate(parts)]
+
+    return _driver_run(ref, {**config, FAULT_HOOK_KEY: crash_point}, schema, inline, state)
 
 
 def drive_killed(
@@ -150,13 +177,31 @@ def staged_run(
 
     The state committed is ``state`` or ``{"run_id": <the run id>}``; on failure the driver aborts.
     """
+
+    def in_pool(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return stage_all(executor, ref, config, plan, parts)
+
+    return _driver_run(ref, config, parts[0].schema, in_pool, state or {"run_id": config["job"]["run_id"]})
+
+
+def _driver_run(
+    ref: str,
+    config: Mapping[str, Any],
+    schema: pa.Schema,
+    stage_parts: Callable[[Mapping[str, Any]], list[dict[str, Any]]],
+    state: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The driver's side: load the state, prepare, plan, ``stage_parts(plan)``, stage ``state``, commit once.
+
+    On any failure the driver aborts (removing what was staged) and the exception propagates.
+    """
     driver = writer_of(ref, config)
     try:
         driver.load_state()  # type: ignore[attr-defined]
-        driver.prepare(parts[0].schema)
-        plan = driver.staging_plan()  # type: ignore[attr-defined]
-        staged = stage_all(executor, ref, config, plan, parts)
-        driver.stage_state(dict(state or {"run_id": config["job"]["run_id"]}))  # type: ignore[attr-defined]
+        driver.prepare(schema)
+        staged = stage_parts(driver.staging_plan())  # type: ignore[attr-defined]
+        if state is not None:
+            driver.stage_state(dict(state))  # type: ignore[attr-defined]
         return dict(driver.commit_staged(staged))  # type: ignore[attr-defined]
     except BaseException:
         driver.abort()

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from importlib.metadata import EntryPoint, entry_points
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeGuard, TypeVar, runtime_checkable
 
+from dativo.core.entrypoints import entry_point_names, load_entry_point
 from dativo.core.registry import PluginPlan
 from dativo.errors import PluginError
 from dativo.sdk import DataReader, DataWriter
@@ -123,41 +123,29 @@ class LazyRuntime:
         return f"LazyRuntime({self.target!r})"
 
 
-def _entries() -> dict[str, EntryPoint]:
-    return {entry.name: entry for entry in entry_points(group=GROUP)}
-
-
 def runtime_names() -> list[str]:
     """The names of every registered runtime (what a job's ``type:`` may say), sorted."""
-    return sorted(_entries())
+    return entry_point_names(GROUP)
 
 
 def find_runtime(name: str, who: str = "plugin") -> Runtime:
-    """Load the runtime registered as ``name``.
+    """Load the runtime registered as ``name`` (:func:`dativo.core.entrypoints.load_entry_point`).
 
-    Raises PluginError, naming ``who`` (``"reader 'x'"``) and the registered runtimes,
-    when none has that name, and naming the entry point when it fails to import or
-    is not a :class:`Runtime`.
+    Raises PluginError, naming ``who`` (``"reader 'x'"``), the group and the registered
+    runtimes, when none has that name, and naming the entry point when it fails to
+    import or is not a :class:`Runtime`.
     """
-    entries = _entries()
-    entry = entries.get(name)
-    if entry is None:
-        if not entries:  # not even dativo's own: its installed metadata predates the entry points
-            raise PluginError(
-                f"{who}: no runtime is registered under the '{GROUP}' entry points, not even dativo's own",
-                hint="reinstall dativo ('pip install -e .' in a checkout) so its entry points are current",
-            )
+    if not runtime_names():  # not even dativo's own: its installed metadata predates the entry points
         raise PluginError(
-            f"{who}: unknown runtime type '{name}' (registered runtimes: {', '.join(sorted(entries))}); "
-            f"a runtime is installed by a package that registers it under the '{GROUP}' entry-point group"
+            f"{who}: no runtime is registered under the '{GROUP}' entry points, not even dativo's own",
+            hint="reinstall dativo ('pip install -e .' in a checkout) so its entry points are current",
         )
-    try:
-        runtime = entry.load()
-    except Exception as exc:
-        raise PluginError(f"runtime '{name}' ({entry.value}) failed to import: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(runtime, Runtime):
-        raise PluginError(f"runtime '{name}' ({entry.value}) does not define host_reader and host_writer")
-    return runtime
+    how = "a runtime is installed by a package that registers it there"
+    return load_entry_point(GROUP, name, "runtime", _is_runtime, "host_reader and host_writer", who=who, how=how)
+
+
+def _is_runtime(value: object) -> TypeGuard[Runtime]:
+    return isinstance(value, Runtime)
 
 
 def host_reader(plan: PluginPlan) -> DataReader:

@@ -3,27 +3,26 @@
 Built-in plugins are registered through the same ``dativo.readers`` /
 ``dativo.writers`` entry points as third-party ones; nothing here knows them.
 Other plugin groups (KMS clients, ``dativo.kms``) are found the same way through
-:func:`resolve_class`.
+:func:`resolve_class`. Entry points are looked up in ``core/entrypoints.py``, as runtimes'
+and executors' are: a name nothing registers fails the same way for every kind.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import hashlib
 import importlib
 import importlib.util
-import os
 import sys
 import threading
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from dativo.core.entrypoints import entries, load, unknown_name
 from dativo.errors import PluginError
 from dativo.sdk import SDK_API_VERSION, DataReader, DataWriter
 
@@ -83,7 +82,7 @@ def resolve_plugin(kind: PluginKind, implementation: str, base_dir: Path) -> Plu
     written for an SDK version this engine does not support.
     """
     spec = implementation.strip()
-    cls, origin = _find(kind, spec, base_dir, _entry_points(kind))
+    cls, origin = _find(kind, spec, base_dir, _GROUPS[kind])
     _check_class(kind, spec, cls)
     check_api_version(kind, spec, cls)
     return PluginRef(kind=kind, name=spec, cls=cls, origin=origin)
@@ -97,25 +96,19 @@ def resolve_class(group: str, what: str, spec: str, base_dir: Path) -> tuple[typ
     names the kind in messages (``"KMS client"``). The caller checks the class's base.
     Raises PluginError naming ``spec``, the cause and the installed names.
     """
-    return _find(what, spec.strip(), base_dir, {entry.name: entry for entry in entry_points(group=group)})
+    return _find(what, spec.strip(), base_dir, group)
 
 
-def _find(what: str, spec: str, base_dir: Path, entries: dict[str, EntryPoint]) -> tuple[type, str]:
-    entry = entries.get(spec)
+def _find(what: str, spec: str, base_dir: Path, group: str) -> tuple[type, str]:
+    entry = entries(group).get(spec)
     if entry is not None:
-        return _load_entry_point(what, entry), f"entry point {entry.group}:{entry.name} ({_distribution(entry)})"
+        return _as_class(what, entry.name, load(what, entry)), _origin(entry)
     if ".py:" in spec or spec.endswith(".py"):
         return _load_from_file(what, spec, base_dir)
     if ":" in spec or "." in spec:
         return _load_from_module(what, spec)
-    names = sorted(entries)
-    close = difflib.get_close_matches(spec, names, n=1, cutoff=0.5)
-    known = ", ".join(names) or "none installed"
     raise PluginError(
-        f"{what} '{spec}': no installed {what} has that name ("
-        + (f"did you mean '{close[0]}'? " if close else "")
-        + f"installed: {known}); "
-        f"use an import path like 'my_pkg.module.Class' or a file like "
+        unknown_name(what, spec, group) + f"; use an import path like 'my_pkg.module.Class' or a file like "
         f"'plugins/my_{what.lower().replace(' ', '_')}.py:Class'"
     )
 
@@ -170,7 +163,7 @@ def list_plugins() -> list[tuple[PluginKind, str, str, str, str | None]]:
     """Every installed reader and writer: ``(kind, name, origin, api_version, problem or None)``."""
     rows: list[tuple[PluginKind, str, str, str, str | None]] = []
     for kind in ("reader", "writer"):
-        for name, entry in sorted(_entry_points(kind).items()):
+        for name, entry in sorted(entries(_GROUPS[kind]).items()):
             origin = _distribution(entry)
             try:
                 ref = resolve_plugin(kind, name, Path.cwd())
@@ -180,41 +173,13 @@ def list_plugins() -> list[tuple[PluginKind, str, str, str, str | None]]:
     return rows
 
 
-def _entry_points(kind: PluginKind) -> dict[str, EntryPoint]:
-    return {entry.name: entry for entry in _scan(_GROUPS[kind], _path_state())}
-
-
-@functools.lru_cache(maxsize=8)
-def _scan(group: str, path_state: tuple[tuple[str, int], ...]) -> tuple[EntryPoint, ...]:
-    """One group's entry points. Reading every distribution's metadata costs 20-70 ms, so a job with many
-    streams (a plan per stream) scans once, until ``sys.path`` or an installation changes (``path_state``)."""
-    return tuple(entry_points(group=group))
-
-
-def _path_state() -> tuple[tuple[str, int], ...]:
-    """``sys.path`` with each folder's mtime: installing or removing a distribution changes it (new scan)."""
-    state = []
-    for folder in sys.path:
-        try:
-            state.append((folder, os.stat(folder or ".").st_mtime_ns))
-        except OSError:
-            state.append((folder, -1))
-    return tuple(state)
-
-
 def _distribution(entry: EntryPoint) -> str:
     dist = entry.dist
     return f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
 
 
-def _load_entry_point(kind: str, entry: EntryPoint) -> type:
-    try:
-        loaded = entry.load()
-    except Exception as exc:
-        raise PluginError(
-            f"{kind} '{entry.name}' ({entry.value}) failed to import: {type(exc).__name__}: {exc}"
-        ) from exc
-    return _as_class(kind, entry.name, loaded)
+def _origin(entry: EntryPoint) -> str:
+    return f"entry point {entry.group}:{entry.name} ({_distribution(entry)})"
 
 
 def _load_from_module(kind: str, spec: str) -> tuple[type, str]:

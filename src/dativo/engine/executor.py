@@ -23,10 +23,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
-from dativo.errors import PluginError
+from dativo.core.entrypoints import entry_point_names, load_entry_point
 
 if TYPE_CHECKING:  # this module stays light: `validate --offline` checks the executor without pyarrow
     import pyarrow as pa
@@ -158,27 +157,22 @@ LOCAL = LocalExecutor()
 
 def executor_names() -> list[str]:
     """The names of every registered executor (what ``engine.executor`` may say), sorted."""
-    return sorted({entry.name for entry in entry_points(group=GROUP)} | {"local"})
+    return sorted({*entry_point_names(GROUP), "local"})
 
 
 def find_executor(name: str) -> Executor:
-    """The executor registered as ``name`` (``local`` always exists).
+    """The executor registered as ``name`` (``local`` always exists), found by ``core/entrypoints.py``.
 
-    Raises PluginError naming the registered executors when none has that name, and
-    naming the entry point when it fails to import or is not an :class:`Executor`.
+    Raises PluginError naming the group and the registered executors when none has that
+    name, and naming the entry point when it fails to import or is not an :class:`Executor`.
     """
     if name == "local":
         return LOCAL
-    entry = next((e for e in entry_points(group=GROUP) if e.name == name), None)
-    if entry is None:
-        raise PluginError(
-            f"engine.executor: unknown executor '{name}' (registered: {', '.join(executor_names())}); "
-            f"'ray' is installed with pip install 'dativo[ray]'"
-        )
-    try:
-        executor = entry.load()
-    except Exception as exc:
-        raise PluginError(f"executor '{name}' ({entry.value}) failed to import: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(executor, Executor):
-        raise PluginError(f"executor '{name}' ({entry.value}) does not define name, check and execute")
-    return executor
+    how = "'ray' is installed with pip install 'dativo[ray]'"
+    return load_entry_point(
+        GROUP, name, "executor", _is_executor, "name, check and execute", who="engine.executor", how=how
+    )
+
+
+def _is_executor(value: object) -> TypeGuard[Executor]:
+    return isinstance(value, Executor)
