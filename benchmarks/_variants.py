@@ -353,6 +353,13 @@ VARIANTS: list[Variant] = [
         build=_floor_build,
     ),
     dativo_variant(
+        "default",
+        "dativo, default reader and settings",
+        description="dativo run --quiet with no reader named and source.parallelism unset: what a user gets "
+        "(postgres-rs where dativo[native] is installed, else postgres-adbc), into a fresh embedded Iceberg table",
+        default=False,
+    ),
+    dativo_variant(
         "adbc",
         "dativo postgres-adbc",
         reader="postgres-adbc",

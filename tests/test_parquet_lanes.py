@@ -130,3 +130,42 @@ def test_the_dativo_command_picks_arrow_pool_before_pyarrow_loads(given, expecte
     assert pool(command + show) == (expected if sys.platform.startswith("linux") or given else "system")
     # An application importing dativo keeps pyarrow's default (or its own choice): no process-wide change.
     assert pool("import dativo\n" + show) == pool(show)
+
+
+def test_partition_writers_share_the_first_row_groups_dictionary_decision(tmp_path):
+    """Every partition's files follow the run's first row group (deciding per partition cost 0.65 s per 1M rows)."""
+    from pyiceberg.io.pyarrow import pyarrow_to_schema
+
+    from dativo.targets.iceberg.partitioning import PartitionedFiles, build_spec
+
+    schema = pa.schema(
+        [
+            pa.field("part", pa.int64(), nullable=False).with_metadata({b"PARQUET:field_id": b"1"}),
+            pa.field("code", pa.string()).with_metadata({b"PARQUET:field_id": b"2"}),
+        ]
+    )
+    iceberg = pyarrow_to_schema(schema)
+    # Partition 0 comes first and repeats its codes; partition 1's codes are all distinct.
+    first = pa.table({"part": [0] * 4000, "code": ["a", "b"] * 2000}, schema=schema)
+    second = pa.table({"part": [1] * 4000, "code": [f"c{i}" for i in range(4000)]}, schema=schema)
+
+    def open_file(index: int, key) -> tuple[str, object]:
+        path = tmp_path / f"p{key.partition[0]}-{index}.parquet"
+        return str(path), pa.OSFile(str(path), "wb")
+
+    files = PartitionedFiles(schema, build_spec(["identity(part)"], iceberg), iceberg, open_file, ParquetSettings())
+    for table in (first, second):
+        for batch in table.to_batches():
+            files.write(batch)
+    written = files.close()
+    assert sorted(_dictionary_columns(f.path) == {"code"} for f in written) == [True, True]
+    assert pa.concat_tables(pq.read_table(f.path) for f in sorted(written, key=lambda f: f.path)).equals(
+        pa.concat_tables([first, second])
+    )
+
+    # On its own, partition 1's data would not get a dictionary: the decision really was shared.
+    (tmp_path / "alone").mkdir()
+    alone = RollingParquetWriter(schema, opener(tmp_path / "alone"), ParquetSettings(), lanes=1)
+    alone.write(second.to_batches()[0])
+    (only,) = alone.close()
+    assert _dictionary_columns(only.path) == set()

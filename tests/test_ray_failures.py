@@ -26,7 +26,17 @@ import pytest
 import dativo
 from dativo.targets.parquet import read_manifest
 
-from support.ray_jobs import PLUGINS, create_items, parquet_table, parquet_target, pg_source, source_ids, write_job
+from support.ray_jobs import (
+    PLUGINS,
+    create_items,
+    iceberg_table,
+    iceberg_target,
+    parquet_table,
+    parquet_target,
+    pg_source,
+    source_ids,
+    write_job,
+)
 from support.raycluster import PASSWORD_ENV
 
 pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.timeout(300)]
@@ -157,3 +167,65 @@ def test_terminal_partition_failure_fails_fast_cancels_the_rest_and_leaves_nothi
     assert files_under(tmp_path / "out") == []  # every staged file removed
     assert (tmp_path / "snapshot.abort").read_text() == "1"  # the snapshot was still held at the abort
     assert open_transactions(pg_db) == 0  # and released after it
+
+
+# -- into Iceberg -----------------------------------------------------------------------------------
+
+
+def iceberg_chaos_job(tmp_path: Path, db: Any, mode: str, partition: int, engine: str = "") -> Path:
+    chaos = tmp_path / "chaos"
+    chaos.mkdir(exist_ok=True)
+    options = json.dumps({"chaos": {"mode": mode, "partition": partition, "dir": str(chaos)}})
+    source = pg_source(db, reader=f"{PLUGINS}:ChaosPostgresReader", options=options)
+    return write_job(tmp_path, f"chaos-{mode}", source, iceberg_target(tmp_path / "warehouse"), engine=engine)
+
+
+def snapshots(warehouse: Path) -> list[int]:
+    from pyiceberg.catalog import load_catalog
+
+    catalog = load_catalog(
+        "dativo", type="sql", uri=f"sqlite:///{warehouse / 'catalog.db'}", warehouse=warehouse.as_uri()
+    )
+    return [s.snapshot_id for s in catalog.load_table("raw.items").snapshots()]
+
+
+def test_worker_process_sigkilled_mid_partition_into_iceberg_is_committed_once_without_orphans(
+    tmp_path, pg_db, ray_env
+):
+    create_items(pg_db, 1, ROWS)
+    job = iceberg_chaos_job(tmp_path, pg_db, "kill", 1)
+    result = dativo.run(job, executor="ray", address=ray_env, run_id="ice-kill")
+    result.raise_for_failures()
+    attempts = [p for p in (tmp_path / "chaos").iterdir() if p.name.startswith("p1-")]
+    assert (tmp_path / "chaos" / "marker-1").exists() and len(attempts) >= 2, attempts  # attempt 0 died
+    assert result.streams[0].summary["executor"]["retried"] >= 1
+    table = iceberg_table(tmp_path / "warehouse")  # every data file on disk is referenced: the dead attempt's went
+    assert table.column("id").to_pylist() == source_ids(pg_db)
+    assert len(snapshots(tmp_path / "warehouse")) == 1  # one commit
+    assert not list((tmp_path / "warehouse").rglob("*ice-kill-p0001-a0*"))
+
+
+def test_terminal_partition_failures_into_iceberg_commit_nothing_and_leave_no_file(tmp_path, pg_db, ray_env):
+    """A terminal error, then a worker killed with no retry left (the files the other partitions staged are swept)."""
+    create_items(pg_db, 1, ROWS)
+    warehouse = tmp_path / "warehouse"
+    day_one = write_job(tmp_path, "day-one", pg_source(pg_db), iceberg_target(warehouse))
+    dativo.run(day_one, executor="ray", address=ray_env).raise_for_failures()
+    before = snapshots(warehouse)
+    failing = iceberg_chaos_job(tmp_path, pg_db, "fail", 0)  # another job name: no state, all 3 partitions
+    started = time.monotonic()
+    result = dativo.run(failing, executor="ray", address=ray_env)
+    elapsed = time.monotonic() - started
+    stream = result.streams[0]
+    assert stream.status == "failed" and "terminal test error" in (stream.error or ""), stream.error
+    assert elapsed < 50, elapsed  # the other partitions were cancelled
+    killed = iceberg_chaos_job(tmp_path, pg_db, "kill", 1, engine=", ray: {max_retries: 0}")
+    result = dativo.run(killed, executor="ray", address=ray_env, run_id="no-retry")
+    stream = result.streams[0]
+    assert stream.status == "failed" and "after its retries" in (stream.error or ""), stream.error
+    assert (tmp_path / "chaos" / "marker-1").exists()  # partition 1's worker died mid-partition
+    assert snapshots(warehouse) == before  # nothing committed by either
+    table = iceberg_table(warehouse)  # and no staged file left beside the referenced ones
+    assert table.column("id").to_pylist() == source_ids(pg_db)
+    assert not list(warehouse.rglob("*no-retry-p*"))
+    assert open_transactions(pg_db) == 0

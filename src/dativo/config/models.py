@@ -464,6 +464,15 @@ class EngineConfig(_Strict):
             "is reached first bounds the queue (one batch always fits, however large)."
         ),
     )
+    read_mb: float = Field(
+        64,
+        gt=0,
+        le=65_536,
+        description=(
+            "Megabytes of Arrow data the running partitions hold together before the queue (about 3 batches "
+            "each): batches shrink to fit, then fewer partitions run at once; whatever source.parallelism says."
+        ),
+    )
     max_concurrent_streams: int = Field(
         4, gt=0, le=64, description="Jobs with streams: how many streams run at once in the one process."
     )

@@ -3,9 +3,17 @@
 The queue is bounded twice: at most ``depth`` batches and at most ``max_bytes`` of
 Arrow data (``RecordBatch.nbytes``), whichever is reached first; one batch is always
 admitted, however large, so a reader yielding a batch bigger than the budget still
-moves (the budget then holds that batch alone). Memory held by the pump is therefore
-about ``min(depth * batch, max_bytes) + workers * batch`` (each worker holds the
-batch it is waiting to queue).
+moves (the budget then holds that batch alone).
+
+What the running partitions hold before the queue is bounded too, by ``read_bytes``
+(``engine.read_mb``) whatever the parallelism: each running partition holds about
+:data:`IN_FLIGHT_BATCHES` batches (the one its reader is filling, one handed over inside
+the reader, the one its worker waits to queue), so the pump asks each partition for
+batches of at most ``read_bytes / (running * IN_FLIGHT_BATCHES)`` bytes (rows estimated
+from the schema, then from the batches seen; never more rows than ``batch_size``), and
+when that would go below :data:`MIN_BATCH_BYTES` it runs fewer partitions at once
+instead (see :func:`read_budget`). Memory held by the pump and its readers is therefore
+about ``min(depth * batch, max_bytes) + read_bytes``.
 
 A single stream is one partition (:data:`WHOLE_STREAM`, read with ``read_batch``);
 a :class:`~dativo.sdk.PartitionedReader` plans several (read with
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -38,7 +47,20 @@ from dativo.core.calls import call, plugin_error
 from dativo.errors import DativoError, SourceError
 from dativo.sdk import DataReader, PartitionedReader, ReadPartition
 
-__all__ = ["DEFAULT_QUEUE_BYTES", "SINGLE_STREAM", "WHOLE_STREAM", "Pump", "ReadPlan", "plan_read"]
+__all__ = [
+    "DEFAULT_QUEUE_BYTES",
+    "DEFAULT_READ_BYTES",
+    "IN_FLIGHT_BATCHES",
+    "MIN_BATCH_BYTES",
+    "SINGLE_STREAM",
+    "WHOLE_STREAM",
+    "Pump",
+    "ReadBudget",
+    "ReadPlan",
+    "estimate_row_bytes",
+    "plan_read",
+    "read_budget",
+]
 
 # The run's log: the pump's lines belong with the pipeline's (same logger).
 log = logging.getLogger("dativo.engine")
@@ -80,6 +102,71 @@ _DONE = object()
 
 #: Default bound of the pump's queue in bytes of Arrow data (``engine.queue_mb``).
 DEFAULT_QUEUE_BYTES = 16 * 1024 * 1024
+
+#: Default bound of the Arrow data the running partitions hold together before the queue (``engine.read_mb``).
+DEFAULT_READ_BYTES = 64 * 1024 * 1024
+
+#: Batches one running partition holds at once: the one its reader is filling, one handed over
+#: inside the reader (a decoder's channel, a driver's stream), the one its worker waits to queue.
+IN_FLIGHT_BATCHES = 3
+
+#: The smallest batch the pump asks for to fit ``read_bytes``; below it, fewer partitions run at once.
+MIN_BATCH_BYTES = 2 * 1024 * 1024
+
+_VARIABLE_WIDTH_GUESS = 32  # bytes of data per string/binary value before any batch was seen
+
+
+def estimate_row_bytes(schema: pa.Schema) -> int:
+    """Bytes of Arrow data per row of ``schema``: exact for fixed widths, a guess for strings and lists."""
+
+    def width(t: pa.DataType) -> float:
+        if isinstance(t, pa.ExtensionType):
+            return width(t.storage_type)
+        if pa.types.is_boolean(t) or pa.types.is_null(t):
+            return 0.25  # a bit of value, a bit of validity, rounded up
+        if pa.types.is_dictionary(t):
+            return width(t.index_type)
+        if pa.types.is_struct(t):
+            return 0.125 + sum(width(t.field(i).type) for i in range(t.num_fields))
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            return 8.125 + 4 * width(t.value_type)
+        if pa.types.is_map(t):
+            return 8.125 + 4 * (width(t.key_type) + width(t.item_type))
+        if pa.types.is_string(t) or pa.types.is_binary(t):
+            return 4.125 + _VARIABLE_WIDTH_GUESS
+        if pa.types.is_large_string(t) or pa.types.is_large_binary(t) or pa.types.is_string_view(t):
+            return 8.125 + _VARIABLE_WIDTH_GUESS
+        try:
+            return 0.125 + int(t.bit_width) / 8
+        except ValueError:
+            return 16.125
+
+    return max(1, math.ceil(sum(width(field.type) for field in schema)))
+
+
+@dataclass(frozen=True)
+class ReadBudget:
+    """How a read fits ``read_bytes``: rows per batch asked of each partition, and partitions running at once."""
+
+    batch_rows: int
+    workers: int
+
+
+def read_budget(row_bytes: int, batch_size: int, workers: int, read_bytes: int) -> ReadBudget:
+    """Fit ``workers`` running partitions of ``IN_FLIGHT_BATCHES`` batches each into ``read_bytes``.
+
+    Batches shrink first (never more rows than ``batch_size``, never below
+    :data:`MIN_BATCH_BYTES` unless ``batch_size`` asks for less); when even that does not
+    fit, fewer partitions run at once (at least one). Pure arithmetic; never raises.
+    """
+    row_bytes, batch_size, workers = max(1, row_bytes), max(1, batch_size), max(1, workers)
+    per_batch = max(1, read_bytes) // (workers * IN_FLIGHT_BATCHES)
+    rows = min(batch_size, max(1, per_batch // row_bytes))
+    floor_rows = min(batch_size, max(1, MIN_BATCH_BYTES // row_bytes))
+    if rows >= floor_rows:
+        return ReadBudget(rows, workers)
+    running = max(1, read_bytes // (IN_FLIGHT_BATCHES * floor_rows * row_bytes))
+    return ReadBudget(floor_rows, min(workers, running))
 
 
 class _ByteBudget:
@@ -133,6 +220,7 @@ class Pump:
         plan: ReadPlan = SINGLE_STREAM,
         *,
         max_bytes: int = DEFAULT_QUEUE_BYTES,
+        read_bytes: int = DEFAULT_READ_BYTES,
     ) -> None:
         self._reader = reader
         self._name = name
@@ -142,7 +230,20 @@ class Pump:
         for partition in plan.partitions:
             self._pending.put(partition)
         self._single = len(plan.partitions) == 1
-        workers = max(1, min(plan.workers, len(plan.partitions)))
+        self._read_bytes = max(1, read_bytes)
+        self._row_bytes = estimate_row_bytes(schema)  # then the widest batch seen (per row)
+        asked = max(1, min(plan.workers, len(plan.partitions)))
+        budget = read_budget(self._row_bytes, batch_size, asked, self._read_bytes)
+        workers = budget.workers
+        self._workers = workers
+        if workers < asked:
+            log.info(
+                "engine.read_mb: %d partitions run at most %d at once (batches of %d rows)",
+                len(plan.partitions),
+                workers,
+                read_budget(self._row_bytes, batch_size, workers, self._read_bytes).batch_rows,
+                extra={"reader": name},
+            )
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(depth, workers))
         self._budget = _ByteBudget(max(1, max_bytes))
         self._cancelled = threading.Event()
@@ -150,6 +251,15 @@ class Pump:
         self._index = 0
         names = [f"dativo-reader-{name}"] if workers == 1 else [f"dativo-reader-{name}-{i}" for i in range(workers)]
         self._threads = [threading.Thread(target=self._work, name=n, daemon=True) for n in names]
+
+    @property
+    def workers(self) -> int:
+        """How many partitions are read at once (the plan's workers, fewer where ``read_bytes`` says so)."""
+        return self._workers
+
+    def batch_rows(self) -> int:
+        """Rows per batch the next partition is asked for: ``batch_size``, or fewer to fit ``read_bytes``."""
+        return read_budget(self._row_bytes, self._batch_size, self._workers, self._read_bytes).batch_rows
 
     @property
     def peak_queued_bytes(self) -> int:
@@ -209,10 +319,11 @@ class Pump:
             self._put(exc, force=True)
 
     def _open(self, partition: ReadPartition) -> Iterable[object]:
+        rows = self.batch_rows()
         if partition is WHOLE_STREAM:
-            return self._reader.read_batch(self._batch_size)
+            return self._reader.read_batch(rows)
         assert isinstance(self._reader, PartitionedReader)
-        return self._reader.read_partition(partition, self._batch_size)
+        return self._reader.read_partition(partition, rows)
 
     def _read(self, partition: ReadPartition) -> bool:
         """Read one partition into the queue; False when cancelled. Raises its failure as a DativoError."""
@@ -228,6 +339,9 @@ class Pump:
                         index, self._index = self._index, self._index + 1
                     batch = conform(raw, self._schema, self._name, index)
                     del raw  # the worker holds one batch while it waits for room, not two
+                    per_row = -(-batch.nbytes // batch.num_rows)
+                    if per_row > self._row_bytes:  # the next partitions are asked for batches this wide
+                        self._row_bytes = per_row
                     if not self._budget.reserve(batch.nbytes, self._cancelled):
                         return False
                     if not self._put(batch):

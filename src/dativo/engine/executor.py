@@ -125,6 +125,7 @@ class LocalExecutor:
             plan.queue_size,
             read,
             max_bytes=plan.queue_bytes,
+            read_bytes=int(plan.job.config.engine.read_mb * 1024 * 1024),
         )
         pump.start()
         try:

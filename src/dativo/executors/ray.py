@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -40,6 +41,9 @@ log = logging.getLogger("dativo.engine")
 
 #: Seconds to wait for cancelled tasks to end before aborting the writer.
 CANCEL_WAIT_S = 60.0
+
+#: Held while connecting: the streams of a ``streams:`` job run on threads and connect at once.
+_CONNECTING = threading.Lock()
 
 
 def _import_ray() -> Any:
@@ -77,8 +81,13 @@ def execute(execution: Execution) -> Outcome:
 
 
 def _connect(ray: Any, settings: RayConfig) -> None:
-    if ray.is_initialized():
-        return
+    """Connect this process to the cluster once (serialized: concurrent streams share the connection)."""
+    with _CONNECTING:
+        if not ray.is_initialized():
+            _init(ray, settings)
+
+
+def _init(ray: Any, settings: RayConfig) -> None:
     address = None if settings.address == "local" else settings.address
     try:
         ray.init(
@@ -192,15 +201,19 @@ def _result(ray: Any, ref: Any, task: PartitionTask) -> dict[str, Any]:
 
 
 def _cancel(ray: Any, refs: list[Any]) -> None:
-    """Force-cancel ``refs`` and wait (bounded) until none runs, so no task stages files after the abort."""
-    for ref in refs:
-        try:
-            ray.cancel(ref, force=True)
-        except Exception:
-            log.debug("cancelling a Ray task raised", exc_info=True)
+    """Force-cancel ``refs`` and wait (bounded) until none runs, so no task stages files after the abort.
+
+    The cancellation is sent again every second to the tasks still pending: Ray loses one
+    sent while a task is being handed to a freshly started worker (it then runs to its end).
+    """
     deadline = time.monotonic() + CANCEL_WAIT_S
     pending = list(refs)
     while pending and time.monotonic() < deadline:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                log.debug("cancelling a Ray task raised", exc_info=True)
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
     if pending:
         log.warning("%d cancelled Ray task(s) still running after %.0f s", len(pending), CANCEL_WAIT_S)

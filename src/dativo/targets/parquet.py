@@ -107,9 +107,9 @@ class ParquetDatasetWriter(DataWriter):
         Raises TargetError when the folder cannot be written.
         """
         self._recover()
-        self._folder.sweep_dead()
         self._folder.prepare(f"{self.label} target")
         self._folder.hold()
+        self._folder.sweep_dead()  # after hold: on an object store, this run's lease is the clock
         self._schema = schema
         self._rolling = RollingParquetWriter(schema, self._open_file, self._settings, self.file_options)
 

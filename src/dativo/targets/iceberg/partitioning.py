@@ -33,7 +33,7 @@ from pyiceberg.transforms import (
 from pyiceberg.typedef import Record
 
 from dativo.errors import ConfigError
-from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
+from dativo.targets._parquet import EncodingChoice, ParquetSettings, RollingParquetWriter, WrittenFile
 
 __all__ = [
     "PartitionedFiles",
@@ -189,6 +189,7 @@ class PartitionedFiles:
         self._open: OrderedDict[tuple[Any, ...], tuple[RollingParquetWriter, Record]] = OrderedDict()
         self._finished: list[WrittenFile] = []
         self._writers: list[RollingParquetWriter] = []
+        self._choice = EncodingChoice()  # one dictionary decision for every partition's files
         self.partition_of: dict[str, Record] = {}
 
     @property
@@ -221,7 +222,7 @@ class PartitionedFiles:
             self.partition_of[path] = record
             return path, stream
 
-        writer = RollingParquetWriter(self._file_schema, open_file, self._settings, lanes=1)
+        writer = RollingParquetWriter(self._file_schema, open_file, self._settings, lanes=1, choice=self._choice)
         self._writers.append(writer)
         return writer, record
 
