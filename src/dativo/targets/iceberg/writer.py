@@ -46,7 +46,7 @@ from pyiceberg.io.pyarrow import (
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
-from pyiceberg.table import FileScanTask, Table, TableProperties
+from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.typedef import Record
 
@@ -56,7 +56,7 @@ from dativo.sdk import PluginConfig, fault_hook, redact
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
-from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown
+from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown, without_library_retries
 from dativo.targets.iceberg.files import data_file, parquet_settings
 from dativo.targets.iceberg.partitioning import (
     PartitionedFiles,
@@ -220,7 +220,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
                 # Another run of this job may have committed (even created the table) since load_state.
                 self._check_no_other_run(table)
             check_writable(table.spec(), table.schema(), f"table {self._name}")
-            table = _without_library_retries(table)
+            table = without_library_retries(table)
             self._transaction = table.transaction()
             evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
             self._table = table
@@ -594,17 +594,3 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
             return self._prebuilt[file.path]
         partition, spec_id = self._placement.get(file.path, (Record(), self._spec_id))
         return data_file(file, self._iceberg_schema, self._table_properties, partition, spec_id)
-
-
-def _without_library_retries(table: Table) -> Table:
-    """``table`` whose transactions leave a conflicting commit to :meth:`IcebergWriter._commit_files`.
-
-    PyIceberg's ``commit_transaction`` retries a conflicting append itself (refresh, rebuild the
-    snapshot on top, commit: ``commit.retry.num-retries``), which would put this run's rows on top
-    of another run of the same job without :meth:`IcebergWriter._check_no_other_run`. The setting
-    is 0 in this in-memory copy only: the catalog applies the transaction's updates to its own
-    current metadata, so the table's properties are unchanged.
-    """
-    properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
-    metadata = table.metadata.model_copy(update={"properties": properties})
-    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog, table.config)
