@@ -19,9 +19,9 @@ from support.iceberg_fixtures import embedded_catalog
 SCHEMA = pa.schema([("id", pa.int64())])
 
 
-def writer(job_dir: Path, table: str = "fresh.items") -> IcebergWriter:
+def writer(job_dir: Path, table: str = "fresh.items", run_id: str = "r1") -> IcebergWriter:
     instance = IcebergWriter()
-    instance.initialize({"table": table, "job": {"name": "items", "dir": str(job_dir), "run_id": "r1"}})
+    instance.initialize({"table": table, "job": {"name": "items", "dir": str(job_dir), "run_id": run_id}})
     return instance
 
 
@@ -84,8 +84,11 @@ def test_concurrent_ensure_namespace_all_succeed_and_one_creates(tmp_path):
 
 
 def test_a_run_whose_state_was_overtaken_before_prepare_commits_nothing(tmp_path):
-    """Run A loads the job's state; run B of the same job commits (creating the table); A must not append."""
-    late = writer(tmp_path, "raw.items")
+    """Run A loads the job's state; run B of the same job commits (creating the table); A must not append.
+
+    A prepares on the table as its state found it (one load per run), so the commit is where it finds out.
+    """
+    late = writer(tmp_path, "raw.items", run_id="r2")
     assert late.load_state() is None
     early = writer(tmp_path, "raw.items")
     assert early.load_state() is None
@@ -93,7 +96,10 @@ def test_a_run_whose_state_was_overtaken_before_prepare_commits_nothing(tmp_path
     early.prepare(SCHEMA)
     early.write_batch(pa.record_batch([pa.array([1, 2, 3])], schema=SCHEMA))
     early.finalize()
+    late.prepare(SCHEMA)
+    late.write_batch(pa.record_batch([pa.array([4, 5])], schema=SCHEMA))
     with pytest.raises(TargetError, match=r"another run of job 'items' committed .* this run committed nothing"):
-        late.prepare(SCHEMA)
+        late.finalize()
     late.abort()
+    assert len(list((tmp_path / "warehouse").rglob("*.parquet"))) == 1  # the late run's file is deleted
     assert embedded_catalog(tmp_path).load_table("raw.items").scan().to_arrow().num_rows == 3

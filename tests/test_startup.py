@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -165,3 +166,58 @@ def test_a_run_into_parquet_imports_no_pyiceberg(tmp_path):
     assert "dativo.targets.parquet" in names and list((tmp_path / "out").glob("*.parquet"))
     unwanted = {"pyiceberg", "sqlalchemy", "boto3", "adbc_driver_manager", "psycopg", "dativo.targets.iceberg.writer"}
     assert not unwanted & names, sorted(unwanted & names)
+
+
+# The `dativo` command defers cyclic GC while it starts and restores it once rows move (dativo._gc); an
+# application importing dativo keeps its own settings. Runs `python -m dativo ARGS` or `python -c CODE` and
+# writes the GC's thresholds, its frozen-object count and what the run saw when rows started to move.
+_GC_RECORDER = """
+import atexit, gc, json, os, runpy, sys
+seen = {}
+def _record():
+    with open(os.environ["DATIVO_TEST_GC"], "w") as out:
+        json.dump({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(), **seen}, out)
+atexit.register(_record)
+gc.set_threshold(*json.loads(os.environ["DATIVO_TEST_THRESHOLD"]))  # the embedding application's own setting
+import dativo._gc as settings
+done = settings.startup_done
+def startup_done():
+    seen["threshold_while_starting"] = gc.get_threshold()
+    done()
+settings.startup_done = startup_done
+mode, target, *sys.argv[1:] = sys.argv[1:]
+if mode == "-m":
+    sys.argv[0] = target
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def gc_after(*args: str, cwd: Path, threshold: tuple[int, int, int] = (700, 10, 10)) -> dict:
+    record = cwd / "gc.json"
+    env = {**os.environ, "DATIVO_TEST_GC": str(record), "DATIVO_TEST_THRESHOLD": json.dumps(threshold)}
+    result = subprocess.run(
+        [sys.executable, "-c", _GC_RECORDER, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(record.read_text())
+
+
+def test_the_command_defers_gc_while_starting_then_freezes_and_restores_it(tmp_path):
+    from dativo._gc import STARTUP_THRESHOLD
+
+    job = write_job(tmp_path, sqlite_source(tmp_path))
+    seen = gc_after("-m", "dativo", "run", "--quiet", job, cwd=tmp_path, threshold=(900, 11, 12))
+    assert seen["threshold_while_starting"] == list(STARTUP_THRESHOLD)
+    assert seen["threshold"] == [900, 11, 12]  # what the process had before the command started, restored
+    assert seen["frozen"] > 10_000  # start-up's objects: later full collections skip them
+    assert list((tmp_path / "warehouse").rglob("*.parquet"))  # and the run did write
+
+
+def test_importing_dativo_and_running_a_job_leaves_the_applications_gc_alone(tmp_path):
+    job = write_job(tmp_path, sqlite_source(tmp_path))
+    code = f"import dativo\nresult = dativo.run({job!r})\nassert result.streams[0].rows == 1, result"
+    seen = gc_after("-c", code, cwd=tmp_path, threshold=(900, 11, 12))
+    assert seen["threshold_while_starting"] == [900, 11, 12]  # the pipeline's call changed nothing
+    assert seen["threshold"] == [900, 11, 12] and seen["frozen"] == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from dativo import _gc
+
 __all__ = ["main"]
 
 
@@ -21,6 +23,8 @@ def main() -> None:
     # (mimalloc) and flat from 1M to 5M rows at no CPU cost (docs/performance.md, session 4). The command only:
     # an application importing dativo keeps its own choice. A value the user set wins.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc" if sys.platform.startswith("linux") else "system")
+    # Collect cycles rarely while the command imports and sets up; the run restores the thresholds (dativo._gc).
+    _gc.defer_during_startup()
     from dativo.cli import main as cli_main
 
     cli_main()

@@ -75,14 +75,20 @@ def unknown_name(what: str, name: str, group: str, who: str = "") -> str:
 
 def entries(group: str) -> dict[str, EntryPoint]:
     """The entry points of ``group`` by name (scanned once until an installation changes: :func:`_scan`)."""
-    return {entry.name: entry for entry in _scan(group, _path_state())}
+    return {entry.name: entry for entry in _scan(_path_state()).get(group, ())}
 
 
-@functools.lru_cache(maxsize=8)
-def _scan(group: str, path_state: tuple[tuple[str, int], ...]) -> tuple[EntryPoint, ...]:
-    """One group's entry points. Reading every distribution's metadata costs 20-70 ms, so a job with many
-    streams (a plan per stream) scans once, until ``sys.path`` or an installation changes (``path_state``)."""
-    return tuple(entry_points(group=group))
+@functools.lru_cache(maxsize=4)
+def _scan(path_state: tuple[tuple[str, int], ...]) -> dict[str, tuple[EntryPoint, ...]]:
+    """Every group's entry points. Reading every distribution's metadata costs 20-70 ms whichever groups are
+    asked for, so a run (readers, writers, runtimes, executors: one scan each before) and a job with many
+    streams scan once, until ``sys.path`` or an installation changes (``path_state``)."""
+    found = entry_points()  # Python 3.11: a dict of groups (``items()`` does not warn); 3.12+: every entry point
+    every = (entry for _, group in found.items() for entry in group) if isinstance(found, dict) else found
+    groups: dict[str, list[EntryPoint]] = {}
+    for entry in every:
+        groups.setdefault(entry.group, []).append(entry)
+    return {group: tuple(entries) for group, entries in groups.items()}
 
 
 def _path_state() -> tuple[tuple[str, int], ...]:

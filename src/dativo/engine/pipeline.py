@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from dativo import __version__
+from dativo import __version__, _gc
 from dativo._faults import crash_point
 from dativo.core.calls import abort_quietly, call, close_quietly, declared_schema
 from dativo.core.hosting import host_reader, host_writer
@@ -148,6 +148,7 @@ def run(
         executor.check(plan, writer)
         call(writer.prepare, plan.writer.ref.name, "prepare", schema)
         execution = Execution(plan, reader, writer, schema, incremental, summary, progress, stop)
+        _gc.startup_done()  # the `dativo` command's start-up GC setting ends where rows start to move
         outcome = executor.execute(execution)
         if isinstance(writer, StatefulWriter):
             summary.state = _new_state(plan, summary, incremental, outcome.high_water)

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 
 from pyiceberg.exceptions import CommitStateUnknownException, ServerError
-from pyiceberg.table import Table
+from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Snapshot
 
-__all__ = ["COMMIT_ID", "find_commit", "outcome_unknown"]
+__all__ = ["COMMIT_ID", "find_commit", "outcome_unknown", "without_library_retries"]
 
 log = logging.getLogger("dativo.targets.iceberg")
 
@@ -60,3 +60,17 @@ def find_commit(
         if time.monotonic() >= deadline:
             return None
         time.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
+
+
+def without_library_retries(table: Table) -> Table:
+    """``table`` whose transactions leave a conflicting commit to the writer's own retry.
+
+    PyIceberg's ``commit_transaction`` retries a conflicting append itself (refresh, rebuild the
+    snapshot on top, commit: ``commit.retry.num-retries``), which would put this run's rows on top
+    of another run of the same job without the writer checking for one. The setting is 0 in this
+    in-memory copy only: the catalog applies the transaction's updates to its own current
+    metadata, so the table's properties are unchanged. Never raises.
+    """
+    properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    metadata = table.metadata.model_copy(update={"properties": properties})
+    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog, table.config)

@@ -56,7 +56,7 @@ from dativo.sdk import PluginConfig, fault_hook, redact
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
-from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown
+from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown, without_library_retries
 from dativo.targets.iceberg.files import data_file, parquet_settings
 from dativo.targets.iceberg.partitioning import (
     PartitionedFiles,
@@ -117,6 +117,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         self._files_opened = 0
         self._keep_files = False
         self._state_loaded = False
+        self._loaded: tuple[Table | None] | None = None  # the table as load_state found it, until prepare uses it
         self._commit_id = ""
         self._outcome_wait_s = float((config.get("options") or {}).get("commit_outcome_wait_s", 30))
 
@@ -128,6 +129,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         found = latest_job_state(table, self._job_name) if table is not None else None
         self._state_snapshot = found[0] if found else None
         self._state_loaded = True
+        self._loaded = (table,)  # prepare starts from this load (issue 15: one load per run, not two)
         return found[1] if found else None
 
     def stage_state(self, state: dict[str, Any]) -> None:
@@ -205,7 +207,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         for field in data_schema:
             iceberg_type_of(field)
         self._data_schema = data_schema
-        self._begin(self._load_table())
+        self._begin(self._table_as_loaded())
 
     def _begin(self, table: Table | None) -> None:
         """Open the transaction this run commits: a staged create, or an update of ``table``."""
@@ -218,6 +220,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
                 # Another run of this job may have committed (even created the table) since load_state.
                 self._check_no_other_run(table)
             check_writable(table.spec(), table.schema(), f"table {self._name}")
+            table = without_library_retries(table)
             self._transaction = table.transaction()
             evolve(self._name, table.schema(), self._data_schema, self._evolution, self._transaction)
             self._table = table
@@ -539,6 +542,18 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         self._rolling = None
 
     # -- helpers ----------------------------------------------------------------------------------------
+
+    def _table_as_loaded(self) -> Table | None:
+        """The table as :meth:`load_state` loaded it in this run (once), else freshly loaded.
+
+        Reusing that load is safe: the transaction opened on it carries PyIceberg's requirements
+        (the branch's snapshot, the schema it evolved), which the catalog checks against the
+        table's current metadata when committing; a change since then fails the commit with
+        ``CommitFailedException``, and :meth:`_commit_files` refreshes (:meth:`_rebase`, which
+        also refuses when another run of this job committed) and retries.
+        """
+        loaded, self._loaded = self._loaded, None
+        return loaded[0] if loaded is not None else self._load_table()
 
     def _load_table(self) -> Table | None:
         try:
