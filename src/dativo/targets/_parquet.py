@@ -192,6 +192,18 @@ class RollingParquetWriter:
         if self._buffered_bytes >= self._settings.row_group_bytes:
             self._flush()
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Arrow bytes held for the next row group (not yet handed to a lane)."""
+        return self._buffered_bytes
+
+    def flush(self) -> None:
+        """Write what is buffered as a row group now (the file stays open); a no-op when nothing is buffered.
+
+        Raises the error of an earlier row group's encoding or upload, if one failed.
+        """
+        self._flush()
+
     def close(self) -> list[WrittenFile]:
         """Write what is buffered, finish every lane's file and return every file written (in path order).
 

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
-from pyiceberg.io.pyarrow import _determine_partitions
-from pyiceberg.partitioning import PartitionField, PartitionKey, PartitionSpec
+import pyarrow.compute as pc
+from pyiceberg.io.pyarrow import _get_field_from_arrow_table
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import (
@@ -55,8 +56,14 @@ _TRANSFORMS: dict[str, Callable[[int | None], Transform[Any, Any]]] = {
     "truncate": lambda n: TruncateTransform(int(n or 0)),
 }
 _SUFFIX = {"year": "year", "month": "month", "day": "day", "hour": "hour", "bucket": "bucket", "truncate": "trunc"}
-# Open partition files at once; past this, the least recently written one is finished.
-MAX_OPEN_PARTITIONS = 32
+# Open partition files at once; past this, the least recently written one is finished. An open file
+# holds no row group (the byte budget below bounds those), only its writer's metadata and an open
+# stream, so the limit is set well above the partitions one batch of a bucketed table touches.
+MAX_OPEN_PARTITIONS = 128
+#: Arrow data buffered across every partition's writer of a run, in row groups' worth
+#: (``row_group_size_mb`` times this; 64 MiB by default): past it, the largest buffers are written
+#: as row groups (their files stay open), so memory does not grow with the number of partitions.
+BUFFER_ROW_GROUPS = 4
 
 
 def parse_partition_by(entries: Sequence[str]) -> list[tuple[str, Transform[Any, Any], str]]:
@@ -165,8 +172,11 @@ def _has(schema: Schema, column: str) -> bool:
 class PartitionedFiles:
     """Rolling Parquet files per partition of ``spec``: the same interface as :class:`RollingParquetWriter`.
 
-    ``write`` splits each batch by partition value; every partition has its own
-    rolling file (one lane). At most :data:`MAX_OPEN_PARTITIONS` files are open:
+    ``write`` splits each batch by partition value (one sort of the batch's partition
+    keys, one ``take`` per partition); every partition has its own rolling file (one
+    lane). The Arrow data buffered across all partitions is bounded by
+    ``BUFFER_ROW_GROUPS`` row groups: past it, the largest buffers are written as row
+    groups into their open files. At most :data:`MAX_OPEN_PARTITIONS` files are open:
     past that, the least recently written is finished (a later row of that partition
     starts a new file). ``partition_of[path]`` is each file's partition record.
     """
@@ -190,31 +200,89 @@ class PartitionedFiles:
         self._finished: list[WrittenFile] = []
         self._writers: list[RollingParquetWriter] = []
         self._choice = EncodingChoice()  # one dictionary decision for every partition's files
+        self._sources = [_source_column(schema, field) for field in spec.fields]
+        self.budget_bytes = BUFFER_ROW_GROUPS * settings.row_group_bytes
         self.partition_of: dict[str, Record] = {}
 
     @property
     def paths(self) -> list[str]:
         return [path for writer in self._writers for path in writer.paths]
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Arrow bytes buffered across every open partition's writer (at most :attr:`budget_bytes` between writes)."""
+        return sum(writer.buffered_bytes for writer, _record in self._open.values())
+
     def write(self, batch: pa.RecordBatch) -> None:
-        """Split ``batch`` by partition and write each part into its partition's file."""
-        for part in _determine_partitions(self._spec, self._schema, pa.Table.from_batches([batch])):
-            key = part.partition_key
-            values = tuple(value.value for value in key.field_values)
+        """Split ``batch`` by partition and write each part into its partition's file.
+
+        Raises the error of a row group's encoding or upload, if one failed.
+        """
+        for values, rows in self._split(batch):
             entry = self._open.pop(values, None)
             if entry is None:
-                entry = self._start(key)
+                entry = self._start(values)
             self._open[values] = entry
-            rows = part.arrow_table_partition
             if self._sort:
                 rows = rows.sort_by(self._sort)
-            for piece in rows.to_batches():
-                entry[0].write(piece)
+            entry[0].write(rows)
             if len(self._open) > MAX_OPEN_PARTITIONS:
                 _, (oldest, _record) = self._open.popitem(last=False)
                 self._finished.extend(oldest.close())
+        self._hold_budget()
 
-    def _start(self, key: PartitionKey) -> tuple[RollingParquetWriter, Record]:
+    def _hold_budget(self) -> None:
+        buffered = {writer: writer.buffered_bytes for writer, _record in self._open.values()}
+        total = sum(buffered.values())
+        # Largest first: the row groups written are as large as the budget allows.
+        for writer in sorted(buffered, key=buffered.__getitem__, reverse=True):
+            if total <= self.budget_bytes:
+                break
+            total -= buffered[writer]
+            writer.flush()
+
+    def _split(self, batch: pa.RecordBatch) -> list[tuple[tuple[Any, ...], pa.RecordBatch]]:
+        """``[(partition values, rows)]`` of ``batch``: each partition's rows in arrival order, copied once."""
+        if batch.num_rows == 0:
+            return []
+        codes: pa.Array | None = None
+        dictionaries = []
+        table = pa.Table.from_batches([batch])
+        for field, (name, source_type) in zip(self._spec.fields, self._sources, strict=True):
+            column = _get_field_from_arrow_table(table, name) if "." in name else batch.column(name)
+            values = field.transform.pyarrow_transform(source_type)(column)
+            if isinstance(values, pa.ChunkedArray):
+                values = values.combine_chunks()
+            encoded = pc.dictionary_encode(values, null_encoding="encode")
+            dictionaries.append(encoded.dictionary.to_pylist())
+            indices = pc.cast(encoded.indices, pa.int64())
+            codes = indices if codes is None else pc.add(pc.multiply(codes, len(encoded.dictionary)), indices)
+        assert codes is not None
+        if all(len(dictionary) == 1 for dictionary in dictionaries):
+            return [(tuple(dictionary[0] for dictionary in dictionaries), batch)]
+        order = pc.sort_indices(codes)  # stable: rows keep their order within a partition
+        ordered = codes.take(order)
+        changes = pc.indices_nonzero(pc.not_equal(ordered[1:], ordered[:-1])).to_pylist()
+        starts = [0, *(change + 1 for change in changes)]
+        parts = []
+        for begin, end in zip(starts, [*starts[1:], len(ordered)], strict=True):
+            code = ordered[begin].as_py()
+            values = []
+            for dictionary in reversed(dictionaries):
+                code, index = divmod(code, len(dictionary))
+                values.append(dictionary[index])
+            parts.append((tuple(reversed(values)), batch.take(order[begin:end])))
+        return parts
+
+    def _start(self, values: tuple[Any, ...]) -> tuple[RollingParquetWriter, Record]:
+        key = PartitionKey(
+            field_values=[
+                PartitionFieldValue(field=field, value=value)
+                for field, value in zip(self._spec.fields, values, strict=True)
+            ],
+            partition_spec=self._spec,
+            schema=self._schema,
+        )
         record = key.partition
 
         def open_file(index: int) -> tuple[str, Any]:
@@ -238,3 +306,11 @@ class PartitionedFiles:
         for writer, _record in self._open.values():
             writer.abandon()
         self._open.clear()
+
+
+def _source_column(schema: Schema, field: PartitionField) -> tuple[str, Any]:
+    """The (top-level) column name and Iceberg type a partition field is computed from."""
+    name = schema.find_column_name(field.source_id)
+    if name is None:
+        raise ConfigError(f"iceberg: partition field '{field.name}' has no source column (field id {field.source_id})")
+    return name, schema.find_field(field.source_id).field_type
