@@ -124,7 +124,7 @@ def events(pg_db: Any) -> Any:
 
 
 def test_a_bucketed_run_reads_back_every_row_once_in_few_files(tmp_path, events):
-    """A real run into bucket(32, id) x identity(kind) (96 partitions) with a budget far below one row group per partition."""
+    """A real run into bucket(32, id) x identity(kind) (96 partitions), budget far below a row group each."""
     target = {
         "connector": "iceberg",
         "table": "raw.events",

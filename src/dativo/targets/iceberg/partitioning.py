@@ -245,34 +245,37 @@ class PartitionedFiles:
         """``[(partition values, rows)]`` of ``batch``: each partition's rows in arrival order, copied once."""
         if batch.num_rows == 0:
             return []
-        codes: pa.Array | None = None
-        dictionaries = []
+        # Each row's partition as one int64 code below the row count, ``keys[code]`` its values:
+        # field by field, (code so far, this field's dictionary index) is encoded again, so the
+        # code never overflows however many fields the spec has.
         table = pa.Table.from_batches([batch])
+        codes: pa.Array | None = None
+        keys: list[tuple[Any, ...]] = [()]
         for field, (name, source_type) in zip(self._spec.fields, self._sources, strict=True):
             column = _get_field_from_arrow_table(table, name) if "." in name else batch.column(name)
             values = field.transform.pyarrow_transform(source_type)(column)
             if isinstance(values, pa.ChunkedArray):
                 values = values.combine_chunks()
             encoded = pc.dictionary_encode(values, null_encoding="encode")
-            dictionaries.append(encoded.dictionary.to_pylist())
+            found = encoded.dictionary.to_pylist()
             indices = pc.cast(encoded.indices, pa.int64())
-            codes = indices if codes is None else pc.add(pc.multiply(codes, len(encoded.dictionary)), indices)
+            if codes is None:
+                codes, keys = indices, [(value,) for value in found]
+                continue
+            pairs = pc.dictionary_encode(pc.add(pc.multiply(codes, len(found)), indices))
+            keys = [keys[pair // len(found)] + (found[pair % len(found)],) for pair in pairs.dictionary.to_pylist()]
+            codes = pc.cast(pairs.indices, pa.int64())
         assert codes is not None
-        if all(len(dictionary) == 1 for dictionary in dictionaries):
-            return [(tuple(dictionary[0] for dictionary in dictionaries), batch)]
+        if len(keys) == 1:
+            return [(keys[0], batch)]
         order = pc.sort_indices(codes)  # stable: rows keep their order within a partition
         ordered = codes.take(order)
         changes = pc.indices_nonzero(pc.not_equal(ordered[1:], ordered[:-1])).to_pylist()
         starts = [0, *(change + 1 for change in changes)]
-        parts = []
-        for begin, end in zip(starts, [*starts[1:], len(ordered)], strict=True):
-            code = ordered[begin].as_py()
-            values = []
-            for dictionary in reversed(dictionaries):
-                code, index = divmod(code, len(dictionary))
-                values.append(dictionary[index])
-            parts.append((tuple(reversed(values)), batch.take(order[begin:end])))
-        return parts
+        return [
+            (keys[ordered[begin].as_py()], batch.take(order[begin:end]))
+            for begin, end in zip(starts, [*starts[1:], len(ordered)], strict=True)
+        ]
 
     def _start(self, values: tuple[Any, ...]) -> tuple[RollingParquetWriter, Record]:
         key = PartitionKey(
