@@ -248,11 +248,11 @@ class PartitionedFiles:
         # Each row's partition as one int64 code below the row count, ``keys[code]`` its values:
         # field by field, (code so far, this field's dictionary index) is encoded again, so the
         # code never overflows however many fields the spec has.
-        table = pa.Table.from_batches([batch])
         codes: pa.Array | None = None
         keys: list[tuple[Any, ...]] = [()]
         for field, (name, source_type) in zip(self._spec.fields, self._sources, strict=True):
-            column = _get_field_from_arrow_table(table, name) if "." in name else batch.column(name)
+            nested = "." in name  # a struct's field, found as PyIceberg finds it
+            column = _get_field_from_arrow_table(pa.Table.from_batches([batch]), name) if nested else batch.column(name)
             values = field.transform.pyarrow_transform(source_type)(column)
             if isinstance(values, pa.ChunkedArray):
                 values = values.combine_chunks()
