@@ -16,7 +16,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.io.pyarrow import _get_field_from_arrow_table
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
@@ -251,9 +250,8 @@ class PartitionedFiles:
         codes: pa.Array | None = None
         keys: list[tuple[Any, ...]] = [()]
         for field, (name, source_type) in zip(self._spec.fields, self._sources, strict=True):
-            nested = "." in name  # a struct's field, found as PyIceberg finds it
-            column = _get_field_from_arrow_table(pa.Table.from_batches([batch]), name) if nested else batch.column(name)
-            values = field.transform.pyarrow_transform(source_type)(column)
+            # A top-level column: check_writable refuses a struct's field as a partition source.
+            values = field.transform.pyarrow_transform(source_type)(batch.column(name))
             if isinstance(values, pa.ChunkedArray):
                 values = values.combine_chunks()
             encoded = pc.dictionary_encode(values, null_encoding="encode")
