@@ -83,7 +83,8 @@ def test_yaml_syntax_errors_are_plain_words_with_line_and_column(tmp_path):
 
 def test_a_missing_extra_is_named_at_validate_time(tmp_path):
     """As in a base install: `validate` and `plugins list` name the extra before any run."""
-    env = {"PYTHONPATH": HIDE, "DATIVO_TEST_HIDE": "psycopg,adbc_driver_postgresql,cryptography"}
+    # dativo[native]'s reader needs no psycopg: a base install has it neither
+    env = {"PYTHONPATH": HIDE, "DATIVO_TEST_HIDE": "psycopg,adbc_driver_postgresql,cryptography,dativo_postgres_rs"}
     pg = write(
         tmp_path,
         "source: {connector: postgres, connection: {dsn: 'postgresql://u@127.0.0.1:1/d'}, table: public.t}\n"

@@ -81,6 +81,17 @@ class GeneratedReader(DataReader):
                     marker.write(str(index + 1))
 
 
+class SlowStartReader(GeneratedReader):
+    """A GeneratedReader whose ``initialize`` sleeps ``init_sleep`` seconds when ``slow_marker`` exists
+    (so a Flight ``DoGet``, which initializes a fresh reader on the server, is slow to start)."""
+
+    def initialize(self, config: Any) -> None:
+        super().initialize(config)
+        options = config["options"]
+        if options.get("slow_marker") and os.path.exists(options["slow_marker"]):
+            time.sleep(float(options.get("init_sleep", 0)))
+
+
 class CountingWriter(DataWriter):
     """Discards batches, recording how far the reader ran ahead of it."""
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ class FlightReader(DataReader):
         self._conn: _Connection | None = None
         self._schema: pa.Schema | None = None
         self._stream: Any = None
+        self._closing = threading.Lock()  # close() and read_batch's start: a DoGet is cancelled either way
         self._session: str | None = None
         self._changes: bool | None = None
 
@@ -169,7 +171,12 @@ class FlightReader(DataReader):
         ended = False
         batches = 0
         try:
-            stream = self._stream = conn.client.do_get(ticket, conn.options)
+            stream = conn.client.do_get(ticket, conn.options)
+            with self._closing:  # close() from another thread while do_get was starting: cancel now
+                if self._conn is None:
+                    stream.cancel()
+                    raise SourceError(f"{conn.label} was closed while reading")
+                self._stream = stream
             while True:
                 try:
                     chunk = stream.read_chunk()
@@ -298,8 +305,9 @@ class FlightReader(DataReader):
                 )
             except Exception:
                 log.debug("closing the change session of %s failed", self._plan.ref.name, exc_info=True)
-        conn, self._conn = self._conn, None
-        stream = self._stream
+        with self._closing:
+            conn, self._conn = self._conn, None
+            stream = self._stream
         if stream is not None:
             try:
                 stream.cancel()

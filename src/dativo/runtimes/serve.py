@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
+from dativo import _gc
 from dativo.core.pump import Pump
 from dativo.core.registry import PluginKind, resolve_plugin
 from dativo.errors import DativoError, PluginError
@@ -535,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"error: {exc}", file=sys.stderr)
         return protocol.EXIT_FAILED
+    _gc.startup_done()  # a long-lived server: the `dativo` command's start-up GC deferral ends here (dativo._gc)
     if args.mode == "process":
         code = serve_process(plugin_cls, args.implementation)
         # Skip interpreter finalization: native drivers' threads must not outlive a protocol that is done.
