@@ -725,11 +725,13 @@ def test_close_from_another_thread_cancels_a_blocked_read(reader_cls, pg_db):
     worker = threading.Thread(target=consume)
     worker.start()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not pg_db.server.execute(
-        "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND state = 'active' AND query LIKE '%%pg_sleep(60)%%' "
+    while not pg_db.server.execute(
+        # pg_sleep's wait event, not the query text: a server-side cursor shows as FETCH.
+        "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND state = 'active' AND wait_event = 'PgSleep' "
         "AND pid <> pg_backend_pid()",
         (pg_db.name,),
     ):
+        assert time.monotonic() < deadline, "the read never reached pg_sleep on the server"
         time.sleep(0.05)
     started = time.monotonic()
     reader.close()

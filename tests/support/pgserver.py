@@ -132,13 +132,19 @@ class PostgresServer:
         )
 
     def connection_params(self, dbname: str | None = None) -> dict[str, Any]:
-        """The ``connection:`` mapping of a dativo job (host, port, user, password, dbname)."""
+        """The ``connection:`` mapping of a dativo job (host, port, user, password, dbname, connect_timeout).
+
+        ``connect_timeout`` is 30 s, not dativo's default 10: on the 2-core CI machine a 3-node Ray
+        cluster starting beside the suite once held a backend's start-up past 10 s. A job retries a
+        connection timeout (it is transient); a reader certified directly does not.
+        """
         return {
             "host": self.host,
             "port": self.port,
             "user": self.user,
             "password": self.password,
             "dbname": dbname or self.dbname,
+            "connect_timeout": 30,
         }
 
     @property
