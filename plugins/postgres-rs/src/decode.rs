@@ -6,7 +6,6 @@
 //! each type's binary send format (big-endian).
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::sync::Arc;
 
 use arrow_array::{
@@ -16,14 +15,15 @@ use arrow_array::{
 };
 use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use bytes::{Buf, Bytes};
 
+use crate::columns::{self, ValueError};
 use crate::numeric::numeric_to_i128;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Days from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
 const EPOCH_DAYS: i32 = 10_957;
 const EPOCH_MICROS: i64 = 946_684_800_000_000;
-const READ_CHUNK: usize = 256 * 1024;
 /// A batch is cut early once its buffers hold this much, whatever the row count: with the
 /// engine queue and the writer buffer holding a few batches each, this bounds peak memory.
 /// (8 MiB measured no better end to end: docs/performance.md, "postgres-rs, session 5".)
@@ -335,6 +335,86 @@ impl ValueBuilder {
         Ok(())
     }
 
+    /// Append one tile's values of this column (see columns.rs): one loop per representation.
+    ///
+    /// # Safety
+    /// `fields` as in columns.rs's module docs.
+    unsafe fn push_fields(&mut self, fields: &[*const u8]) -> Result<(), ValueError> {
+        let nulls = match (&mut self.values, self.kind) {
+            (Values::I16(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 2]| Some(i16::from_be_bytes(b)))?,
+            (Values::I32(v), Kind::Date) => columns::fixed(v, fields, "temporal", |b: [u8; 4]| {
+                // i32::MAX/MIN are 'infinity'/'-infinity'; beyond date32 wraps are refused too.
+                let raw = i32::from_be_bytes(b);
+                if raw == i32::MAX || raw == i32::MIN {
+                    None
+                } else {
+                    raw.checked_add(EPOCH_DAYS)
+                }
+            })?,
+            (Values::I32(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 4]| Some(i32::from_be_bytes(b)))?,
+            (Values::I64(v), Kind::Timestamp | Kind::TimestampTz) => {
+                columns::fixed(v, fields, "temporal", |b: [u8; 8]| {
+                    let raw = i64::from_be_bytes(b);
+                    if raw == i64::MAX || raw == i64::MIN {
+                        None
+                    } else {
+                        raw.checked_add(EPOCH_MICROS)
+                    }
+                })?
+            }
+            (Values::I64(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 8]| Some(i64::from_be_bytes(b)))?,
+            (Values::F32(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 4]| Some(f32::from_be_bytes(b)))?,
+            (Values::F64(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 8]| Some(f64::from_be_bytes(b)))?,
+            (Values::Bytes { offsets, data }, _) => columns::bytes(offsets, data, fields)?,
+            (Values::Fixed(v), _) => columns::fixed16(v, fields)?,
+            (Values::Bool(bb), _) => {
+                let mut nulls = 0;
+                for &p in fields {
+                    let len = columns::field_len(p);
+                    if len > 0 {
+                        bb.append(*p.add(4) != 0);
+                    } else if len < 0 {
+                        nulls += 1;
+                        bb.append(false);
+                    } else {
+                        return Err(columns::bad_len(len));
+                    }
+                }
+                nulls
+            }
+            (Values::Dec(v), _) => {
+                let mut nulls = 0;
+                v.reserve(fields.len());
+                for &p in fields {
+                    let len = columns::field_len(p);
+                    if len < 0 {
+                        nulls += 1;
+                        v.push(0);
+                    } else {
+                        v.push(numeric_to_i128(columns::field_bytes(p, len), self.precision, self.scale)?);
+                    }
+                }
+                nulls
+            }
+        };
+        let n = fields.len();
+        if nulls > 0 {
+            let len = self.len;
+            let validity = self.validity.get_or_insert_with(|| {
+                let mut v = BooleanBufferBuilder::new(len.max(1024) * 2);
+                v.append_n(len, true);
+                v
+            });
+            for &p in fields {
+                validity.append(columns::field_len(p) >= 0);
+            }
+        } else if let Some(validity) = &mut self.validity {
+            validity.append_n(n, true);
+        }
+        self.len += n;
+        Ok(())
+    }
+
     fn len(&self) -> usize {
         self.len
     }
@@ -429,6 +509,25 @@ impl ColumnBuilder {
         }
     }
 
+    /// Append one tile's values of this column; arrays go value by value.
+    ///
+    /// # Safety
+    /// `fields` as in columns.rs's module docs.
+    unsafe fn push_fields(&mut self, fields: &[*const u8]) -> Result<(), ValueError> {
+        if self.list.is_none() {
+            return self.values.push_fields(fields);
+        }
+        for &p in fields {
+            let len = columns::field_len(p);
+            if len < 0 {
+                self.push_null();
+            } else {
+                self.push(columns::field_bytes(p, len))?;
+            }
+        }
+        Ok(())
+    }
+
     fn push(&mut self, b: &[u8]) -> Result<(), (&'static str, String)> {
         if self.list.is_none() {
             return self.values.push(b);
@@ -501,12 +600,29 @@ pub(crate) fn read_i16(b: &[u8], pos: usize) -> Option<i16> {
     b.get(pos..pos + 2).map(|s| i16::from_be_bytes(s.try_into().expect("2 bytes")))
 }
 
-/// Streaming decoder over a COPY binary byte stream.
-pub struct Decoder<R: BufRead> {
-    reader: R,
-    buf: Vec<u8>,
-    pos: usize,
-    eof: bool,
+/// The data of a COPY TO STDOUT: its CopyData messages in order, each whole (session.rs).
+pub trait Messages {
+    /// The next message; None after the last one.
+    fn next_message(&mut self) -> std::io::Result<Option<Bytes>>;
+}
+
+/// Rows decoded column by column at a time: small enough that a tile's messages and field
+/// positions stay in the core's L2 cache between the tuple scan and the column loops.
+const TILE_ROWS: usize = 1024;
+/// A tile is also decoded once its messages hold this much (wide rows), which bounds what is kept.
+const TILE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Streaming decoder over a COPY binary stream.
+///
+/// Two passes per tile of rows: the tuple scan checks each tuple's field lengths against its
+/// message and records where each field starts (column-major, `TILE_ROWS` per column), keeping
+/// the messages alive; then each column is decoded by one loop specialised to its type
+/// (`ColumnBuilder::push_fields`, columns.rs). The server sends one tuple per CopyData message and
+/// nothing is copied; a tuple split across messages (and the header) is first joined into one.
+pub struct Decoder<M: Messages> {
+    messages: M,
+    /// Unparsed bytes: the rest of the current message (or a joined copy).
+    pending: Bytes,
     header_done: bool,
     finished: bool,
     specs: Vec<ColumnSpec>,
@@ -514,20 +630,25 @@ pub struct Decoder<R: BufRead> {
     skip: usize,
     batch_size: usize,
     builders: Vec<ColumnBuilder>,
+    /// Field positions of the current tile: `fields[column * TILE_ROWS + row]` points to the
+    /// field's length prefix inside one of `keep`'s messages (or the message being parsed).
+    fields: Vec<*const u8>,
+    tile_rows: usize,
+    tile_bytes: usize,
+    keep: Vec<Bytes>,
 }
 
-impl<R: BufRead> Decoder<R> {
-    pub fn new(reader: R, specs: Vec<ColumnSpec>, skip: usize, batch_size: usize) -> Self {
+impl<M: Messages> Decoder<M> {
+    pub fn new(messages: M, specs: Vec<ColumnSpec>, skip: usize, batch_size: usize) -> Self {
         let schema = Arc::new(Schema::new(specs.iter().map(ColumnSpec::field).collect::<Vec<_>>()));
         // Capacity that is never written is never resident (mimalloc maps it lazily): sizing the
         // builders for `batch_size` up front costs a 1-row job nothing (measured, session 5).
         let capacity = batch_size.min(1 << 20);
         let builders = specs.iter().map(|s| ColumnBuilder::new(s, capacity)).collect();
+        let fields = vec![std::ptr::null(); specs.len() * TILE_ROWS];
         Decoder {
-            reader,
-            buf: Vec::with_capacity(READ_CHUNK * 2),
-            pos: 0,
-            eof: false,
+            messages,
+            pending: Bytes::new(),
             header_done: false,
             finished: false,
             specs,
@@ -535,58 +656,106 @@ impl<R: BufRead> Decoder<R> {
             skip,
             batch_size,
             builders,
+            fields,
+            tile_rows: 0,
+            tile_bytes: 0,
+            keep: Vec::new(),
         }
     }
 
-    /// Make at least `n` unread bytes available; false at end of stream.
-    ///
-    /// Takes the server's CopyData messages as they come (`fill_buf`, no
-    /// zeroing, one copy of the bytes into the parse buffer).
-    fn fill(&mut self, n: usize) -> Result<bool, NativeError> {
-        while self.buf.len() - self.pos < n {
-            if self.eof {
-                return Ok(false);
-            }
-            if self.pos > 0 && (self.pos >= self.buf.len() / 2 || self.buf.capacity() - self.buf.len() < READ_CHUNK) {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
-            let chunk = loop {
-                match self.reader.fill_buf() {
-                    Ok(c) => break c,
+    /// Append the next non-empty message to `pending` (joining by a copy if `pending` is not
+    /// empty); false at the end of the stream.
+    fn append_next(&mut self) -> Result<bool, NativeError> {
+        loop {
+            let next = loop {
+                match self.messages.next_message() {
+                    Ok(m) => break m,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e.into()),
                 }
             };
-            if chunk.is_empty() {
-                self.eof = true;
+            let Some(m) = next else { return Ok(false) };
+            if m.is_empty() {
                 continue;
             }
-            let got = chunk.len();
-            self.buf.extend_from_slice(chunk);
-            self.reader.consume(got);
+            if self.pending.is_empty() {
+                self.pending = m;
+            } else {
+                let mut joined = Vec::with_capacity(self.pending.len() + m.len());
+                joined.extend_from_slice(&self.pending);
+                joined.extend_from_slice(&m);
+                self.pending = Bytes::from(joined);
+            }
+            return Ok(true);
         }
-        Ok(true)
     }
 
     fn header(&mut self) -> Result<(), NativeError> {
-        if !self.fill(19)? || &self.buf[self.pos..self.pos + 11] != SIGNATURE {
+        while self.pending.len() < 19 {
+            if !self.append_next()? {
+                break;
+            }
+        }
+        if self.pending.len() < 19 || &self.pending[..11] != SIGNATURE {
             return Err(NativeError::protocol("the COPY stream does not start with the binary signature"));
         }
-        let ext = read_i32(&self.buf, self.pos + 15).unwrap_or(0).max(0) as usize;
-        if !self.fill(19 + ext)? {
-            return Err(NativeError::protocol("truncated COPY header"));
+        let ext = read_i32(&self.pending, 15).unwrap_or(0).max(0) as usize;
+        while self.pending.len() < 19 + ext {
+            if !self.append_next()? {
+                return Err(NativeError::protocol("truncated COPY header"));
+            }
         }
-        self.pos += 19 + ext;
+        self.pending.advance(19 + ext);
         self.header_done = true;
         Ok(())
     }
 
+    /// Record the field positions of the complete tuple at the start of `b` in row slot
+    /// `self.tile_rows`; its length, or None when `b` does not hold all of it.
+    #[inline]
+    fn scan(&mut self, b: &[u8]) -> Option<usize> {
+        let ncols = self.builders.len();
+        let slot = &mut self.fields[self.tile_rows..];
+        let mut p = 2;
+        for c in 0..ncols {
+            let len = read_i32(b, p)?;
+            // In bounds: slot holds (ncols - 1) * TILE_ROWS + (TILE_ROWS - tile_rows) entries.
+            slot[c * TILE_ROWS] = b[p..].as_ptr();
+            p += 4;
+            if len > 0 {
+                p += len as usize;
+            }
+        }
+        for _ in 0..self.skip {
+            let len = read_i32(b, p)?;
+            p += 4;
+            if len > 0 {
+                p += len as usize;
+            }
+        }
+        (p <= b.len()).then_some(p)
+    }
+
+    /// Decode the tile column by column into the builders and let its messages go.
+    fn flush_tile(&mut self) -> Result<(), NativeError> {
+        let n = self.tile_rows;
+        for (c, builder) in self.builders.iter_mut().enumerate() {
+            let fields = &self.fields[c * TILE_ROWS..c * TILE_ROWS + n];
+            // SAFETY: `scan` recorded each of these pointers for a tuple it checked to lie whole
+            // inside its message, and every such message is in `keep` or is the caller's (alive).
+            unsafe { builder.push_fields(fields) }.map_err(|(kind, detail)| NativeError::Decode {
+                kind,
+                column: c,
+                detail,
+            })?;
+        }
+        self.tile_rows = 0;
+        self.tile_bytes = 0;
+        self.keep.clear();
+        Ok(())
+    }
+
     /// The next batch of up to `batch_size` rows; None after the last one.
-    ///
-    /// Each CopyData message the server sends holds one tuple: while nothing is left over in the
-    /// parse buffer, tuples are decoded straight from the message (no copy); a tuple split across
-    /// messages (and the header) goes through the parse buffer.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, NativeError> {
         if self.finished {
             return Ok(None);
@@ -599,64 +768,64 @@ impl<R: BufRead> Decoder<R> {
         let mut rows = 0usize;
         let mut full = false;
         while rows < self.batch_size && !full && !self.finished {
-            if self.pos == self.buf.len() && !self.eof {
-                let chunk = loop {
-                    match self.reader.fill_buf() {
-                        Ok(c) => break c,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                };
-                if chunk.is_empty() {
-                    self.eof = true;
-                    continue;
-                }
-                let mut used = 0usize;
-                while rows < self.batch_size && !full {
-                    let rest = &chunk[used..];
-                    let Some(nfields) = read_i16(rest, 0) else { break };
-                    if nfields == -1 {
-                        self.finished = true;
-                        used += 2;
-                        break;
-                    }
-                    check_fields(nfields, expected)?;
-                    let Some(total) = tuple_len(rest, expected) else { break };
-                    decode_row(&mut self.builders, &rest[..total])?;
-                    used += total;
-                    rows += 1;
-                    full = rows & 1023 == 0 && batch_full(&self.builders);
-                }
-                let partial = used < chunk.len() && rows < self.batch_size && !full && !self.finished;
-                self.reader.consume(used);
-                if !partial {
-                    continue;
-                }
-            }
-            // Slow path: one tuple through the parse buffer.
-            if !self.fill(2)? {
+            if self.pending.is_empty() && !self.append_next()? {
                 return Err(NativeError::protocol("the COPY stream ended without its trailer"));
             }
-            let nfields = read_i16(&self.buf, self.pos).expect("2 bytes");
-            if nfields == -1 {
-                self.pos += 2;
-                self.finished = true;
-                break;
+            let msg = std::mem::take(&mut self.pending);
+            let mut used = 0usize;
+            let mut in_tile = false;
+            while rows < self.batch_size && !full {
+                let rest = &msg[used..];
+                let Some(nfields) = read_i16(rest, 0) else { break };
+                if nfields == -1 {
+                    self.finished = true;
+                    used += 2;
+                    break;
+                }
+                check_fields(nfields, expected)?;
+                let Some(total) = self.scan(rest) else { break };
+                used += total;
+                rows += 1;
+                in_tile = true;
+                self.tile_rows += 1;
+                self.tile_bytes += total;
+                if self.tile_rows == TILE_ROWS || self.tile_bytes >= TILE_BYTES {
+                    self.flush_tile()?;
+                    in_tile = false;
+                    full = batch_full(&self.builders);
+                }
             }
-            check_fields(nfields, expected)?;
-            let total = loop {
-                if let Some(t) = tuple_len(&self.buf[self.pos..], expected) {
-                    break t;
+            let complete = rows == self.batch_size || full || self.finished;
+            if used < msg.len() {
+                self.pending = msg.slice(used..);
+            }
+            if in_tile {
+                self.keep.push(msg);
+            }
+            if complete || self.pending.is_empty() {
+                continue;
+            }
+            // A tuple split across messages: join until it is whole (or the trailer is there).
+            loop {
+                let b = &self.pending;
+                if b.len() >= 2 {
+                    let nfields = read_i16(b, 0).expect("2 bytes");
+                    if nfields as isize != expected as isize || tuple_len(b, expected).is_some() {
+                        break; // whole, the trailer, or a field count the main loop refuses
+                    }
                 }
-                let have = self.buf.len() - self.pos;
-                if !self.fill(have + 1)? && tuple_len(&self.buf[self.pos..], expected).is_none() {
-                    return Err(NativeError::protocol("the COPY stream ended in the middle of a row"));
+                let short = b.len() < 2;
+                if !self.append_next()? {
+                    return Err(NativeError::protocol(if short {
+                        "the COPY stream ended without its trailer"
+                    } else {
+                        "the COPY stream ended in the middle of a row"
+                    }));
                 }
-            };
-            decode_row(&mut self.builders, &self.buf[self.pos..self.pos + total])?;
-            self.pos += total;
-            rows += 1;
-            full = rows & 1023 == 0 && batch_full(&self.builders);
+            }
+        }
+        if self.tile_rows > 0 {
+            self.flush_tile()?;
         }
         if rows == 0 {
             if !self.finished {
@@ -683,7 +852,6 @@ fn check_fields(nfields: i16, expected: usize) -> Result<(), NativeError> {
 }
 
 /// Length of the complete tuple at the start of `b` (field count included), or None when more bytes are needed.
-#[inline]
 fn tuple_len(b: &[u8], nfields: usize) -> Option<usize> {
     let mut p = 2;
     for _ in 0..nfields {
@@ -694,24 +862,6 @@ fn tuple_len(b: &[u8], nfields: usize) -> Option<usize> {
         }
     }
     (p <= b.len()).then_some(p)
-}
-
-/// Append one complete tuple (as measured by `tuple_len`); trailing skipped fields are not read.
-#[inline]
-fn decode_row(builders: &mut [ColumnBuilder], row: &[u8]) -> Result<(), NativeError> {
-    let mut p = 2;
-    for (i, builder) in builders.iter_mut().enumerate() {
-        let len = read_i32(row, p).expect("checked");
-        p += 4;
-        if len < 0 {
-            builder.push_null();
-        } else {
-            let end = p + len as usize;
-            builder.push(&row[p..end]).map_err(|(kind, detail)| NativeError::Decode { kind, column: i, detail })?;
-            p = end;
-        }
-    }
-    Ok(())
 }
 
 /// The batch's buffers hold MAX_BATCH_BYTES: cut it here whatever the row count.
@@ -726,32 +876,19 @@ mod tests {
     use arrow_array::types::{Int32Type, Int64Type};
     use arrow_array::Array;
 
-    /// A BufRead that hands out the stream in the given pieces, like CopyOutReader hands out CopyData messages.
+    /// Hands out the stream in the given pieces, as CopyReader hands out CopyData messages.
     struct Pieces {
         parts: Vec<Vec<u8>>,
         i: usize,
         off: usize,
     }
 
-    impl std::io::Read for Pieces {
-        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-            let n = std::io::BufRead::fill_buf(self)?.len().min(out.len());
-            out[..n].copy_from_slice(&self.parts[self.i][self.off..self.off + n]);
-            std::io::BufRead::consume(self, n);
-            Ok(n)
-        }
-    }
-
-    impl BufRead for Pieces {
-        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-            while self.i < self.parts.len() && self.off == self.parts[self.i].len() {
-                self.i += 1;
-                self.off = 0;
-            }
-            Ok(self.parts.get(self.i).map_or(&[][..], |p| &p[self.off..]))
-        }
-        fn consume(&mut self, n: usize) {
-            self.off += n;
+    impl Messages for Pieces {
+        fn next_message(&mut self) -> std::io::Result<Option<Bytes>> {
+            let part = self.parts.get(self.i).map(|p| Bytes::copy_from_slice(&p[self.off..]));
+            self.i += 1;
+            self.off = 0;
+            Ok(part)
         }
     }
 

@@ -10,6 +10,7 @@
 //! output column; this module only decodes and enforces the value rules
 //! (exact numeric fit, no infinite dates, one-dimensional arrays).
 
+mod columns;
 mod decode;
 mod numeric;
 mod session;

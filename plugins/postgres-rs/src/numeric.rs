@@ -19,17 +19,19 @@ pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, (&'st
         _ => {}
     }
     let ndigits = ndigits.max(0) as usize;
-    let mut digits = Vec::with_capacity(ndigits);
-    for i in 0..ndigits {
-        digits.push(read_i16(b, 8 + 2 * i).ok_or_else(proto)?);
-    }
-    let unfit = || ("numeric", numeric_text(&digits, weight, sign == 0x4000, dscale));
+    // The digits are read in place (no allocation per value); the text form only for an error.
+    let body = b.get(8..8 + 2 * ndigits).ok_or_else(proto)?;
+    let digit = |i: usize| i16::from_be_bytes([body[2 * i], body[2 * i + 1]]);
+    let unfit = || {
+        let digits: Vec<i16> = (0..ndigits).map(digit).collect();
+        ("numeric", numeric_text(&digits, weight, sign == 0x4000, dscale))
+    };
     let scale = scale as i32;
     let mut acc: i128 = 0;
     // Digit i (base 10000) stands for d * 10^(4 * (weight - i)); scaled by 10^scale.
-    for (i, &d) in digits.iter().enumerate() {
+    for i in 0..ndigits {
         let exp = 4 * (weight - i as i32) + scale;
-        let d = d as i128;
+        let d = digit(i) as i128;
         if exp >= 0 {
             let term = pow10(exp).and_then(|p| d.checked_mul(p)).ok_or_else(unfit)?;
             acc = acc.checked_add(term).ok_or_else(unfit)?;
@@ -48,11 +50,22 @@ pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, (&'st
     Ok(if sign == 0x4000 { -acc } else { acc })
 }
 
+/// 10^0 ..= 10^38.
+const POW10: [i128; 39] = {
+    let mut t = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
 fn pow10(exp: i32) -> Option<i128> {
     if !(0..=38).contains(&exp) {
         return None;
     }
-    10i128.checked_pow(exp as u32)
+    Some(POW10[exp as usize])
 }
 
 /// PostgreSQL's text form of a finite numeric (as `numeric_out` prints it).

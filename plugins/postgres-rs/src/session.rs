@@ -10,11 +10,11 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io::{self, BufRead, Read};
+use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::Stream;
 use tokio::runtime::Runtime;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -138,7 +138,6 @@ impl Session {
             conn: &mut self.conn,
             stream: Box::pin(stream),
             queue: VecDeque::new(),
-            cur: Bytes::new(),
             ended: false,
         })
     }
@@ -160,14 +159,14 @@ impl Drop for Session {
     }
 }
 
-/// The data of a running COPY TO STDOUT as a `BufRead`: CopyData messages in order, each handed
-/// out whole by `fill_buf` (no copy), refilled with every message ready at once.
+/// The data of a running COPY TO STDOUT: its CopyData messages in order, each handed out whole
+/// (no copy; the decoder keeps a batch's messages and points into them), refilled with every
+/// message ready at once.
 pub struct CopyReader<'a> {
     rt: &'a Runtime,
     conn: &'a mut Conn,
     stream: Pin<Box<CopyOutStream>>,
     queue: VecDeque<Bytes>,
-    cur: Bytes,
     ended: bool,
 }
 
@@ -195,32 +194,16 @@ impl CopyReader<'_> {
     }
 }
 
-impl Read for CopyReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let b = self.fill_buf()?;
-        let len = b.len().min(buf.len());
-        buf[..len].copy_from_slice(&b[..len]);
-        self.consume(len);
-        Ok(len)
-    }
-}
-
-impl BufRead for CopyReader<'_> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while !self.cur.has_remaining() {
+impl crate::decode::Messages for CopyReader<'_> {
+    fn next_message(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
             if let Some(next) = self.queue.pop_front() {
-                self.cur = next;
-                continue;
+                return Ok(Some(next));
             }
             if self.ended {
-                break;
+                return Ok(None);
             }
             self.refill().map_err(io::Error::other)?;
         }
-        Ok(&self.cur)
-    }
-
-    fn consume(&mut self, amt: usize) {
-        self.cur.advance(amt);
     }
 }
