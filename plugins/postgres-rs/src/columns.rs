@@ -1,14 +1,15 @@
 //! Column-at-a-time decoding of a tile of COPY tuples (see `Decoder` in decode.rs).
 //!
-//! The decoder scans each tuple once, recording where each of its fields starts, and keeps the
-//! CopyData messages those positions point into. A tile of rows is then decoded one column at a
-//! time: the type is switched on once per column and tile, not once per value, and each loop below
-//! is specialised to one binary representation (a length check, a big-endian load, a store).
+//! The decoder scans each tuple once, recording where each of its fields starts, and copies the
+//! tuple into the tile's arena. A tile of rows is then decoded one column at a time: the type is
+//! switched on once per column and tile, not once per value, and each loop below is specialised to
+//! one binary representation (a length check, a big-endian load, a store).
 //!
-//! Every function here takes `fields`: one pointer per row to a field's 4-byte big-endian length
-//! prefix (-1 or any negative length = NULL), followed by that many readable bytes. The decoder
-//! guarantees it (the tuple scan checked every field against its message, and the messages are
-//! kept alive until the tile is decoded); that is the safety contract of every `unsafe fn` here.
+//! Every function here takes `base` and `fields`: per row, the offset from `base` of a field's
+//! 4-byte big-endian length prefix (-1 or any negative length = NULL), followed by that many
+//! readable bytes. The decoder guarantees it (the tuple scan checked every field against its
+//! tuple, copied whole into the arena `base` points to); that is the safety contract of every
+//! `unsafe fn` here.
 
 use std::ptr;
 
@@ -46,21 +47,23 @@ pub unsafe fn field_bytes<'a>(p: *const u8, len: i32) -> &'a [u8] {
 #[inline(always)]
 pub unsafe fn fixed<T: Copy + Default, const W: usize>(
     out: &mut Vec<T>,
-    fields: &[*const u8],
+    base: *const u8,
+    fields: &[u32],
     invalid: &'static str,
     convert: impl Fn([u8; W]) -> Option<T>,
 ) -> Result<usize, ValueError> {
     out.reserve(fields.len());
-    let base = out.len();
-    let dst = out.as_mut_ptr().add(base);
+    let start = out.len();
+    let dst = out.as_mut_ptr().add(start);
     let mut nulls = 0usize;
-    for (i, &p) in fields.iter().enumerate() {
+    for (i, &off) in fields.iter().enumerate() {
+        let p = base.add(off as usize);
         let len = field_len(p);
         let value = if len == W as i32 {
             match convert(ptr::read_unaligned(p.add(4) as *const [u8; W])) {
                 Some(v) => v,
                 None => {
-                    out.set_len(base + i);
+                    out.set_len(start + i);
                     return Err((invalid, String::new()));
                 }
             }
@@ -68,12 +71,12 @@ pub unsafe fn fixed<T: Copy + Default, const W: usize>(
             nulls += 1;
             T::default()
         } else {
-            out.set_len(base + i);
+            out.set_len(start + i);
             return Err(bad_len(len));
         };
         dst.add(i).write(value);
     }
-    out.set_len(base + fields.len());
+    out.set_len(start + fields.len());
     Ok(nulls)
 }
 
@@ -83,11 +86,16 @@ pub unsafe fn fixed<T: Copy + Default, const W: usize>(
 ///
 /// # Safety
 /// See the module docs.
-pub unsafe fn bytes(offsets: &mut Vec<i32>, data: &mut Vec<u8>, fields: &[*const u8]) -> Result<usize, ValueError> {
+pub unsafe fn bytes(
+    offsets: &mut Vec<i32>,
+    data: &mut Vec<u8>,
+    base: *const u8,
+    fields: &[u32],
+) -> Result<usize, ValueError> {
     let mut total = 0usize;
     let mut nulls = 0usize;
-    for &p in fields {
-        let len = field_len(p);
+    for &off in fields {
+        let len = field_len(base.add(off as usize));
         if len >= 0 {
             total += len as usize;
         } else {
@@ -103,7 +111,8 @@ pub unsafe fn bytes(offsets: &mut Vec<i32>, data: &mut Vec<u8>, fields: &[*const
     let dst = data.as_mut_ptr();
     let obase = offsets.len();
     let odst = offsets.as_mut_ptr().add(obase);
-    for (i, &p) in fields.iter().enumerate() {
+    for (i, &off) in fields.iter().enumerate() {
+        let p = base.add(off as usize);
         let len = field_len(p).max(0) as usize;
         ptr::copy_nonoverlapping(p.add(4), dst.add(end), len);
         end += len;
@@ -118,12 +127,13 @@ pub unsafe fn bytes(offsets: &mut Vec<i32>, data: &mut Vec<u8>, fields: &[*const
 ///
 /// # Safety
 /// See the module docs.
-pub unsafe fn fixed16(out: &mut Vec<u8>, fields: &[*const u8]) -> Result<usize, ValueError> {
+pub unsafe fn fixed16(out: &mut Vec<u8>, base: *const u8, fields: &[u32]) -> Result<usize, ValueError> {
     out.reserve(fields.len() * 16);
-    let base = out.len();
-    let dst = out.as_mut_ptr().add(base) as *mut [u8; 16];
+    let start = out.len();
+    let dst = out.as_mut_ptr().add(start) as *mut [u8; 16];
     let mut nulls = 0usize;
-    for (i, &p) in fields.iter().enumerate() {
+    for (i, &off) in fields.iter().enumerate() {
+        let p = base.add(off as usize);
         let len = field_len(p);
         let value = if len == 16 {
             ptr::read_unaligned(p.add(4) as *const [u8; 16])
@@ -131,11 +141,11 @@ pub unsafe fn fixed16(out: &mut Vec<u8>, fields: &[*const u8]) -> Result<usize, 
             nulls += 1;
             [0u8; 16]
         } else {
-            out.set_len(base + i * 16);
+            out.set_len(start + i * 16);
             return Err(bad_len(len));
         };
         ptr::write_unaligned(dst.add(i), value);
     }
-    out.set_len(base + fields.len() * 16);
+    out.set_len(start + fields.len() * 16);
     Ok(nulls)
 }

@@ -339,10 +339,12 @@ impl ValueBuilder {
     ///
     /// # Safety
     /// `fields` as in columns.rs's module docs.
-    unsafe fn push_fields(&mut self, fields: &[*const u8]) -> Result<(), ValueError> {
+    unsafe fn push_fields(&mut self, base: *const u8, fields: &[u32]) -> Result<(), ValueError> {
         let nulls = match (&mut self.values, self.kind) {
-            (Values::I16(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 2]| Some(i16::from_be_bytes(b)))?,
-            (Values::I32(v), Kind::Date) => columns::fixed(v, fields, "temporal", |b: [u8; 4]| {
+            (Values::I16(v), _) => {
+                columns::fixed(v, base, fields, "protocol", |b: [u8; 2]| Some(i16::from_be_bytes(b)))?
+            }
+            (Values::I32(v), Kind::Date) => columns::fixed(v, base, fields, "temporal", |b: [u8; 4]| {
                 // i32::MAX/MIN are 'infinity'/'-infinity'; beyond date32 wraps are refused too.
                 let raw = i32::from_be_bytes(b);
                 if raw == i32::MAX || raw == i32::MIN {
@@ -351,9 +353,11 @@ impl ValueBuilder {
                     raw.checked_add(EPOCH_DAYS)
                 }
             })?,
-            (Values::I32(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 4]| Some(i32::from_be_bytes(b)))?,
+            (Values::I32(v), _) => {
+                columns::fixed(v, base, fields, "protocol", |b: [u8; 4]| Some(i32::from_be_bytes(b)))?
+            }
             (Values::I64(v), Kind::Timestamp | Kind::TimestampTz) => {
-                columns::fixed(v, fields, "temporal", |b: [u8; 8]| {
+                columns::fixed(v, base, fields, "temporal", |b: [u8; 8]| {
                     let raw = i64::from_be_bytes(b);
                     if raw == i64::MAX || raw == i64::MIN {
                         None
@@ -362,14 +366,21 @@ impl ValueBuilder {
                     }
                 })?
             }
-            (Values::I64(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 8]| Some(i64::from_be_bytes(b)))?,
-            (Values::F32(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 4]| Some(f32::from_be_bytes(b)))?,
-            (Values::F64(v), _) => columns::fixed(v, fields, "protocol", |b: [u8; 8]| Some(f64::from_be_bytes(b)))?,
-            (Values::Bytes { offsets, data }, _) => columns::bytes(offsets, data, fields)?,
-            (Values::Fixed(v), _) => columns::fixed16(v, fields)?,
+            (Values::I64(v), _) => {
+                columns::fixed(v, base, fields, "protocol", |b: [u8; 8]| Some(i64::from_be_bytes(b)))?
+            }
+            (Values::F32(v), _) => {
+                columns::fixed(v, base, fields, "protocol", |b: [u8; 4]| Some(f32::from_be_bytes(b)))?
+            }
+            (Values::F64(v), _) => {
+                columns::fixed(v, base, fields, "protocol", |b: [u8; 8]| Some(f64::from_be_bytes(b)))?
+            }
+            (Values::Bytes { offsets, data }, _) => columns::bytes(offsets, data, base, fields)?,
+            (Values::Fixed(v), _) => columns::fixed16(v, base, fields)?,
             (Values::Bool(bb), _) => {
                 let mut nulls = 0;
-                for &p in fields {
+                for &off in fields {
+                    let p = base.add(off as usize);
                     let len = columns::field_len(p);
                     if len > 0 {
                         bb.append(*p.add(4) != 0);
@@ -385,7 +396,8 @@ impl ValueBuilder {
             (Values::Dec(v), _) => {
                 let mut nulls = 0;
                 v.reserve(fields.len());
-                for &p in fields {
+                for &off in fields {
+                    let p = base.add(off as usize);
                     let len = columns::field_len(p);
                     if len < 0 {
                         nulls += 1;
@@ -405,8 +417,8 @@ impl ValueBuilder {
                 v.append_n(len, true);
                 v
             });
-            for &p in fields {
-                validity.append(columns::field_len(p) >= 0);
+            for &off in fields {
+                validity.append(columns::field_len(base.add(off as usize)) >= 0);
             }
         } else if let Some(validity) = &mut self.validity {
             validity.append_n(n, true);
@@ -513,11 +525,12 @@ impl ColumnBuilder {
     ///
     /// # Safety
     /// `fields` as in columns.rs's module docs.
-    unsafe fn push_fields(&mut self, fields: &[*const u8]) -> Result<(), ValueError> {
+    unsafe fn push_fields(&mut self, base: *const u8, fields: &[u32]) -> Result<(), ValueError> {
         if self.list.is_none() {
-            return self.values.push_fields(fields);
+            return self.values.push_fields(base, fields);
         }
-        for &p in fields {
+        for &off in fields {
+            let p = base.add(off as usize);
             let len = columns::field_len(p);
             if len < 0 {
                 self.push_null();
@@ -606,19 +619,21 @@ pub trait Messages {
     fn next_message(&mut self) -> std::io::Result<Option<Bytes>>;
 }
 
-/// Rows decoded column by column at a time: small enough that a tile's messages and field
+/// Rows decoded column by column at a time: small enough that a tile's tuples and field
 /// positions stay in the core's L2 cache between the tuple scan and the column loops.
 const TILE_ROWS: usize = 1024;
-/// A tile is also decoded once its messages hold this much (wide rows), which bounds what is kept.
-const TILE_BYTES: usize = 2 * 1024 * 1024;
+/// A tile is also decoded once its tuples hold this much (wide rows), which bounds the arena.
+const TILE_BYTES: usize = 1024 * 1024;
 
 /// Streaming decoder over a COPY binary stream.
 ///
 /// Two passes per tile of rows: the tuple scan checks each tuple's field lengths against its
-/// message and records where each field starts (column-major, `TILE_ROWS` per column), keeping
-/// the messages alive; then each column is decoded by one loop specialised to its type
-/// (`ColumnBuilder::push_fields`, columns.rs). The server sends one tuple per CopyData message and
-/// nothing is copied; a tuple split across messages (and the header) is first joined into one.
+/// message, records where each field starts (column-major, `TILE_ROWS` per column) and copies the
+/// tuple into the tile's arena; then each column is decoded by one loop specialised to its type
+/// (`ColumnBuilder::push_fields`, columns.rs). The copy lets each CopyData message go at once:
+/// keeping a tile's messages instead (no copy) stopped tokio-postgres reusing its read buffer and
+/// more than doubled the page faults (docs/performance.md, "postgres-rs, session 6"). A tuple
+/// split across messages (and the header) is first joined into one.
 pub struct Decoder<M: Messages> {
     messages: M,
     /// Unparsed bytes: the rest of the current message (or a joined copy).
@@ -630,12 +645,12 @@ pub struct Decoder<M: Messages> {
     skip: usize,
     batch_size: usize,
     builders: Vec<ColumnBuilder>,
-    /// Field positions of the current tile: `fields[column * TILE_ROWS + row]` points to the
-    /// field's length prefix inside one of `keep`'s messages (or the message being parsed).
-    fields: Vec<*const u8>,
+    /// Field positions of the current tile: `fields[column * TILE_ROWS + row]` is the offset in
+    /// `arena` of the field's length prefix.
+    fields: Vec<u32>,
     tile_rows: usize,
-    tile_bytes: usize,
-    keep: Vec<Bytes>,
+    /// The tile's tuples, copied whole; reused from tile to tile.
+    arena: Vec<u8>,
 }
 
 impl<M: Messages> Decoder<M> {
@@ -645,7 +660,7 @@ impl<M: Messages> Decoder<M> {
         // builders for `batch_size` up front costs a 1-row job nothing (measured, session 5).
         let capacity = batch_size.min(1 << 20);
         let builders = specs.iter().map(|s| ColumnBuilder::new(s, capacity)).collect();
-        let fields = vec![std::ptr::null(); specs.len() * TILE_ROWS];
+        let fields = vec![0u32; specs.len() * TILE_ROWS];
         Decoder {
             messages,
             pending: Bytes::new(),
@@ -658,8 +673,7 @@ impl<M: Messages> Decoder<M> {
             builders,
             fields,
             tile_rows: 0,
-            tile_bytes: 0,
-            keep: Vec::new(),
+            arena: Vec::new(),
         }
     }
 
@@ -711,16 +725,19 @@ impl<M: Messages> Decoder<M> {
     }
 
     /// Record the field positions of the complete tuple at the start of `b` in row slot
-    /// `self.tile_rows`; its length, or None when `b` does not hold all of it.
+    /// `self.tile_rows`, as offsets in the arena once `b` is appended to it; the tuple's length,
+    /// or None when `b` does not hold all of it.
     #[inline]
     fn scan(&mut self, b: &[u8]) -> Option<usize> {
         let ncols = self.builders.len();
+        let base = self.arena.len();
         let slot = &mut self.fields[self.tile_rows..];
         let mut p = 2;
         for c in 0..ncols {
             let len = read_i32(b, p)?;
             // In bounds: slot holds (ncols - 1) * TILE_ROWS + (TILE_ROWS - tile_rows) entries.
-            slot[c * TILE_ROWS] = b[p..].as_ptr();
+            // The arena stays under TILE_BYTES plus one tuple (< 1 GiB): offsets fit in u32.
+            slot[c * TILE_ROWS] = (base + p) as u32;
             p += 4;
             if len > 0 {
                 p += len as usize;
@@ -736,22 +753,25 @@ impl<M: Messages> Decoder<M> {
         (p <= b.len()).then_some(p)
     }
 
-    /// Decode the tile column by column into the builders and let its messages go.
+    /// Decode the tile column by column into the builders and empty the arena.
     fn flush_tile(&mut self) -> Result<(), NativeError> {
         let n = self.tile_rows;
+        let base = self.arena.as_ptr();
         for (c, builder) in self.builders.iter_mut().enumerate() {
             let fields = &self.fields[c * TILE_ROWS..c * TILE_ROWS + n];
-            // SAFETY: `scan` recorded each of these pointers for a tuple it checked to lie whole
-            // inside its message, and every such message is in `keep` or is the caller's (alive).
-            unsafe { builder.push_fields(fields) }.map_err(|(kind, detail)| NativeError::Decode {
+            // SAFETY: `scan` recorded each of these offsets for a tuple it checked to be whole, and
+            // that tuple was then appended to the arena at the offset `scan` assumed.
+            unsafe { builder.push_fields(base, fields) }.map_err(|(kind, detail)| NativeError::Decode {
                 kind,
                 column: c,
                 detail,
             })?;
         }
         self.tile_rows = 0;
-        self.tile_bytes = 0;
-        self.keep.clear();
+        self.arena.clear();
+        if self.arena.capacity() > 4 * TILE_BYTES {
+            self.arena = Vec::new(); // after a huge row: do not keep its room for the rest of the stream
+        }
         Ok(())
     }
 
@@ -773,7 +793,6 @@ impl<M: Messages> Decoder<M> {
             }
             let msg = std::mem::take(&mut self.pending);
             let mut used = 0usize;
-            let mut in_tile = false;
             while rows < self.batch_size && !full {
                 let rest = &msg[used..];
                 let Some(nfields) = read_i16(rest, 0) else { break };
@@ -784,14 +803,12 @@ impl<M: Messages> Decoder<M> {
                 }
                 check_fields(nfields, expected)?;
                 let Some(total) = self.scan(rest) else { break };
+                self.arena.extend_from_slice(&rest[..total]);
                 used += total;
                 rows += 1;
-                in_tile = true;
                 self.tile_rows += 1;
-                self.tile_bytes += total;
-                if self.tile_rows == TILE_ROWS || self.tile_bytes >= TILE_BYTES {
+                if self.tile_rows == TILE_ROWS || self.arena.len() >= TILE_BYTES {
                     self.flush_tile()?;
-                    in_tile = false;
                     full = batch_full(&self.builders);
                 }
             }
@@ -799,9 +816,7 @@ impl<M: Messages> Decoder<M> {
             if used < msg.len() {
                 self.pending = msg.slice(used..);
             }
-            if in_tile {
-                self.keep.push(msg);
-            }
+            drop(msg);
             if complete || self.pending.is_empty() {
                 continue;
             }
