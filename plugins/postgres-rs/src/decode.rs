@@ -731,24 +731,24 @@ impl<M: Messages> Decoder<M> {
     fn scan(&mut self, b: &[u8]) -> Option<usize> {
         let ncols = self.builders.len();
         let base = self.arena.len();
-        let slot = &mut self.fields[self.tile_rows..];
-        let mut p = 2;
+        let row = self.tile_rows;
+        assert!(row < TILE_ROWS && self.fields.len() == ncols * TILE_ROWS);
+        let slots = self.fields.as_mut_ptr();
+        let mut p = 2usize;
         for c in 0..ncols {
-            let len = read_i32(b, p)?;
-            // In bounds: slot holds (ncols - 1) * TILE_ROWS + (TILE_ROWS - tile_rows) entries.
-            // The arena stays under TILE_BYTES plus one tuple (< 1 GiB): offsets fit in u32.
-            slot[c * TILE_ROWS] = (base + p) as u32;
-            p += 4;
-            if len > 0 {
-                p += len as usize;
+            if p + 4 > b.len() {
+                return None;
             }
+            // SAFETY: p + 4 <= b.len() was just checked.
+            let len = i32::from_be_bytes(unsafe { std::ptr::read_unaligned(b.as_ptr().add(p) as *const [u8; 4]) });
+            // SAFETY: c < ncols and row < TILE_ROWS (asserted): inside `fields`. The arena stays
+            // under TILE_BYTES plus one tuple (< 1 GiB), so offsets fit in u32.
+            unsafe { *slots.add(c * TILE_ROWS + row) = (base + p) as u32 };
+            p += 4 + len.max(0) as usize;
         }
         for _ in 0..self.skip {
             let len = read_i32(b, p)?;
-            p += 4;
-            if len > 0 {
-                p += len as usize;
-            }
+            p += 4 + len.max(0) as usize;
         }
         (p <= b.len()).then_some(p)
     }
@@ -995,5 +995,135 @@ mod tests {
         // A truncated stream is an error, not a short result.
         let cut = stream[..stream.len() - 9].chunks(64).map(<[u8]>::to_vec).collect();
         assert!(decode_all(cut, 777).unwrap_err().contains("ended"));
+    }
+
+    /// Every kind decoded column by column, NULLs in each, tiles cut mid-batch, then the errors.
+    #[test]
+    fn every_kind_with_nulls_and_errors() {
+        let kinds = [
+            ("int16", 2usize),
+            ("int32", 4),
+            ("float32", 4),
+            ("float64", 8),
+            ("date", 4),
+            ("timestamptz", 8),
+            ("time", 8),
+            ("uuid", 16),
+            ("bool", 1),
+            ("numeric", 0),
+            ("bytea", 0),
+            ("text", 0),
+        ];
+        let specs = || -> Vec<ColumnSpec> {
+            kinds.iter().map(|(k, _)| ColumnSpec::new(format!("c_{k}"), k, false, 6, 2).unwrap()).collect()
+        };
+        let value = |k: &str, i: i64| -> Vec<u8> {
+            match k {
+                "int16" => (i as i16).to_be_bytes().to_vec(),
+                "int32" | "date" => (i as i32).to_be_bytes().to_vec(),
+                "float32" => (i as f32 / 4.0).to_be_bytes().to_vec(),
+                "float64" | "timestamptz" | "time" if k == "float64" => (i as f64 / 8.0).to_be_bytes().to_vec(),
+                "timestamptz" | "time" => (i * 1_000_003).to_be_bytes().to_vec(),
+                "uuid" => (i as u128 * 0x0101_0101).to_be_bytes().to_vec(),
+                "bool" => vec![(i % 2) as u8],
+                // i / 100 as numeric(6, 2): [i / 100] weight 0 plus [i % 100 * 100] weight -1.
+                "numeric" => [2i16, 0, 0, 2, (i / 100) as i16, ((i % 100) * 100) as i16]
+                    .iter()
+                    .flat_map(|v| v.to_be_bytes())
+                    .collect(),
+                "bytea" => vec![i as u8; (i % 5) as usize],
+                _ => format!("é{i}").into_bytes(),
+            }
+        };
+        let row = |i: i64, bad: Option<(usize, Vec<u8>)>| -> Vec<u8> {
+            let mut b = (kinds.len() as i16).to_be_bytes().to_vec();
+            for (c, (k, _)) in kinds.iter().enumerate() {
+                if (i + c as i64) % 5 == 0 {
+                    b.extend_from_slice(&(-1i32).to_be_bytes());
+                    continue;
+                }
+                let v = match &bad {
+                    Some((bc, bv)) if *bc == c => bv.clone(),
+                    _ => value(k, i),
+                };
+                b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                b.extend_from_slice(&v);
+            }
+            b
+        };
+        let decode = |rows: Vec<Vec<u8>>, batch: usize| -> Result<Vec<RecordBatch>, (&'static str, usize)> {
+            let mut parts = vec![header()];
+            parts.extend(rows);
+            parts.push((-1i16).to_be_bytes().to_vec());
+            let mut d = Decoder::new(Pieces { parts, i: 0, off: 0 }, specs(), 0, batch);
+            let mut out = Vec::new();
+            loop {
+                match d.next_batch() {
+                    Ok(Some(b)) => out.push(b),
+                    Ok(None) => return Ok(out),
+                    Err(NativeError::Decode { kind, column, .. }) => return Err((kind, column)),
+                    Err(NativeError::Server { .. }) => return Err(("server", 0)),
+                }
+            }
+        };
+        let n = 3000i64;
+        let batches = decode((1..=n).map(|i| row(i, None)).collect(), 1500).unwrap();
+        assert_eq!(batches.len(), 2);
+        for (c, (k, _)) in kinds.iter().enumerate() {
+            let mut i = 1i64;
+            for b in &batches {
+                let col = b.column(c);
+                for r in 0..b.num_rows() {
+                    let null = (i + c as i64) % 5 == 0;
+                    assert_eq!(col.is_null(r), null, "{k} row {i}");
+                    if !null {
+                        let got = arrow_array::Array::to_data(&col.slice(r, 1));
+                        let ok = match *k {
+                            "int16" => col.as_primitive::<arrow_array::types::Int16Type>().value(r) == i as i16,
+                            "int32" => col.as_primitive::<Int32Type>().value(r) == i as i32,
+                            "float32" => {
+                                col.as_primitive::<arrow_array::types::Float32Type>().value(r) == i as f32 / 4.0
+                            }
+                            "float64" => {
+                                col.as_primitive::<arrow_array::types::Float64Type>().value(r) == i as f64 / 8.0
+                            }
+                            "date" => {
+                                col.as_primitive::<arrow_array::types::Date32Type>().value(r) == i as i32 + EPOCH_DAYS
+                            }
+                            "timestamptz" => {
+                                col.as_primitive::<arrow_array::types::TimestampMicrosecondType>().value(r)
+                                    == i * 1_000_003 + EPOCH_MICROS
+                            }
+                            "time" => {
+                                col.as_primitive::<arrow_array::types::Time64MicrosecondType>().value(r)
+                                    == i * 1_000_003
+                            }
+                            "uuid" => col.as_fixed_size_binary().value(r) == value(k, i).as_slice(),
+                            "bool" => col.as_boolean().value(r) == (i % 2 == 1),
+                            "numeric" => col.as_primitive::<arrow_array::types::Decimal128Type>().value(r) == i as i128,
+                            "bytea" => col.as_binary::<i32>().value(r) == value(k, i).as_slice(),
+                            _ => col.as_string::<i32>().value(r) == format!("é{i}"),
+                        };
+                        assert!(ok, "{k} row {i}: {got:?}");
+                    }
+                    i += 1;
+                }
+            }
+            assert_eq!(i, n + 1);
+        }
+        // A bad value fails with its column and kind, wherever it is in a tile.
+        let with = |c: usize, v: Vec<u8>| {
+            let at = (2041..).find(|i| (i + c as i64) % 5 != 0).unwrap(); // not a NULL there
+            (1..=n).map(|i| row(i, (i == at).then(|| (c, v.clone())))).collect()
+        };
+        assert_eq!(decode(with(4, i32::MAX.to_be_bytes().to_vec()), 4096).unwrap_err(), ("temporal", 4));
+        assert_eq!(decode(with(5, i64::MIN.to_be_bytes().to_vec()), 4096).unwrap_err(), ("temporal", 5));
+        assert_eq!(decode(with(1, vec![1, 2]), 4096).unwrap_err(), ("protocol", 1));
+        assert_eq!(decode(with(7, vec![1; 15]), 4096).unwrap_err(), ("protocol", 7));
+        assert_eq!(decode(with(8, vec![]), 4096).unwrap_err(), ("protocol", 8));
+        let too_big = [1i16, 1, 0, 0, 99].iter().flat_map(|v| v.to_be_bytes()).collect();
+        assert_eq!(decode(with(9, too_big), 4096).unwrap_err(), ("numeric", 9));
+        // Invalid UTF-8 is found when the column's array is built (its name is in the detail).
+        assert_eq!(decode(with(11, vec![0xff, 0xfe]), 4096).unwrap_err(), ("protocol", 0));
     }
 }

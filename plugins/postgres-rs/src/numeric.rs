@@ -36,11 +36,13 @@ pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, (&'st
             let term = pow10(exp).and_then(|p| d.checked_mul(p)).ok_or_else(unfit)?;
             acc = acc.checked_add(term).ok_or_else(unfit)?;
         } else if d != 0 {
-            let div = pow10(-exp).ok_or_else(unfit)?;
+            // A digit is below 10^4: 10^-exp beyond that leaves a remainder (no 128-bit division).
+            let d = d as i32;
+            let div = if -exp <= 4 { POW10[(-exp) as usize] as i32 } else { i32::MAX };
             if d % div != 0 {
                 return Err(unfit());
             }
-            acc = acc.checked_add(d / div).ok_or_else(unfit)?;
+            acc = acc.checked_add((d / div) as i128).ok_or_else(unfit)?;
         }
     }
     let limit = pow10(precision as i32).ok_or_else(unfit)?;
