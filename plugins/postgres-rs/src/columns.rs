@@ -13,6 +13,8 @@
 
 use std::ptr;
 
+use arrow_buffer::BooleanBufferBuilder;
+
 /// An error for one value: (kind, detail), as `NativeError::Decode` carries it.
 pub type ValueError = (&'static str, String);
 
@@ -148,4 +150,31 @@ pub unsafe fn fixed16(out: &mut Vec<u8>, base: *const u8, fields: &[u32]) -> Res
     }
     out.set_len(start + fields.len() * 16);
     Ok(nulls)
+}
+
+/// Bits gathered 64 at a time and appended to a `BooleanBufferBuilder` as one word.
+#[derive(Default)]
+pub struct Bits {
+    word: u64,
+    n: usize,
+}
+
+impl Bits {
+    #[inline(always)]
+    pub fn push(&mut self, out: &mut BooleanBufferBuilder, bit: bool) {
+        self.word |= (bit as u64) << self.n;
+        self.n += 1;
+        if self.n == 64 {
+            self.flush(out);
+        }
+    }
+
+    /// Append the bits gathered so far.
+    pub fn flush(&mut self, out: &mut BooleanBufferBuilder) {
+        if self.n > 0 {
+            out.append_packed_range(0..self.n, &self.word.to_le_bytes());
+            self.word = 0;
+            self.n = 0;
+        }
+    }
 }

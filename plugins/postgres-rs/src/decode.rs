@@ -379,18 +379,21 @@ impl ValueBuilder {
             (Values::Fixed(v), _) => columns::fixed16(v, base, fields)?,
             (Values::Bool(bb), _) => {
                 let mut nulls = 0;
+                let mut bits = columns::Bits::default();
                 for &off in fields {
                     let p = base.add(off as usize);
                     let len = columns::field_len(p);
                     if len > 0 {
-                        bb.append(*p.add(4) != 0);
+                        bits.push(bb, *p.add(4) != 0);
                     } else if len < 0 {
                         nulls += 1;
-                        bb.append(false);
+                        bits.push(bb, false);
                     } else {
+                        bits.flush(bb);
                         return Err(columns::bad_len(len));
                     }
                 }
+                bits.flush(bb);
                 nulls
             }
             (Values::Dec(v), _) => {
@@ -417,9 +420,11 @@ impl ValueBuilder {
                 v.append_n(len, true);
                 v
             });
+            let mut bits = columns::Bits::default();
             for &off in fields {
-                validity.append(columns::field_len(base.add(off as usize)) >= 0);
+                bits.push(validity, columns::field_len(base.add(off as usize)) >= 0);
             }
+            bits.flush(validity);
         } else if let Some(validity) = &mut self.validity {
             validity.append_n(n, true);
         }

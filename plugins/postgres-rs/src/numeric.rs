@@ -27,6 +27,12 @@ pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, (&'st
         ("numeric", numeric_text(&digits, weight, sign == 0x4000, dscale))
     };
     let scale = scale as i32;
+    if let Some(acc) = fits_i64(body, weight, scale) {
+        if acc as i128 >= POW10[precision.min(38) as usize] {
+            return Err(unfit());
+        }
+        return Ok(if sign == 0x4000 { -(acc as i128) } else { acc as i128 });
+    }
     let mut acc: i128 = 0;
     // Digit i (base 10000) stands for d * 10^(4 * (weight - i)); scaled by 10^scale.
     for i in 0..ndigits {
@@ -50,6 +56,34 @@ pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, (&'st
         return Err(unfit());
     }
     Ok(if sign == 0x4000 { -acc } else { acc })
+}
+
+/// The common case in 64-bit arithmetic: the unscaled value when every digit is 0..=9999, every
+/// step fits in an i64 and nothing is lost at `scale`; None otherwise, and the 128-bit path below
+/// decides (the result is the same either way).
+#[inline]
+fn fits_i64(body: &[u8], weight: i32, scale: i32) -> Option<i64> {
+    let mut acc: i64 = 0;
+    for (i, pair) in body.chunks_exact(2).enumerate() {
+        let d = i16::from_be_bytes([pair[0], pair[1]]);
+        if !(0..=9999).contains(&d) {
+            return None;
+        }
+        let d = d as i64;
+        let exp = 4 * (weight - i as i32) + scale;
+        if (0..=18).contains(&exp) {
+            acc = acc.checked_add(d.checked_mul(POW10[exp as usize] as i64)?)?;
+        } else if (-4..0).contains(&exp) {
+            let div = POW10[(-exp) as usize] as i64;
+            if d % div != 0 {
+                return None;
+            }
+            acc += d / div;
+        } else if exp > 18 || d != 0 {
+            return None;
+        }
+    }
+    Some(acc)
 }
 
 /// 10^0 ..= 10^38.
