@@ -13,12 +13,13 @@ use arrow_array::{
     Float64Array, Int16Array, Int32Array, Int64Array, ListArray, RecordBatch, RecordBatchOptions, StringArray,
     Time64MicrosecondArray, TimestampMicrosecondArray,
 };
-use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{BooleanBufferBuilder, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use bytes::{Buf, Bytes};
 
 use crate::columns::{self, ValueError};
 use crate::numeric::numeric_to_i128;
+use crate::pool::Pool;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Days from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
@@ -30,6 +31,7 @@ const EPOCH_MICROS: i64 = 946_684_800_000_000;
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// An error for Python: from the server/connection, or a value Arrow cannot hold.
+#[derive(Debug)]
 pub enum NativeError {
     Server { sqlstate: Option<String>, message: String },
     Decode { kind: &'static str, column: usize, detail: String },
@@ -203,6 +205,9 @@ struct ValueBuilder {
     /// Room to reserve at the start of the next batch: the last batch's values and bytes plus 1/8.
     reserve_values: usize,
     reserve_bytes: usize,
+    /// Where the finished batches' value (or byte) and offset vectors come back to (pool.rs).
+    pool: Pool,
+    offsets_pool: Pool,
 }
 
 impl ValueBuilder {
@@ -231,6 +236,8 @@ impl ValueBuilder {
             len: 0,
             reserve_values: 0,
             reserve_bytes: 0,
+            pool: Pool::default(),
+            offsets_pool: Pool::default(),
         }
     }
 
@@ -239,19 +246,33 @@ impl ValueBuilder {
     /// consumer has taken that batch, and its buffers can be freed before these fill up).
     fn reserve(&mut self) {
         let n = std::mem::take(&mut self.reserve_values);
+        let pool = &self.pool;
+        // A vector handed out with the last batch is replaced by one that came back, if any.
+        fn refill<T: Send + 'static>(v: &mut Vec<T>, pool: &Pool, n: usize) {
+            if v.capacity() == 0 {
+                *v = pool.take(n);
+            } else {
+                v.reserve(n);
+            }
+        }
         match &mut self.values {
-            Values::I16(v) => v.reserve(n),
-            Values::I32(v) => v.reserve(n),
-            Values::I64(v) => v.reserve(n),
-            Values::F32(v) => v.reserve(n),
-            Values::F64(v) => v.reserve(n),
-            Values::Dec(v) => v.reserve(n),
+            Values::I16(v) => refill(v, pool, n),
+            Values::I32(v) => refill(v, pool, n),
+            Values::I64(v) => refill(v, pool, n),
+            Values::F32(v) => refill(v, pool, n),
+            Values::F64(v) => refill(v, pool, n),
+            Values::Dec(v) => refill(v, pool, n),
             Values::Bool(b) => b.reserve(n),
             Values::Bytes { offsets, data } => {
-                offsets.reserve(n);
-                data.reserve(std::mem::take(&mut self.reserve_bytes));
+                if offsets.is_empty() {
+                    *offsets = self.offsets_pool.take(n + 1);
+                    offsets.push(0);
+                } else {
+                    offsets.reserve(n);
+                }
+                refill(data, pool, std::mem::take(&mut self.reserve_bytes));
             }
-            Values::Fixed(v) => v.reserve(n * 16),
+            Values::Fixed(v) => refill(v, pool, n * 16),
         }
     }
 
@@ -444,23 +465,38 @@ impl ValueBuilder {
         self.reserve_values = len + len / 8;
         let err = |e: arrow_schema::ArrowError| NativeError::protocol(format!("column {}: {e}", field.name()));
         let array: ArrayRef = match (&mut self.values, self.kind) {
-            (Values::I16(v), _) => Arc::new(Int16Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
-            (Values::I32(v), Kind::Date) => Arc::new(Date32Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
-            (Values::I32(v), _) => Arc::new(Int32Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
-            (Values::I64(v), Kind::Time) => {
-                Arc::new(Time64MicrosecondArray::new(ScalarBuffer::from(std::mem::take(v)), nulls))
+            (Values::I16(v), _) => {
+                Arc::new(Int16Array::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls))
             }
-            (Values::I64(v), Kind::Timestamp) => {
-                Arc::new(TimestampMicrosecondArray::new(ScalarBuffer::from(std::mem::take(v)), nulls))
+            (Values::I32(v), Kind::Date) => {
+                Arc::new(Date32Array::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls))
             }
+            (Values::I32(v), _) => {
+                Arc::new(Int32Array::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls))
+            }
+            (Values::I64(v), Kind::Time) => Arc::new(Time64MicrosecondArray::new(
+                ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len),
+                nulls,
+            )),
+            (Values::I64(v), Kind::Timestamp) => Arc::new(TimestampMicrosecondArray::new(
+                ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len),
+                nulls,
+            )),
             (Values::I64(v), Kind::TimestampTz) => Arc::new(
-                TimestampMicrosecondArray::new(ScalarBuffer::from(std::mem::take(v)), nulls).with_timezone("UTC"),
+                TimestampMicrosecondArray::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls)
+                    .with_timezone("UTC"),
             ),
-            (Values::I64(v), _) => Arc::new(Int64Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
-            (Values::F32(v), _) => Arc::new(Float32Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
-            (Values::F64(v), _) => Arc::new(Float64Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)),
+            (Values::I64(v), _) => {
+                Arc::new(Int64Array::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls))
+            }
+            (Values::F32(v), _) => {
+                Arc::new(Float32Array::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls))
+            }
+            (Values::F64(v), _) => {
+                Arc::new(Float64Array::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls))
+            }
             (Values::Dec(v), _) => Arc::new(
-                Decimal128Array::new(ScalarBuffer::from(std::mem::take(v)), nulls)
+                Decimal128Array::new(ScalarBuffer::new(self.pool.buffer(std::mem::take(v)), 0, len), nulls)
                     .with_precision_and_scale(self.precision, self.scale)
                     .map_err(err)?,
             ),
@@ -469,9 +505,11 @@ impl ValueBuilder {
                 Arc::new(BooleanArray::new(values.finish(), nulls))
             }
             (Values::Bytes { offsets, data }, kind) => {
-                let offs = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                let n = offsets.len();
+                let offs =
+                    OffsetBuffer::new(ScalarBuffer::new(self.offsets_pool.buffer(std::mem::take(offsets)), 0, n));
                 self.reserve_bytes = data.len() + data.len() / 8;
-                let values = Buffer::from_vec(std::mem::take(data));
+                let values = self.pool.buffer(std::mem::take(data));
                 if kind == Kind::Text {
                     Arc::new(StringArray::try_new(offs, values, nulls).map_err(err)?)
                 } else {
@@ -479,7 +517,7 @@ impl ValueBuilder {
                 }
             }
             (Values::Fixed(v), _) => {
-                let values = Buffer::from_vec(std::mem::take(v));
+                let values = self.pool.buffer(std::mem::take(v));
                 Arc::new(FixedSizeBinaryArray::try_new(16, values, nulls).map_err(err)?)
             }
         };
@@ -1130,5 +1168,36 @@ mod tests {
         assert_eq!(decode(with(9, too_big), 4096).unwrap_err(), ("numeric", 9));
         // Invalid UTF-8 is found when the column's array is built (its name is in the detail).
         assert_eq!(decode(with(11, vec![0xff, 0xfe]), 4096).unwrap_err(), ("protocol", 0));
+    }
+
+    /// A batch's column vectors come back when it is dropped, and the next batch is built in them.
+    #[test]
+    fn dropped_batches_give_their_buffers_back() {
+        let mut parts = vec![header()];
+        parts.extend((0..5000i64).map(row));
+        parts.push((-1i16).to_be_bytes().to_vec());
+        let mut d = Decoder::new(Pieces { parts, i: 0, off: 0 }, specs(), 1, 1000);
+        let ptrs = |b: &RecordBatch| {
+            let data = b.column(1).to_data();
+            (b.column(0).to_data().buffers()[0].as_ptr(), data.buffers()[0].as_ptr(), data.buffers()[1].as_ptr())
+        };
+        let mut seen = Vec::new();
+        while let Some(b) = d.next_batch().unwrap() {
+            seen.push(ptrs(&b));
+            drop(b);
+        }
+        assert_eq!(seen.len(), 5);
+        // From the third batch on (the second grew its vectors by the 1/8 margin) nothing is new.
+        assert_eq!(seen[2], seen[3]);
+        assert_eq!(seen[3], seen[4]);
+        // A batch still held keeps its buffers: the next one gets others.
+        let mut parts = vec![header()];
+        parts.extend((0..3000i64).map(row));
+        parts.push((-1i16).to_be_bytes().to_vec());
+        let mut d = Decoder::new(Pieces { parts, i: 0, off: 0 }, specs(), 1, 1000);
+        let held: Vec<RecordBatch> = std::iter::from_fn(|| d.next_batch().unwrap()).collect();
+        let p: Vec<_> = held.iter().map(ptrs).collect();
+        assert!(p[0].0 != p[1].0 && p[1].0 != p[2].0 && p[0].0 != p[2].0);
+        check(&held, 3000);
     }
 }

@@ -13,6 +13,7 @@
 mod columns;
 mod decode;
 mod numeric;
+mod pool;
 mod session;
 mod tls;
 
