@@ -664,7 +664,7 @@ pub trait Messages {
 
 /// Rows decoded column by column at a time: small enough that a tile's tuples and field
 /// positions stay in the core's L2 cache between the tuple scan and the column loops.
-const TILE_ROWS: usize = 1024;
+const TILE_ROWS: usize = 256;
 /// A tile is also decoded once its tuples hold this much (wide rows), which bounds the arena.
 const TILE_BYTES: usize = 1024 * 1024;
 
