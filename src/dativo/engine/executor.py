@@ -4,7 +4,9 @@ The pipeline (``engine/pipeline.py``) is the same for every executor: it hosts t
 reader and the writer on the driver, loads the state, prepares the writer, then hands
 an :class:`Execution` to the executor, which reads every partition and writes (or
 stages) it and returns an :class:`Outcome`; the pipeline stages the state and calls
-``outcome.commit()`` once. Only *where* partitions run differs:
+``outcome.commit()`` once. (A local run that reads everything has its read started by
+:meth:`LocalExecutor.start_read` before the writer is hosted, handed over as ``Execution.read``.)
+Only *where* partitions run differs:
 
 * ``local`` (:data:`LOCAL`, today's path): the pump's threads in this process, each
   batch handed to the writer's ``write_batch``; the commit is ``finalize()``;
