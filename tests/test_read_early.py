@@ -257,3 +257,21 @@ def test_an_iceberg_prepare_failure_with_the_read_started_leaves_the_table_as_it
     assert table.current_snapshot() is None
     assert list(warehouse.rglob("*.parquet")) == []
     assert reader.produced >= 1 and reader.closed == 1 and reader_threads() == []
+
+
+def test_a_run_already_committed_stops_its_early_read_and_commits_nothing_more(tmp_path):
+    job = write_job(tmp_path, rows=50_000, target="connector: iceberg\n  table: raw.items")
+    first = pipeline.run(build_plan(load_job(job), run_id="nightly-1"))
+    assert first.status == "succeeded" and first.rows == 50_000
+    plan = build_plan(load_job(job), run_id="nightly-1")
+    reader = plan.reader.ref.cls
+    reader.closed, reader.produced = 0, 0
+    again = pipeline.run(plan)
+    assert again.status == "already committed" and again.rows == 0
+    assert reader.closed == 1 and reader_threads() == []
+    warehouse = tmp_path / "warehouse"
+    catalog = load_catalog(
+        "dativo", type="sql", uri=f"sqlite:///{warehouse / 'catalog.db'}", warehouse=warehouse.as_uri()
+    )
+    table = catalog.load_table("raw.items")
+    assert len(table.snapshots()) == 1 and table.scan().to_arrow().num_rows == 50_000
