@@ -686,6 +686,24 @@ def test_large_table_streams_in_batches(reader_cls, big_table):
         assert sizes == [10_000] * 10
 
 
+def test_adbc_batches_are_capped_in_bytes(big_table):
+    """However many rows are asked for, the ADBC driver's batches stay near its 4 MiB cap (memory in flight)."""
+    from dativo.connectors.postgres.adbc import _MAX_HINT_BYTES
+
+    reader = AdbcPostgresReader()
+    reader.initialize({"connection": big_table.connection, "table": "big"})
+    try:
+        batches = list(reader.read_batch(1_000_000))
+    finally:
+        reader.close()
+    table = pa.Table.from_batches(batches)
+    assert table.num_rows == 100_000
+    assert pa.compute.sum(table.column("id")).as_py() == 100_000 * 100_001 // 2
+    assert table.nbytes > 1.5 * _MAX_HINT_BYTES  # the whole read would be one batch without the cap
+    assert len(batches) >= 2
+    assert max(b.nbytes for b in batches) <= 1.25 * _MAX_HINT_BYTES
+
+
 def sessions(db) -> int:
     return db.server.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db.name,)

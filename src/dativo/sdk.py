@@ -215,7 +215,8 @@ class DataWriter(_Plugin):
     def prepare(self, schema: pa.Schema) -> None:
         """Receive the schema of the batches to come, once, before any batch (even for zero rows).
 
-        Create or check the destination here, so a mismatch fails before data moves.
+        Create or check the destination here, so a mismatch fails before anything is written (a run that
+        reads everything may already be reading its source into the engine's bounded queue meanwhile).
         """
 
     @abstractmethod
@@ -338,7 +339,7 @@ class PartitionedReader(Protocol):
     def plan_partitions(self, parallelism: int | None) -> Sequence[ReadPartition]:
         """Split the source into partitions; ``parallelism`` is the job's setting (None: choose from its size).
 
-        Raise a :class:`dativo.DativoError` subclass if planning fails; the run then fails before any data moves.
+        Raise a :class:`dativo.DativoError` subclass if planning fails; the run then fails before anything is written.
         """
         ...
 

@@ -31,7 +31,9 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "dativo"
 LAYERS: list[tuple[str, frozenset[str]]] = [
     (
         "the SDK, errors and private helpers",
-        frozenset({"__init__", "_sdk_version", "sdk", "errors", "_secrets", "_logging", "_faults", "_gc"}),
+        frozenset(
+            {"__init__", "_sdk_version", "sdk", "errors", "_secrets", "_logging", "_faults", "_gc", "_installed"}
+        ),
     ),
     ("config", frozenset({"config"})),
     # core, and the services plugins may stand on (storage, encryption: KMS clients and the audit chain).

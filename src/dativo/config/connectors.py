@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import threading
-from importlib.metadata import entry_points
 from typing import Literal
 
+from dativo._installed import entry_points
 from dativo.errors import ConfigError
 from dativo.sdk_connectors import Connector
 

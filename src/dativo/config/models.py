@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -17,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from dativo._installed import entry_points
 from dativo.config.connectors import connector, connector_keys, did_you_mean
 from dativo.sdk_connectors import Connector
 

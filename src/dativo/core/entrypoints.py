@@ -11,13 +11,11 @@ finds the executor without importing pyarrow.
 from __future__ import annotations
 
 import difflib
-import functools
-import os
-import sys
 from collections.abc import Callable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from typing import TypeGuard, TypeVar
 
+from dativo._installed import entry_points
 from dativo.errors import PluginError
 
 __all__ = ["entries", "entry_point_names", "load", "load_entry_point", "unknown_name"]
@@ -74,32 +72,8 @@ def unknown_name(what: str, name: str, group: str, who: str = "") -> str:
 
 
 def entries(group: str) -> dict[str, EntryPoint]:
-    """The entry points of ``group`` by name (scanned once until an installation changes: :func:`_scan`)."""
-    return {entry.name: entry for entry in _scan(_path_state()).get(group, ())}
-
-
-@functools.lru_cache(maxsize=4)
-def _scan(path_state: tuple[tuple[str, int], ...]) -> dict[str, tuple[EntryPoint, ...]]:
-    """Every group's entry points. Reading every distribution's metadata costs 20-70 ms whichever groups are
-    asked for, so a run (readers, writers, runtimes, executors: one scan each before) and a job with many
-    streams scan once, until ``sys.path`` or an installation changes (``path_state``)."""
-    found = entry_points()  # Python 3.11: a dict of groups (``items()`` does not warn); 3.12+: every entry point
-    every = (entry for _, group in found.items() for entry in group) if isinstance(found, dict) else found
-    groups: dict[str, list[EntryPoint]] = {}
-    for entry in every:
-        groups.setdefault(entry.group, []).append(entry)
-    return {group: tuple(entries) for group, entries in groups.items()}
-
-
-def _path_state() -> tuple[tuple[str, int], ...]:
-    """``sys.path`` with each folder's mtime: installing or removing a distribution changes it (new scan)."""
-    state = []
-    for folder in sys.path:
-        try:
-            state.append((folder, os.stat(folder or ".").st_mtime_ns))
-        except OSError:
-            state.append((folder, -1))
-    return tuple(state)
+    """The entry points of ``group`` by name (one scan shared by every lookup until an installation changes)."""
+    return {entry.name: entry for entry in entry_points(group)}
 
 
 def load(what: str, entry: EntryPoint) -> object:

@@ -4,7 +4,9 @@ The pipeline (``engine/pipeline.py``) is the same for every executor: it hosts t
 reader and the writer on the driver, loads the state, prepares the writer, then hands
 an :class:`Execution` to the executor, which reads every partition and writes (or
 stages) it and returns an :class:`Outcome`; the pipeline stages the state and calls
-``outcome.commit()`` once. Only *where* partitions run differs:
+``outcome.commit()`` once. (A local run that reads everything has its read started by
+:meth:`LocalExecutor.start_read` before the writer is hosted, handed over as ``Execution.read``.)
+Only *where* partitions run differs:
 
 * ``local`` (:data:`LOCAL`, today's path): the pump's threads in this process, each
   batch handed to the writer's ``write_batch``; the commit is ``finalize()``;
@@ -30,6 +32,7 @@ from dativo.core.entrypoints import entry_point_names, load_entry_point
 if TYPE_CHECKING:  # this module stays light: `validate --offline` checks the executor without pyarrow
     import pyarrow as pa
 
+    from dativo.core.pump import Pump
     from dativo.engine.incremental import IncrementalPlan
     from dativo.engine.pipeline import ProgressSink, RunSummary
     from dativo.engine.plan import Plan
@@ -48,7 +51,8 @@ class Execution:
     The reader has declared ``schema`` (and been told where an incremental read starts);
     the writer has loaded the state and been prepared. ``summary`` is filled as batches
     land (rows, bytes, batches); ``progress`` is advanced likewise; ``stop`` set by another
-    thread means: stop everything and raise KeyboardInterrupt.
+    thread means: stop everything and raise KeyboardInterrupt. ``read`` is a read the pipeline
+    already started with :meth:`LocalExecutor.start_read` (local executor only; None otherwise).
     """
 
     plan: Plan
@@ -59,6 +63,7 @@ class Execution:
     summary: RunSummary
     progress: ProgressSink | None = None
     stop: threading.Event | None = None
+    read: Pump | None = None
 
     def stopped(self) -> bool:
         """Whether another thread asked the run to stop."""
@@ -107,20 +112,20 @@ class LocalExecutor:
     def check(self, plan: Plan, writer: DataWriter | None = None) -> None:
         """Every job runs locally."""
 
-    def execute(self, execution: Execution) -> Outcome:
-        """Pump the reader's partitions into the writer (see ``core/pump.py``); raises the first failure."""
-        from dativo._faults import crash_point
-        from dativo.core.calls import call
-        from dativo.core.pump import Pump, plan_read
-        from dativo.engine.incremental import CursorTracker
+    def start_read(self, plan: Plan, reader: DataReader, schema: pa.Schema) -> Pump:
+        """Plan the reader's partitions and start the pump's threads; the batches wait in its bounded queue.
 
-        plan, reader, writer, summary = execution.plan, execution.reader, execution.writer, execution.summary
-        tracker = CursorTracker(execution.incremental, execution.schema) if execution.incremental else None
+        The pipeline calls this before the writer is hosted when the read does not depend on the
+        target's state (docs/performance.md, start-up session 6), and :meth:`execute` otherwise.
+        Planning failures propagate (wrapped like any plugin call); the caller cancels and joins the pump.
+        """
+        from dativo.core.pump import Pump, plan_read
+
         read = plan_read(reader, plan.reader.ref.name, plan.job.config.source.parallelism)
         pump = Pump(
             reader,
             plan.reader.ref.name,
-            execution.schema,
+            schema,
             plan.batch_size,
             plan.queue_size,
             read,
@@ -128,6 +133,19 @@ class LocalExecutor:
             read_bytes=int(plan.job.config.engine.read_mb * 1024 * 1024),
         )
         pump.start()
+        return pump
+
+    def execute(self, execution: Execution) -> Outcome:
+        """Pump the reader's partitions into the writer (see ``core/pump.py``); raises the first failure."""
+        from dativo._faults import crash_point
+        from dativo.core.calls import call
+        from dativo.engine.incremental import CursorTracker
+
+        plan, writer, summary = execution.plan, execution.writer, execution.summary
+        tracker = CursorTracker(execution.incremental, execution.schema) if execution.incremental else None
+        pump = execution.read
+        if pump is None:
+            pump = self.start_read(plan, execution.reader, execution.schema)
         try:
             for batch in pump:
                 if execution.stopped():

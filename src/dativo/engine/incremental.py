@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dativo.config.models import IncrementalSpec
 from dativo.errors import ConfigError
@@ -72,13 +71,17 @@ class CursorTracker:
     """Follows the greatest cursor value across the batches of a run."""
 
     def __init__(self, plan: IncrementalPlan, schema: pa.Schema) -> None:
+        # pyarrow.compute (~30 ms to import) loads here, not with the pipeline: a run's read starts before it.
+        import pyarrow.compute as pc
+
+        self._max = pc.max
         self._index = schema.get_field_index(plan.column)
         self._kind = plan.kind
         self.high_water: Any | None = None
 
     def update(self, batch: pa.RecordBatch) -> None:
         """Take the batch's greatest cursor value into account (NULLs are ignored)."""
-        value = pc.max(batch.column(self._index)).as_py()
+        value = self._max(batch.column(self._index)).as_py()
         if value is not None and (self.high_water is None or value > self.high_water):
             self.high_water = value
 

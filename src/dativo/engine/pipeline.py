@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -23,11 +23,14 @@ from dativo import __version__, _gc
 from dativo._faults import crash_point
 from dativo.core.calls import abort_quietly, call, close_quietly, declared_schema
 from dativo.core.hosting import host_reader, host_writer
-from dativo.engine.executor import Execution, find_executor
+from dativo.engine.executor import LOCAL, Execution, Executor, find_executor
 from dativo.engine.incremental import IncrementalPlan, plan_incremental
 from dativo.engine.plan import Plan
 from dativo.errors import ConfigError, DativoError
 from dativo.sdk import DataReader, DataWriter, DescribesTargetTypes, IncrementalReader, StatefulWriter
+
+if TYPE_CHECKING:
+    from dativo.core.pump import Pump
 
 __all__ = [
     "ProgressSink",
@@ -42,6 +45,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("dativo.engine")
+
+#: How long a run that fails before its read was handed to the executor waits for the pump's workers to stop
+#: before it closes the reader (which stops a read still waiting for its source's first rows).
+_EARLY_STOP_S = 2.0
 
 
 class ProgressSink(Protocol):
@@ -130,6 +137,7 @@ def run(
     started = time.perf_counter()
     reader: DataReader | None = None
     writer: DataWriter | None = None
+    early: Pump | DativoError | None = None
     published = False
     executor = find_executor(plan.job.config.engine.executor)
     executor.check(plan)
@@ -137,6 +145,7 @@ def run(
     try:
         reader = host_reader(plan.reader)
         schema = summary.schema = declared_schema(reader, plan.reader.ref.name)
+        early = _read_early(plan, executor, reader, schema)
         writer = host_writer(plan.writer)
         state = _prior_state(plan, writer)
         if plan.run_id_given and state is not None and state.get("run_id") == plan.run_id:
@@ -147,7 +156,9 @@ def run(
         incremental = _start_incremental(plan, reader, writer, schema, state)
         executor.check(plan, writer)
         call(writer.prepare, plan.writer.ref.name, "prepare", schema)
-        execution = Execution(plan, reader, writer, schema, incremental, summary, progress, stop)
+        if isinstance(early, DativoError):
+            raise early  # planning the read failed: raised where it was raised before it moved ahead
+        execution = Execution(plan, reader, writer, schema, incremental, summary, progress, stop, early)
         _gc.startup_done()  # the `dativo` command's start-up GC setting ends where rows start to move
         outcome = executor.execute(execution)
         if isinstance(writer, StatefulWriter):
@@ -170,13 +181,40 @@ def run(
         raise
     finally:
         summary.duration_s = time.perf_counter() - started
+        pump = early if early is not None and not isinstance(early, DativoError) else None
+        if pump is not None:  # a run that ended before the executor took its read over (else: joined already)
+            pump.cancel()  # workers waiting for room in the queue stop within 0.2 s
+            pump.join(timeout=_EARLY_STOP_S)
         for plugin, name in ((reader, plan.reader.ref.name), (writer, plan.writer.ref.name)):
             if plugin is not None:
-                close_quietly(plugin, name)
+                close_quietly(plugin, name)  # the reader's close also stops a read still waiting for its source
+        if pump is not None:
+            pump.join(timeout=30)
         log.info(
             "run finished",
             extra={"job": summary.job, "run_id": plan.run_id, "status": summary.status, "rows": summary.rows},
         )
+
+
+def _read_early(plan: Plan, executor: Executor, reader: DataReader, schema: pa.Schema) -> Pump | DativoError | None:
+    """Start the read before the writer is hosted when it does not depend on the target (issue 15).
+
+    Hosting the writer (importing its libraries, opening the catalog) and preparing it cost most
+    of a run's set-up; the source's server would wait idle meanwhile. A local run that reads
+    everything (no ``source.incremental``: its lower bound comes from the target's state) starts
+    the pump now, so the source streams into the pump's bounded queue (``engine.queue_mb`` and
+    ``read_mb``, as always) while the writer gets ready. Nothing is written before ``prepare``
+    succeeded, so a target still changes only when the run succeeds, and the writer's errors
+    (hosting, state, mode, ``prepare``) come first as before; on any failure the pipeline cancels
+    the pump, then closes the reader. A planning failure (``plan_partitions``) is returned, to be
+    raised after ``prepare`` as before; None: the read starts in the executor.
+    """
+    if executor is not LOCAL or plan.job.config.source.incremental is not None:
+        return None
+    try:
+        return LOCAL.start_read(plan, reader, schema)
+    except DativoError as exc:
+        return exc
 
 
 def _check_mode(plan: Plan, writer: DataWriter) -> None:

@@ -215,7 +215,7 @@ class RustPostgresReader(SnapshotPartitionedReader):
         if len(rows) != 1:
             return True
         size, block = int(rows[0][0]), int(rows[0][1])
-        return bool(ctid_partitions(plan.sql, size, block, None))
+        return bool(ctid_partitions(plan.sql, size, block, None, host=self._info.host if self._info else None))
 
     def _connect(self) -> Any:
         try:

@@ -48,7 +48,11 @@ log = logging.getLogger(__name__)
 _BATCH_HINT_OPTION = "adbc.postgresql.batch_size_hint_bytes"
 _CLOSE_WAIT_S = 10.0
 _MIN_HINT_BYTES = 64 * 1024
-_MAX_HINT_BYTES = 256 * 1024 * 1024
+#: The driver builds each batch in malloc'd buffers that grow by doubling (about 1.4x the batch's
+#: Arrow size in the reading thread's heap), and every batch in flight between it and the writer
+#: is one of those: batches of at most ~4 MiB held the wide table's run on 2 connections at 217 MB
+#: instead of 244 at the same CPU (docs/performance.md, "postgres-adbc memory, session 6").
+_MAX_HINT_BYTES = 4 * 1024 * 1024
 
 ArrayConverter = Callable[[pa.Array], pa.Array]
 
@@ -84,7 +88,7 @@ def _adbc_alive(conn: Any) -> bool:
 
 
 def _hint_bytes(schema: pa.Schema, batch_size: int) -> int:
-    """The driver's batch size hint (bytes) for batches of about ``batch_size`` rows."""
+    """The driver's batch size hint (bytes): about ``batch_size`` rows, at most ``_MAX_HINT_BYTES``."""
     return min(max(batch_size * _row_width(schema), _MIN_HINT_BYTES), _MAX_HINT_BYTES)
 
 
@@ -178,7 +182,7 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
     decides the schema; a wrong password, an unreachable server, a missing
     table or an unmappable type fail there with :class:`dativo.SourceError` /
     :class:`dativo.TypeMappingError` / :class:`dativo.ConfigError`.
-    ``read_batch`` streams batches of roughly ``batch_size`` rows without
+    ``read_batch`` streams batches of at most ``batch_size`` rows (and ~4 MiB) without
     materialising the result; a value that cannot be represented exactly
     raises :class:`dativo.SchemaError` naming the column, and a failure
     mid-stream raises :class:`dativo.SourceError`.
@@ -224,7 +228,10 @@ class AdbcPostgresReader(SnapshotPartitionedReader):
         self._conn = self._lease.conn
 
     def read_batch(self, batch_size: int) -> Iterator[pa.RecordBatch]:
-        """Yield record batches of roughly ``batch_size`` rows; raises on any failure (never ends early)."""
+        """Yield record batches of at most about ``batch_size`` rows; raises on any failure (never ends early).
+
+        Where rows are wide the batches hold fewer rows: the driver's are capped at about 4 MiB.
+        """
         plan = self.plan()
         conn = self._conn
         if conn is None:

@@ -27,13 +27,31 @@ from dativo.connectors.postgres.pool import Lease, lease_psycopg
 from dativo.connectors.postgres.types import SourcePlan, SourceSpec, _resolve_table
 from dativo.sdk import ReadPartition
 
-__all__ = ["MIN_PARTITION_BYTES", "SnapshotPartitioner", "ctid_partitions", "snapshot_setup_sql"]
+__all__ = ["MIN_PARTITION_BYTES", "SnapshotPartitioner", "ctid_partitions", "read_cores", "snapshot_setup_sql"]
 
 log = logging.getLogger(__name__)
 
-#: With ``parallelism`` unset, one partition per this much table data, up to the machine's cores.
+#: With ``parallelism`` unset, one partition per this much table data, up to :func:`read_cores`.
 MIN_PARTITION_BYTES = 64 * 1024 * 1024
 _MIN_SERVER_VERSION = 140000  # TID range scans
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0:0:0:0:0:0:0:1"})
+
+
+def read_cores(host: str | None = None) -> int:
+    """The cores an unset ``parallelism`` may read on: this process's CPUs, half of them for a local server.
+
+    ``host`` is the connection's host (comma-separated for several). A server on this machine (a
+    loopback address, ``localhost``, or a Unix-socket directory) spends a core per connection
+    producing the rows that the client decodes on another, so each partition costs two cores here.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    hosts = [h.strip().lower() for h in (host or "").split(",")] if host else [""]
+    if all(h in _LOOPBACK or h.startswith(("/", "@")) or not h for h in hosts):
+        cores //= 2
+    return max(1, cores)
 
 
 def snapshot_setup_sql(snapshot: str) -> str:
@@ -44,17 +62,23 @@ def snapshot_setup_sql(snapshot: str) -> str:
 
 
 def ctid_partitions(
-    sql: str, size: int, block: int, parallelism: int | None, extra: dict[str, Any] | None = None
+    sql: str,
+    size: int,
+    block: int,
+    parallelism: int | None,
+    extra: dict[str, Any] | None = None,
+    *,
+    host: str | None = None,
 ) -> list[ReadPartition]:
     """Split ``sql`` (``SELECT ... FROM table``) into ctid page ranges of a table of ``size`` bytes.
 
-    ``parallelism`` None picks one range per core, at most one per ``MIN_PARTITION_BYTES``.
+    ``parallelism`` None picks one range per ``MIN_PARTITION_BYTES``, at most ``read_cores(host)``.
     Returns no partitions when the table is too small to split (read it on one connection).
     Each partition's spec is ``{"sql": ..., **extra}``.
     """
     pages = max(1, math.ceil(size / block))
     if parallelism is None:
-        parallelism = min(os.cpu_count() or 1, max(1, size // MIN_PARTITION_BYTES))
+        parallelism = min(read_cores(host), max(1, size // MIN_PARTITION_BYTES))
     count = max(1, min(parallelism, pages))
     if count < 2:
         return []
@@ -119,7 +143,9 @@ class SnapshotPartitioner:
         except BaseException:
             self._end(reusable=False)
             raise
-        partitions = ctid_partitions(self._plan.sql, size, block, parallelism, {"snapshot": snapshot})
+        partitions = ctid_partitions(
+            self._plan.sql, size, block, parallelism, {"snapshot": snapshot}, host=self._info.host
+        )
         if not partitions:  # read in one piece: the snapshot is not needed, nor the connection
             self.close()
         return partitions

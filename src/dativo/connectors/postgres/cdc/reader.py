@@ -256,7 +256,7 @@ class PostgresChangeReader(PsycopgPostgresReader):
             return int(row[0]), int(row[1])
 
         size, block = self._guard(measure)
-        return ctid_partitions(plan.sql, size, block, parallelism)
+        return ctid_partitions(plan.sql, size, block, parallelism, host=self._info.host if self._info else None)
 
     def read_partition(self, partition: ReadPartition, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Read one partition of the initial load on a connection of its own, in the slot's snapshot."""
