@@ -784,8 +784,8 @@ impl<M: Messages> Decoder<M> {
             }
             // SAFETY: p + 4 <= b.len() was just checked.
             let len = i32::from_be_bytes(unsafe { std::ptr::read_unaligned(b.as_ptr().add(p) as *const [u8; 4]) });
-            // SAFETY: c < ncols and row < TILE_ROWS (asserted): inside `fields`. The arena stays
-            // under TILE_BYTES plus one tuple (< 1 GiB), so offsets fit in u32.
+            // SAFETY: c < ncols and row < TILE_ROWS (asserted): inside `fields`. An offset that does
+            // not fit in u32 is never used: next_batch refuses the row before it reaches the arena.
             unsafe { *slots.add(c * TILE_ROWS + row) = (base + p) as u32 };
             p += 4 + len.max(0) as usize;
         }
@@ -846,6 +846,11 @@ impl<M: Messages> Decoder<M> {
                 }
                 check_fields(nfields, expected)?;
                 let Some(total) = self.scan(rest) else { break };
+                if self.arena.len() + total > u32::MAX as usize {
+                    // PostgreSQL sends a row as one CopyData message (< 2 GiB); only a stream joined
+                    // across messages could get here, and `scan`'s u32 offsets must not wrap.
+                    return Err(NativeError::protocol("a row of the COPY stream is larger than 4 GiB"));
+                }
                 self.arena.extend_from_slice(&rest[..total]);
                 used += total;
                 rows += 1;
