@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -10,6 +12,7 @@ from pathlib import Path
 
 # Before anything imports airflow: its configuration is read at import time.
 _HOME = Path(tempfile.mkdtemp(prefix="dativo-airflow-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_HOME),
