@@ -435,6 +435,27 @@ def test_declared_numeric_nan_fails(reader_cls, pg_db):
         read(reader_cls, pg_db.connection, table="t")
 
 
+NUMERIC_EDGES = [  # unscaled values around 2**63, where a reader's 64-bit fast path must hand over to 128 bits
+    (
+        "numeric(38,2)",
+        ["92233720368547758.07", "92233720368547758.08", "-92233720368547758.08", "92233720368547758.99"],
+    ),
+    ("numeric(20,0)", ["9223372036854775807", "9223372036854775808", "-9223372036854775809", "99999999999999999999"]),
+    (
+        "numeric(38,10)",
+        ["922337203.6854775808", "-922337203.6854775809", "0.0000000001", "9999999999999999999999999999.9999999999"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql_type", "values"), NUMERIC_EDGES, ids=[t for t, _ in NUMERIC_EDGES])
+def test_numeric_values_around_64_bits_are_exact(reader_cls, pg_db, sql_type, values):
+    rows = ", ".join(f"({i}, {v})" for i, v in enumerate(values))
+    pg_db.execute(f"CREATE TABLE t (id int, amount {sql_type}); INSERT INTO t VALUES {rows}")
+    _, _, table = read(reader_cls, pg_db.connection, query="SELECT * FROM t ORDER BY id")
+    assert table.column("amount").to_pylist() == [Decimal(v) for v in values]
+
+
 def test_numeric_wider_than_38_digits(reader_cls, pg_db):
     pg_db.execute(
         "CREATE TABLE t (big numeric(50,2)); INSERT INTO t VALUES (123456789012345678901234567890123456789012.25)"

@@ -78,7 +78,7 @@ fn fits_i64(body: &[u8], weight: i32, scale: i32) -> Option<i64> {
             if d % div != 0 {
                 return None;
             }
-            acc += d / div;
+            acc = acc.checked_add(d / div)?; // near i64::MAX the 128-bit path decides
         } else if exp > 18 || d != 0 {
             return None;
         }
@@ -169,5 +169,9 @@ mod tests {
         assert_eq!(numeric_text(&[1000], -3, true, 9), "-0.000000001");
         // too many integer digits
         assert!(numeric_to_i128(&numeric(&[1, 0], 1, 0, 0), 4, 0).is_err());
+        // 92233720368547758.07 / .08 at scale 2: i64::MAX, then one past it (the 128-bit path)
+        let near = |frac: i16| numeric(&[9, 2233, 7203, 6854, 7758, frac], 4, 0, 2);
+        assert_eq!(numeric_to_i128(&near(700), 38, 2).unwrap(), i64::MAX as i128);
+        assert_eq!(numeric_to_i128(&near(800), 38, 2).unwrap(), i64::MAX as i128 + 1);
     }
 }
