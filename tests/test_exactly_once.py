@@ -271,3 +271,31 @@ def iceberg_rows_generic(job_dir: Path) -> list[dict]:
         "dativo", type="sql", uri=f"sqlite:///{warehouse / 'catalog.db'}", warehouse=warehouse.as_uri()
     )
     return catalog.load_table("raw.items").scan().to_arrow().to_pylist()
+
+
+@pytest.mark.parametrize("point", ["read:1", "read:3", "batch:1", "before_finalize"])
+def test_kill_9_during_a_full_read_that_started_before_the_writer_then_two_days_of_overwrite(tmp_path, pg_db, point):
+    """A run without `incremental` starts reading before the writer is set up (docs/performance.md, start-up
+    session 6): SIGKILL at the first reads (while PyIceberg is still loading), mid-write and before the
+    commit leaves the table as it was; the next two runs each leave exactly the source."""
+    create_items(pg_db)
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "name: items-full\nsource:\n  connector: postgres\n"
+        f"  connection: {json.dumps(pg_db.connection)}\n  table: public.items\n"
+        "target:\n  connector: iceberg\n  table: raw.items\n  mode: overwrite\n"
+        "engine: {batch_size: 500, retry: {max_attempts: 1}}\n"
+    )
+    first = run(path)
+    assert first.returncode == 0, first.stderr
+    assert iceberg_rows(tmp_path) == source_rows(pg_db)
+    pg_db.psql("INSERT INTO items SELECT g, 'late ' || g, g, now() FROM generate_series(3001, 4000) g;")
+    crashed = run(path, point)
+    assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr)
+    assert len(iceberg_rows(tmp_path)) == 3000  # the crashed run changed nothing
+    assert referenced_files_exist(tmp_path)
+    for _ in range(2):  # day two and day three
+        rerun = run(path)
+        assert rerun.returncode == 0, rerun.stderr
+        assert iceberg_rows(tmp_path) == source_rows(pg_db)
+        assert referenced_files_exist(tmp_path)
