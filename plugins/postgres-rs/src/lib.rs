@@ -15,6 +15,7 @@ mod decode;
 mod numeric;
 mod pool;
 mod session;
+mod stream;
 mod tls;
 
 use std::ffi::CString;

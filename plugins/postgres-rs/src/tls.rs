@@ -18,12 +18,13 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::config::{Host, SslMode as PgSslMode, SslNegotiation};
 use tokio_postgres::{CancelToken, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::decode::NativeError;
 use crate::session::{self, Session};
+use crate::stream;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
@@ -69,8 +70,11 @@ pub struct TlsSettings {
 /// How connections (and cancel requests) of one reader are made.
 #[derive(Clone)]
 pub enum Connector {
+    /// Unix sockets and `hostaddr`-only connections (no host name for TLS).
     Plain,
     Rustls(MakeRustlsConnect),
+    /// TCP connections with a host name, TLS or not (stream.rs).
+    Buffered(stream::Connect),
 }
 
 /// Split a libpq `key=value` string into the settings rust-postgres parses and the TLS ones.
@@ -313,19 +317,35 @@ pub fn connect(conninfo: &str) -> Result<(Session, Connector), ConnectFailure> {
             message: format!("cannot start the I/O runtime: {e}"),
         })
     })?;
-    if settings.mode == SslMode::Disable {
-        config.ssl_mode(PgSslMode::Disable);
-        let client = Session::connect(rt, &config, NoTls).map_err(|e| ConnectFailure::Server(NativeError::from(e)))?;
-        return Ok((client, Connector::Plain));
+    let tls = if settings.mode == SslMode::Disable {
+        None
+    } else {
+        let tls_config = client_config(&settings).map_err(|message| {
+            ConnectFailure::Server(NativeError::Server { sqlstate: None, message: format!("SSL/TLS: {message}") })
+        })?;
+        Some(MakeRustlsConnect::new(tls_config))
+    };
+    let fail = |e| ConnectFailure::Server(tls_error(e, &settings));
+    let tcp = !config.get_hosts().is_empty() && config.get_hosts().iter().all(|h| matches!(h, Host::Tcp(_)));
+    if tcp {
+        // Our own stream with large reads (stream.rs): tokio-postgres hands it each socket untouched.
+        config.ssl_mode(PgSslMode::Require).ssl_negotiation(SslNegotiation::Direct);
+        let connect = stream::Connect::new(settings.mode, tls);
+        let client = Session::connect(rt, &config, connect.clone()).map_err(fail)?;
+        return Ok((client, Connector::Buffered(connect)));
     }
-    config.ssl_mode(if settings.mode == SslMode::Prefer { PgSslMode::Prefer } else { PgSslMode::Require });
-    let tls_config = client_config(&settings).map_err(|message| {
-        ConnectFailure::Server(NativeError::Server { sqlstate: None, message: format!("SSL/TLS: {message}") })
-    })?;
-    let tls = MakeRustlsConnect::new(tls_config);
-    let client =
-        Session::connect(rt, &config, tls.clone()).map_err(|e| ConnectFailure::Server(tls_error(e, &settings)))?;
-    Ok((client, Connector::Rustls(tls)))
+    match tls {
+        None => {
+            config.ssl_mode(PgSslMode::Disable);
+            let client = Session::connect(rt, &config, NoTls).map_err(fail)?;
+            Ok((client, Connector::Plain))
+        }
+        Some(tls) => {
+            config.ssl_mode(if settings.mode == SslMode::Prefer { PgSslMode::Prefer } else { PgSslMode::Require });
+            let client = Session::connect(rt, &config, tls.clone()).map_err(fail)?;
+            Ok((client, Connector::Rustls(tls)))
+        }
+    }
 }
 
 /// A connection failure: a malformed connection string, or the server's (or the network's, or TLS's) answer.
@@ -365,6 +385,7 @@ pub fn cancel(token: &CancelToken, connector: &Connector) {
     let _ = match connector {
         Connector::Plain => rt.block_on(token.cancel_query(NoTls)),
         Connector::Rustls(tls) => rt.block_on(token.cancel_query(tls.clone())),
+        Connector::Buffered(connect) => rt.block_on(token.cancel_query(connect.clone())),
     };
 }
 
