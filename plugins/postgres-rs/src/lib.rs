@@ -14,6 +14,7 @@ mod columns;
 mod decode;
 mod numeric;
 mod pool;
+mod lowat;
 mod session;
 mod stream;
 mod tls;

@@ -11,12 +11,15 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use tokio::runtime::Runtime;
+
+use crate::lowat;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{
     AsyncMessage, CancelToken, Client, Config, CopyOutStream, Error, Row, SimpleQueryMessage, Socket, Statement,
@@ -81,6 +84,8 @@ pub struct Session {
     rt: Runtime,
     client: Option<Client>,
     conn: Conn,
+    /// The connection's TCP socket, when it could be found (lowat.rs).
+    socket: Option<RawFd>,
 }
 
 /// A current-thread runtime with I/O and timers (connect_timeout), as the `postgres` crate uses.
@@ -98,7 +103,22 @@ impl Session {
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
         let (client, connection) = rt.block_on(config.connect(tls))?;
-        Ok(Session { rt, client: Some(client), conn: Conn { driver: Box::new(connection), done: false } })
+        let mut session =
+            Session { rt, client: Some(client), conn: Conn { driver: Box::new(connection), done: false }, socket: None };
+        session.socket = session.find_socket();
+        Ok(session)
+    }
+
+    /// This connection's socket (see lowat.rs); None when the server cannot say or it is not unique.
+    fn find_socket(&mut self) -> Option<RawFd> {
+        let rows = self.simple_query("SELECT inet_client_port(), inet_server_port()").ok()?;
+        let row = rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })?;
+        let local = row.get(0)?.parse::<u16>().ok()?;
+        let peer = row.get(1)?.parse::<u16>().ok()?;
+        lowat::find_socket(local, peer)
     }
 
     fn client(&self) -> &Client {
@@ -133,12 +153,15 @@ impl Session {
     pub fn copy_out(&mut self, sql: &str) -> Result<CopyReader<'_>, Error> {
         let client = self.client.as_ref().expect("client");
         let stream = self.conn.block_on(&self.rt, client.copy_out(sql))?;
+        let socket = self.socket.filter(|&fd| lowat::set(fd, lowat::COPY_LOWAT));
         Ok(CopyReader {
             rt: &self.rt,
             conn: &mut self.conn,
             stream: Box::pin(stream),
             queue: VecDeque::new(),
             ended: false,
+            socket,
+            dropped: false,
         })
     }
 }
@@ -168,6 +191,18 @@ pub struct CopyReader<'a> {
     stream: Pin<Box<CopyOutStream>>,
     queue: VecDeque<Bytes>,
     ended: bool,
+    /// The socket whose low-water mark is raised for this COPY (lowat.rs), and whether a long wait dropped it.
+    socket: Option<RawFd>,
+    dropped: bool,
+}
+
+impl Drop for CopyReader<'_> {
+    /// The mark back at 1 before the session runs anything else.
+    fn drop(&mut self) {
+        if let Some(fd) = self.socket {
+            lowat::set(fd, 1);
+        }
+    }
 }
 
 impl CopyReader<'_> {
@@ -176,17 +211,38 @@ impl CopyReader<'_> {
         let stream = &mut self.stream;
         let queue = &mut self.queue;
         let ended = &mut self.ended;
+        let socket = self.socket;
+        let dropped = &mut self.dropped;
+        // Due FALLBACK after this refill began (a refill starts when every message is consumed);
+        // created inside the runtime, which owns the timers.
+        let mut fallback = {
+            let _runtime = self.rt.enter();
+            socket.map(|_| Box::pin(tokio::time::sleep(lowat::FALLBACK)))
+        };
         self.conn.block_on(
             self.rt,
             poll_fn(|cx| loop {
                 match stream.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(Ok(message))) => queue.push_back(message),
+                    Poll::Ready(Some(Ok(message))) => {
+                        if let (Some(fd), true) = (socket, *dropped) {
+                            *dropped = !lowat::set(fd, lowat::COPY_LOWAT);
+                        }
+                        queue.push_back(message)
+                    }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(None) => {
                         *ended = true;
                         return Poll::Ready(Ok(()));
                     }
-                    Poll::Pending if queue.is_empty() => return Poll::Pending,
+                    Poll::Pending if queue.is_empty() => {
+                        // A wait longer than FALLBACK: let whatever has arrived wake the reader.
+                        if let (Some(fd), Some(timer)) = (socket, fallback.as_mut()) {
+                            if !*dropped && timer.as_mut().poll(cx).is_ready() {
+                                *dropped = lowat::set(fd, 1);
+                            }
+                        }
+                        return Poll::Pending;
+                    }
                     Poll::Pending => return Poll::Ready(Ok(())),
                 }
             }),
