@@ -694,6 +694,8 @@ pub struct Decoder<M: Messages> {
     tile_rows: usize,
     /// The tile's tuples, copied whole; reused from tile to tile.
     arena: Vec<u8>,
+    /// Counts this stream among those sharing the pools' byte cap (pool.rs).
+    _stream: crate::pool::Stream,
 }
 
 impl<M: Messages> Decoder<M> {
@@ -717,6 +719,7 @@ impl<M: Messages> Decoder<M> {
             fields,
             tile_rows: 0,
             arena: Vec::new(),
+            _stream: crate::pool::Stream::start(),
         }
     }
 
