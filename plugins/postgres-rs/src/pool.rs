@@ -5,7 +5,8 @@
 //! fresh buffers faulted them in again: most of the reader's page faults. Each column instead
 //! hands its vectors out as Arrow buffers whose owner returns the vector to the column's pool when
 //! dropped; the next batch reuses it with its pages still resident. At most `KEEP` vectors wait per
-//! pool; the rest are freed as before, and all of them when the decoder is gone.
+//! pool, and at most [`WAITING_MAX`] bytes in all pools of the process (divided by the streams
+//! running); the rest are freed as before, and all of them when the decoder is gone.
 
 use std::any::Any;
 use std::ptr::NonNull;
@@ -115,5 +116,26 @@ impl<T: Send + 'static> Drop for Returned<T> {
                 free.push((Box::new(v), bytes));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vector_over_the_byte_cap_is_freed_not_kept() {
+        let _stream = Stream::start();
+        let pool = Pool::default();
+        let big: Vec<u8> = Vec::with_capacity(WAITING_MAX + 1);
+        drop(pool.buffer(big));
+        assert!(pool.free.vecs.lock().unwrap().is_empty());
+        assert_eq!(pool.take::<u8>(16).capacity(), 16);
+        // A small one comes back (the cap is far from reached by this test's 4 KiB) and is reused.
+        let small: Vec<u64> = Vec::with_capacity(512);
+        let ptr = small.as_ptr();
+        drop(pool.buffer(small));
+        let again = pool.take::<u64>(100);
+        assert_eq!(again.as_ptr(), ptr);
     }
 }

@@ -78,8 +78,9 @@ impl TlsConnect<Socket> for ConnectOne {
     fn connect(self, mut socket: Socket) -> Self::Future {
         Box::pin(async move {
             let tls = match (self.mode, self.tls) {
-                (SslMode::Disable, _) | (_, None) => return Ok(PgStream::new(Inner::Plain(socket))),
+                (SslMode::Disable, _) => return Ok(PgStream::new(Inner::Plain(socket))),
                 (_, Some(tls)) => tls,
+                (_, None) => return Err(io::Error::other("TLS is not set up for this connection")),
             };
             socket.write_all(&SSL_REQUEST).await?;
             let mut answer = [0u8; 1];
