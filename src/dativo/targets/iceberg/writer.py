@@ -18,6 +18,11 @@ Without a ``catalog:`` block the catalog is embedded: PyIceberg's SQL catalog on
 
 from __future__ import annotations
 
+# Before any PyIceberg import: defers its model builds and unused modules (see _pyiceberg).
+from dativo.targets.iceberg import _pyiceberg  # noqa: F401
+
+# isort: split
+
 import contextlib
 import json
 import logging
