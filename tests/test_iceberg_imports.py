@@ -171,8 +171,8 @@ def test_a_run_builds_the_commit_models_ahead_and_commits(tmp_path):
             writer.prepare(schema)
             assert not Snapshot.__pydantic_complete__
             writer.write_batch(pa.record_batch([pa.array(range(1000), pa.int64())], schema=schema))
-            assert writer._warming is not None
-            writer._warming.join()
+            assert writer._warm_up._thread is not None
+            writer._warm_up.join()
             built = [name for module, name in _pyiceberg.COMMIT_MODELS
                      if getattr(__import__(module, fromlist=[name]), name).__pydantic_complete__]
             result = writer.finalize()

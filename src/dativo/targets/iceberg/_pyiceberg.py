@@ -42,7 +42,7 @@ import threading
 import types
 from typing import Any
 
-__all__ = ["COMMIT_MODELS", "DEFERRED_MODULES", "LazyModule", "warm_commit_models"]
+__all__ = ["COMMIT_MODELS", "DEFERRED_MODULES", "CommitWarmUp", "LazyModule", "warm_commit_models"]
 
 log = logging.getLogger("dativo.targets.iceberg")
 
@@ -122,6 +122,29 @@ def warm_commit_models() -> threading.Thread | None:
     thread = threading.Thread(target=_build_commit_models, name="dativo-iceberg-warm", daemon=True)
     thread.start()
     return thread
+
+
+class CommitWarmUp:
+    """A writer's :func:`warm_commit_models`: started once a row group was written, joined at the commit."""
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._started = False
+        self._thread: threading.Thread | None = None
+
+    def wrote(self, nbytes: int, row_group_bytes: int) -> None:
+        """Count a batch about to be written; the one completing the first row group (encoded next) starts it."""
+        if self._started:
+            return
+        self._seen += nbytes
+        if self._seen >= row_group_bytes:
+            self._started = True
+            self._thread = warm_commit_models()
+
+    def join(self) -> None:
+        """Wait for the models (long built when a run commits); a no-op when it never started."""
+        if self._thread is not None:
+            self._thread.join()
 
 
 #: True when this process defers PyIceberg's model builds (set at import, below).
