@@ -190,3 +190,37 @@ def test_a_run_builds_the_commit_models_ahead_and_commits(tmp_path):
         warehouse=(tmp_path / "warehouse").as_uri(),
     )
     assert catalog.load_table("ns.t").scan().to_arrow().num_rows == 1000
+
+
+def test_deferred_models_first_used_by_many_threads_at_once_validate_correctly(tmp_path):
+    """Streams of one process may first use a model together (and the warm-up thread builds some): all see it built."""
+    script = tmp_path / "threads.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import threading
+            import dativo.targets.iceberg.writer
+            from pyiceberg.table.snapshots import Snapshot, Summary, Operation
+            from pyiceberg.table.update import AssertRefSnapshotId
+            assert not Snapshot.__pydantic_complete__ and not AssertRefSnapshotId.__pydantic_complete__
+            barrier, out, errors = threading.Barrier(16), [], []
+            def use(i):
+                barrier.wait()
+                try:
+                    snapshot = Snapshot(snapshot_id=i, sequence_number=i, timestamp_ms=1, manifest_list="m",
+                                        summary=Summary(Operation.APPEND, **{"dativo.job": "j"}))
+                    requirement = AssertRefSnapshotId(ref="main", snapshot_id=i)
+                    out.append((snapshot.model_dump_json(), requirement.model_dump_json()))
+                except Exception as exc:
+                    errors.append(repr(exc))
+            threads = [threading.Thread(target=use, args=(i,)) for i in range(16)]
+            for t in threads: t.start()
+            for t in threads: t.join()
+            assert not errors, errors
+            assert len(out) == 16 and all('"dativo.job":"j"' in s and '"snapshot-id":' in r for s, r in out)
+            print(sorted(out)[0][1])
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == '{"type":"assert-ref-snapshot-id","ref":"main","snapshot-id":0}'

@@ -14,7 +14,10 @@ then waits for us. Two parts of that import are work a run mostly never uses:
   builds ~70 of them. Pydantic documents ``defer_build`` for exactly this; the built
   validator and serializer are the same as an eager build, only built later
   (``tests/test_iceberg_imports.py`` compares both). The setting is made only when no
-  subclass exists yet (PyIceberg not imported before dativo); otherwise nothing changes.
+  subclass exists yet (PyIceberg not imported before dativo), and only with a pydantic whose
+  model rebuilds are thread-safe (its global rebuild lock, pydantic#13438: two threads first
+  using one deferred model could otherwise validate with its parent's validator); otherwise
+  nothing changes.
 * **Modules for features a write never touches**: ``pyiceberg.expressions.parser`` (and
   pyparsing under it: string row filters), ``strictyaml`` (``~/.pyiceberg.yaml``). They
   are replaced by a stand-in that imports the real module on first attribute access,
@@ -154,6 +157,12 @@ _deferred = False
 def _defer_model_builds() -> None:
     global _deferred
     if "pyiceberg.types" in sys.modules:  # PyIceberg's models are defined already: leave them as they are
+        return
+    import pydantic.main
+
+    # A deferred model is built by whichever thread first uses it. Pydantic before its global rebuild lock
+    # (pydantic#13438) could then validate with the parent's validator in a concurrent thread: defer only with it.
+    if getattr(pydantic.main, "_rebuild_lock", None) is None:
         return
     from pyiceberg.typedef import IcebergBaseModel, IcebergRootModel
 
