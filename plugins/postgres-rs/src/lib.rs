@@ -12,9 +12,9 @@
 
 mod columns;
 mod decode;
+mod lowat;
 mod numeric;
 mod pool;
-mod lowat;
 mod session;
 mod stream;
 mod tls;

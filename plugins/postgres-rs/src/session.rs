@@ -103,8 +103,12 @@ impl Session {
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
         let (client, connection) = rt.block_on(config.connect(tls))?;
-        let mut session =
-            Session { rt, client: Some(client), conn: Conn { driver: Box::new(connection), done: false }, socket: None };
+        let mut session = Session {
+            rt,
+            client: Some(client),
+            conn: Conn { driver: Box::new(connection), done: false },
+            socket: None,
+        };
         session.socket = session.find_socket();
         Ok(session)
     }
