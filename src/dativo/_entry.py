@@ -1,13 +1,19 @@
-"""The ``dativo`` command's entry point: ``dativo --version`` answers before anything heavy is imported."""
+"""The ``dativo`` command's entry point: ``dativo --version`` answers before anything heavy is imported.
+
+A command that succeeded ends without the interpreter's teardown (:func:`finish`): freeing every
+object and module of a run (~190 MB after a wide table) cost ~15-20 ms of CPU after the last output.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+import threading
 
 from dativo import _gc
 
-__all__ = ["main"]
+__all__ = ["finish", "main"]
 
 
 def main() -> None:
@@ -27,4 +33,38 @@ def main() -> None:
     _gc.defer_during_startup()
     from dativo.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    except SystemExit as stop:
+        finish(stop.code)
+        raise
+    finish(None)
+
+
+def finish(code: object) -> None:
+    """End the successful ``dativo`` command now: what the interpreter's exit does that matters, then ``_exit``.
+
+    Only for exit code 0 (``None`` or ``0``): any other exit, an exception, ``python -X dev`` or
+    ``DATIVO_FULL_EXIT=1`` returns, and the interpreter exits as always. Otherwise, in the
+    interpreter's own order: non-daemon threads are joined and ``threading`` exit hooks run
+    (``threading._shutdown``: thread pools are shut down), every ``atexit`` handler runs (logging is
+    flushed and closed, ``weakref.finalize`` objects such as temporary folders are cleaned up,
+    coverage and multiprocessing finish), stdout and stderr are flushed, then the process exits with
+    0 without freeing its objects. A flush that fails (a closed pipe) returns, so the interpreter
+    reports it and exits with 120 as before. Never called by ``import dativo``: the command only.
+    """
+    if code not in (None, 0) or sys.flags.dev_mode or os.environ.get("DATIVO_FULL_EXIT") == "1":
+        return
+    shutdown = getattr(threading, "_shutdown", None)
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exit_handlers is None:  # not CPython: exit as usual
+        return
+    shutdown()
+    run_exit_handlers()
+    try:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            if stream is not None and not stream.closed:
+                stream.flush()
+    except Exception:
+        return
+    os._exit(0)
