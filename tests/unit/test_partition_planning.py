@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pytest
 
-from dativo.connectors.postgres.partitions import MIN_PARTITION_BYTES, ctid_partitions, read_cores
+from dativo import SourceError
+from dativo.connectors.postgres.connection import PgConnectionInfo
+from dativo.connectors.postgres.partitions import MIN_PARTITION_BYTES, SnapshotPartitioner, ctid_partitions, read_cores
+from dativo.connectors.postgres.types import SourcePlan, SourceSpec
 
 BLOCK = 8192
 SQL = 'SELECT "id" FROM "public"."t"'
@@ -50,3 +54,24 @@ def test_explicit_parallelism_ignores_the_host(four_cores: None) -> None:
     parts = ctid_partitions(SQL, 10 * MIN_PARTITION_BYTES, BLOCK, 3, host="127.0.0.1")
     assert [p.index for p in parts] == [0, 1, 2]
     assert parts[-1].spec["sql"].endswith("WHERE ctid >= '(54614,0)'::tid")
+
+
+def _partitioner(host: str) -> SnapshotPartitioner:
+    # Port 1 on loopback: nothing listens, so a connection attempt fails at once with SourceError.
+    info = PgConnectionInfo(
+        conninfo=f"host={host} port=1 dbname=x user=x connect_timeout=2", host=host, port="1", user="x", dbname="x"
+    )
+    plan = SourcePlan(columns=(), schema=pa.schema([]), sql=SQL, array_columns=(), source="table public.t")
+    return SnapshotPartitioner(info, SourceSpec(table="public.t", query=None), plan)
+
+
+def test_one_usable_core_plans_no_snapshot_and_opens_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert _partitioner("127.0.0.1").plan(None) == []
+
+
+def test_more_usable_cores_do_connect_to_plan(four_cores: None) -> None:
+    with pytest.raises(SourceError):  # it tried the (unreachable) server: the shortcut above is not taken
+        _partitioner("127.0.0.1").plan(None)
+    with pytest.raises(SourceError):
+        _partitioner("127.0.0.1").plan(2)
