@@ -118,3 +118,13 @@ def test_stdout_that_cannot_be_flushed_exits_120_as_the_interpreter_does(tmp_pat
     code, stderr = seen[0]
     assert code == 120 and "BrokenPipeError" in stderr
     assert stderr.startswith("Exception ignored in: <_io.TextIOWrapper name=1")
+
+
+def test_a_caller_of_main_goes_on_after_the_command(tmp_path):
+    """``dativo._entry.main()`` (not the script's ``command()``) returns control with SystemExit, as before."""
+    code = (
+        "import sys\nsys.argv = ['dativo', 'plugins', 'list', '--json']\nfrom dativo._entry import main\n"
+        "try:\n    main()\nexcept SystemExit as stop:\n    print('went on after', stop.code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "went on after 0", result.stderr

@@ -1,7 +1,9 @@
 """The ``dativo`` command's entry point: ``dativo --version`` answers before anything heavy is imported.
 
-A command that succeeded ends without the interpreter's teardown (:func:`finish`): freeing every
-object and module of a run (~190 MB after a wide table) cost ~15-20 ms of CPU after the last output.
+:func:`command` is what the ``dativo`` script and ``python -m dativo`` run: a command that succeeded
+ends there without the interpreter's teardown (:func:`finish`; freeing a run's objects and modules
+cost ~15-20 ms of CPU, up to ~60 ms of wall, after the last output). :func:`main` is the command
+itself for a caller that goes on afterwards: it returns or raises ``SystemExit`` as always.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 
 from dativo import _gc
 
-__all__ = ["finish", "main"]
+__all__ = ["command", "finish", "main"]
 
 
 def main() -> None:
@@ -33,12 +35,16 @@ def main() -> None:
     _gc.defer_during_startup()
     from dativo.cli import main as cli_main
 
+    cli_main()
+
+
+def command() -> None:
+    """The ``dativo`` script and ``python -m dativo``: :func:`main`, then :func:`finish` when it exits with 0."""
     try:
-        cli_main()
+        main()
     except SystemExit as stop:
         finish(stop.code)
         raise
-    finish(None)
 
 
 def finish(code: object) -> None:
@@ -51,7 +57,7 @@ def finish(code: object) -> None:
     flushed and closed, ``weakref.finalize`` objects such as temporary folders are cleaned up,
     coverage and multiprocessing finish), stdout and stderr are flushed, then the process exits with
     0 without freeing its objects. A flush that fails (a closed pipe) returns, so the interpreter
-    reports it and exits with 120 as before. Never called by ``import dativo``: the command only.
+    reports it and exits with 120 as before. Called by :func:`command` only, never by ``import dativo``.
     """
     if code not in (None, 0) or sys.flags.dev_mode or os.environ.get("DATIVO_FULL_EXIT") == "1":
         return
