@@ -175,3 +175,48 @@ def test_a_batch_larger_than_the_byte_bound_still_moves():
     pump.join(5)
     assert batches == 5
     assert pump.peak_queued_bytes == 4 * 1024 * 1024  # one batch at a time
+
+
+def _wait_until_still(pump: Pump, seconds: float = 10.0) -> int:
+    """Wait until the queue stops growing (the workers wait for room); returns the bytes it holds."""
+    deadline, last, still = time.monotonic() + seconds, -1, 0
+    while time.monotonic() < deadline and still < 5:
+        held = pump.peak_queued_bytes
+        still = still + 1 if held == last else 0
+        last = held
+        time.sleep(0.05)
+    return last
+
+
+def test_a_startup_allowance_lets_the_queue_run_ahead_until_the_first_batch_is_taken():
+    """Before anyone iterates, 4 MiB batches fill 12 MiB + the 8 MiB allowance; once iterating, 12 MiB again."""
+    reader = BigBatchReader()
+    reader.initialize({"options": {"mb": 4, "count": 30}})
+    mib = 1024 * 1024
+    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 3, max_bytes=12 * mib, startup_bytes=8 * mib)
+    pump.start()
+    assert _wait_until_still(pump) == 20 * mib  # 5 batches: the depth of 3 grew with the allowance too
+    held: list[int] = []
+    batches = 0
+    for batch in pump:
+        time.sleep(0.02)
+        held.append(pump.queued_bytes)
+        batches += 1
+        del batch
+    pump.join(5)
+    assert batches == 30
+    # The queue drained below 12 MiB before admitting more, and never held more than that again.
+    settled = held[held.index(next(h for h in held if h <= 12 * mib)) :]
+    assert settled and max(settled) <= 12 * mib
+    assert pump.peak_queued_bytes == 20 * mib
+
+
+def test_without_a_startup_allowance_the_queue_waits_at_its_bound():
+    reader = BigBatchReader()
+    reader.initialize({"options": {"mb": 4, "count": 10}})
+    mib = 1024 * 1024
+    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 64, max_bytes=12 * mib)
+    pump.start()
+    assert _wait_until_still(pump) == 12 * mib
+    assert sum(batch.num_rows for batch in pump) == 10 * 4 * mib // 8
+    pump.join(5)

@@ -13,7 +13,10 @@ batches of at most ``read_bytes / (running * IN_FLIGHT_BATCHES)`` bytes (rows es
 from the schema, then from the batches seen; never more rows than ``batch_size``), and
 when that would go below :data:`MIN_BATCH_BYTES` it runs fewer partitions at once
 instead (see :func:`read_budget`). Memory held by the pump and its readers is therefore
-about ``min(depth * batch, max_bytes) + read_bytes``.
+about ``min(depth * batch, max_bytes) + read_bytes``. A pump started before its consumer is
+ready (the pipeline's early read) may be given ``startup_bytes`` more (and proportionally
+more batches of depth) until the first batch is taken; from then on the bounds above hold
+(workers wait until the queue has drained below them).
 
 A single stream is one partition (:data:`WHOLE_STREAM`, read with ``read_batch``);
 a :class:`~dativo.sdk.PartitionedReader` plans several (read with
@@ -172,6 +175,9 @@ def read_budget(row_bytes: int, batch_size: int, workers: int, read_bytes: int) 
 class _ByteBudget:
     """Bytes of queued batches; ``reserve`` blocks while admitting a batch would exceed ``limit``.
 
+    ``limit`` may be lowered later (:meth:`set_limit`): batches held beyond it stay, and
+    ``reserve`` waits until enough of them were taken off.
+
     A batch is always admitted into an empty budget, whatever its size (else a batch
     larger than the budget would never move).
     """
@@ -199,6 +205,12 @@ class _ByteBudget:
             self.held -= nbytes
             self._cond.notify_all()
 
+    def set_limit(self, limit: int) -> None:
+        """Change the bound (waiting workers re-check it)."""
+        with self._cond:
+            self.limit = limit
+            self._cond.notify_all()
+
 
 class Pump:
     """Reads the planned partitions on worker threads into one queue of at most ``depth`` batches and ``max_bytes``.
@@ -221,6 +233,7 @@ class Pump:
         *,
         max_bytes: int = DEFAULT_QUEUE_BYTES,
         read_bytes: int = DEFAULT_READ_BYTES,
+        startup_bytes: int = 0,
     ) -> None:
         self._reader = reader
         self._name = name
@@ -244,8 +257,14 @@ class Pump:
                 read_budget(self._row_bytes, batch_size, workers, self._read_bytes).batch_rows,
                 extra={"reader": name},
             )
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(depth, workers))
-        self._budget = _ByteBudget(max(1, max_bytes))
+        self._depth = max(depth, workers)
+        self._max_bytes = max(1, max_bytes)
+        startup_bytes = max(0, startup_bytes)
+        # Until the first batch is taken (__iter__): startup_bytes more, in proportionally more batches.
+        self._queue: queue.Queue[object] = queue.Queue(
+            maxsize=self._depth + math.ceil(self._depth * startup_bytes / self._max_bytes)
+        )
+        self._budget = _ByteBudget(self._max_bytes + startup_bytes)
         self._cancelled = threading.Event()
         self._index_lock = threading.Lock()
         self._index = 0
@@ -260,6 +279,11 @@ class Pump:
     def batch_rows(self) -> int:
         """Rows per batch the next partition is asked for: ``batch_size``, or fewer to fit ``read_bytes``."""
         return read_budget(self._row_bytes, self._batch_size, self._workers, self._read_bytes).batch_rows
+
+    @property
+    def queued_bytes(self) -> int:
+        """The Arrow data (``nbytes``) the queue holds now."""
+        return self._budget.held
 
     @property
     def peak_queued_bytes(self) -> int:
@@ -285,6 +309,7 @@ class Pump:
                 log.warning("reader '%s' did not stop within %.0f s of cancellation", self._name, timeout)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        self._end_startup()
         running = len(self._threads)
         while running:
             try:
@@ -303,6 +328,12 @@ class Pump:
             assert isinstance(item, pa.RecordBatch)
             self._budget.release(item.nbytes)
             yield item
+
+    def _end_startup(self) -> None:
+        """The consumer is here: from now on the queue holds at most ``depth`` batches and ``max_bytes``."""
+        with self._queue.mutex:
+            self._queue.maxsize = self._depth
+        self._budget.set_limit(self._max_bytes)
 
     def _work(self) -> None:
         try:

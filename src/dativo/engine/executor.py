@@ -112,11 +112,13 @@ class LocalExecutor:
     def check(self, plan: Plan, writer: DataWriter | None = None) -> None:
         """Every job runs locally."""
 
-    def start_read(self, plan: Plan, reader: DataReader, schema: pa.Schema) -> Pump:
+    def start_read(self, plan: Plan, reader: DataReader, schema: pa.Schema, startup_bytes: int = 0) -> Pump:
         """Plan the reader's partitions and start the pump's threads; the batches wait in its bounded queue.
 
         The pipeline calls this before the writer is hosted when the read does not depend on the
         target's state (docs/performance.md, start-up session 6), and :meth:`execute` otherwise.
+        ``startup_bytes``: how much more the queue may hold until the first batch is taken (the
+        pipeline's early read, while the writer is hosted; see :class:`~dativo.core.pump.Pump`).
         Planning failures propagate (wrapped like any plugin call); the caller cancels and joins the pump.
         """
         from dativo.core.pump import Pump, plan_read
@@ -131,6 +133,7 @@ class LocalExecutor:
             read,
             max_bytes=plan.queue_bytes,
             read_bytes=int(plan.job.config.engine.read_mb * 1024 * 1024),
+            startup_bytes=startup_bytes,
         )
         pump.start()
         return pump

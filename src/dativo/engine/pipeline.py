@@ -46,6 +46,10 @@ __all__ = [
 
 log = logging.getLogger("dativo.engine")
 
+#: An early read's queue may hold this many times ``engine.queue_mb`` more until the writer takes its first batch
+#: (session 7: the source streams on while PyIceberg loads; 2 = 32 MB more by default, measured +0-10 MB peak RSS).
+STARTUP_QUEUE_FACTOR = 2
+
 #: How long a run that fails before its read was handed to the executor waits for the pump's workers to stop
 #: before it closes the reader (which stops a read still waiting for its source's first rows).
 _EARLY_STOP_S = 2.0
@@ -203,16 +207,18 @@ def _read_early(plan: Plan, executor: Executor, reader: DataReader, schema: pa.S
     of a run's set-up; the source's server would wait idle meanwhile. A local run that reads
     everything (no ``source.incremental``: its lower bound comes from the target's state) starts
     the pump now, so the source streams into the pump's bounded queue (``engine.queue_mb`` and
-    ``read_mb``, as always) while the writer gets ready. Nothing is written before ``prepare``
-    succeeded, so a target still changes only when the run succeeds, and the writer's errors
-    (hosting, state, mode, ``prepare``) come first as before; on any failure the pipeline cancels
-    the pump, then closes the reader. A planning failure (``plan_partitions``) is returned, to be
-    raised after ``prepare`` as before; None: the read starts in the executor.
+    ``read_mb``, as always; until the writer takes the first batch the queue may hold
+    :data:`STARTUP_QUEUE_FACTOR` times ``queue_mb`` more) while the writer gets ready. Nothing
+    is written before ``prepare`` succeeded, so a target still changes only when the run
+    succeeds, and the writer's errors (hosting, state, mode, ``prepare``) come first as before;
+    on any failure the pipeline cancels the pump, then closes the reader. A planning failure
+    (``plan_partitions``) is returned, to be raised after ``prepare`` as before; None: the read
+    starts in the executor.
     """
     if executor is not LOCAL or plan.job.config.source.incremental is not None:
         return None
     try:
-        return LOCAL.start_read(plan, reader, schema)
+        return LOCAL.start_read(plan, reader, schema, startup_bytes=STARTUP_QUEUE_FACTOR * plan.queue_bytes)
     except DativoError as exc:
         return exc
 

@@ -11,6 +11,11 @@ not found within a bounded wait, the run fails and its files stay for
 
 from __future__ import annotations
 
+# Before any PyIceberg import: defers its model builds and unused modules (see _pyiceberg).
+from dativo.targets.iceberg import _pyiceberg  # noqa: F401
+
+# isort: split
+
 import logging
 import time
 from collections.abc import Callable

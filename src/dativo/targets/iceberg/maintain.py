@@ -23,6 +23,11 @@ write the same table:
 
 from __future__ import annotations
 
+# Before any PyIceberg import: defers its model builds and unused modules (see _pyiceberg).
+from dativo.targets.iceberg import _pyiceberg  # noqa: F401
+
+# isort: split
+
 import contextlib
 import logging
 import time

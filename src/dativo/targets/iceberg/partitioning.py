@@ -9,6 +9,11 @@ run writes one file per partition (rolling at the target size).
 
 from __future__ import annotations
 
+# Before any PyIceberg import: defers its model builds and unused modules (see _pyiceberg).
+from dativo.targets.iceberg import _pyiceberg  # noqa: F401
+
+# isort: split
+
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence

@@ -8,6 +8,11 @@ table equals ``list<int>`` at the source whatever ids either has.
 
 from __future__ import annotations
 
+# Before any PyIceberg import: defers its model builds and unused modules (see _pyiceberg).
+from dativo.targets.iceberg import _pyiceberg  # noqa: F401
+
+# isort: split
+
 import logging
 from typing import Any
 

@@ -21,6 +21,11 @@ the table's data location once per run (recursively).
 
 from __future__ import annotations
 
+# Before any PyIceberg import: defers its model builds and unused modules (see _pyiceberg).
+from dativo.targets.iceberg import _pyiceberg  # noqa: F401
+
+# isort: split
+
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence

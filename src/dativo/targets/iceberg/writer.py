@@ -18,6 +18,11 @@ Without a ``catalog:`` block the catalog is embedded: PyIceberg's SQL catalog on
 
 from __future__ import annotations
 
+# Before any PyIceberg import: defers its model builds and unused modules (see _pyiceberg).
+from dativo.targets.iceberg import _pyiceberg  # noqa: F401
+
+# isort: split
+
 import contextlib
 import json
 import logging
@@ -55,6 +60,7 @@ from dativo.errors import ConfigError, TargetError
 from dativo.sdk import PluginConfig, fault_hook, redact
 from dativo.targets._merge import MergeKeys, MergeSettings, anti_join
 from dativo.targets._parquet import ParquetSettings, RollingParquetWriter, WrittenFile
+from dativo.targets.iceberg._pyiceberg import CommitWarmUp
 from dativo.targets.iceberg.catalog import ensure_namespace, open_catalog
 from dativo.targets.iceberg.commit import COMMIT_ID, find_commit, outcome_unknown, without_library_retries
 from dativo.targets.iceberg.files import data_file, parquet_settings
@@ -120,6 +126,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         self._loaded: tuple[Table | None] | None = None  # the table as load_state found it, until prepare uses it
         self._commit_id = ""
         self._outcome_wait_s = float((config.get("options") or {}).get("commit_outcome_wait_s", 30))
+        self._warm_up = CommitWarmUp()  # the commit's PyIceberg models, built once the first row group encodes
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -285,6 +292,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         keeps_order = self._merge is not None and self._merge.last_wins
         if self._sort_by and not self._spec.fields and not keeps_order:
             batch = batch.sort_by([(column, "ascending") for column in self._sort_by])
+        self._warm_up.wrote(batch.nbytes, self._settings.row_group_bytes)
         self._rolling.write(to_file_schema(batch, self._file_schema))
 
     def finalize(self) -> dict[str, Any]:
@@ -297,6 +305,7 @@ class IcebergWriter(IcebergStaging, IcebergWriterEntry):
         assert self._rolling is not None, "prepare() was not called"
         self._finalized = True
         written = self._rolling.close()
+        self._warm_up.join()
         self._crash_point("files_written")
         return self._commit_files(written)
 
