@@ -311,3 +311,32 @@ def test_a_plain_api_version_is_decided_without_packaging_exactly_as_packaging_d
             assert registry._plain_version_accepts(text) == expected, (sdk, text)
     for other in (">=1.0,<2", "1.5rc1", "latest", "1.*", "v1.5"):  # not plain: packaging decides as before
         assert registry._plain_version_accepts(other) is False
+
+
+_STREAMS_MODELS_AT_ONCE = """
+import threading
+import pydantic
+from dativo.config.streams import StreamsJobConfig
+assert not StreamsJobConfig.__pydantic_complete__  # deferred: built by the first thread that validates
+barrier, seen = threading.Barrier(16), []
+def use(index):
+    barrier.wait()
+    good = StreamsJobConfig.model_validate({"streams": {"a": None, "b": {"source": {"n": index}}}})
+    try:
+        StreamsJobConfig.model_validate({"streams": {"a": None}, "nope": 1})
+    except pydantic.ValidationError as exc:
+        seen.append((good.streams["b"].source["n"] == index, [e["type"] for e in exc.errors()]))
+threads = [threading.Thread(target=use, args=(index,)) for index in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(seen == [(True, ["extra_forbidden"])] * 16)
+"""
+
+
+def test_the_deferred_streams_models_validate_alike_when_threads_first_use_them_at_once():
+    result = subprocess.run(
+        [sys.executable, "-c", _STREAMS_MODELS_AT_ONCE], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "True", result.stdout + result.stderr

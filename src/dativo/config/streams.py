@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic.main
 from pydantic import ConfigDict, Field
 
 from dativo.config.models import EngineConfig, _Strict
@@ -46,8 +47,10 @@ PLACEHOLDERS = ("schema", "table", "stream", "job")
 _WILDCARD = re.compile(r"[*?\[]")
 _PATH_TARGETS = {"parquet", "encrypted-parquet"}
 #: The streams models' validators are built when a streams file is first validated, not when a single-table
-#: job is loaded (~2 ms of every run's start-up, issue 15); validation and errors are the same.
-_DEFERRED = ConfigDict(defer_build=True)
+#: job is loaded (~2 ms of every run's start-up, issue 15); validation and errors are the same. Only with a
+#: pydantic whose model rebuilds are thread-safe (its global rebuild lock, pydantic#13438): before it, two
+#: threads first validating a deferred model could use its parent's validator (pydantic#11849).
+_DEFERRED = ConfigDict(defer_build=getattr(pydantic.main, "_rebuild_lock", None) is not None)
 
 
 class StreamSpec(_Strict):
