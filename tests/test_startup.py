@@ -221,3 +221,122 @@ def test_importing_dativo_and_running_a_job_leaves_the_applications_gc_alone(tmp
     seen = gc_after("-c", code, cwd=tmp_path, threshold=(900, 11, 12))
     assert seen["threshold_while_starting"] == [900, 11, 12]  # the pipeline's call changed nothing
     assert seen["threshold"] == [900, 11, 12] and seen["frozen"] == 0
+
+
+# What a run imports before its read starts (session 7): the head is serial (the source's server waits), so
+# what only the writer, a streams file or a failed plugin check needs loads later. A reader records
+# sys.modules in initialize(): on the main thread, after the CLI, the config, the plan and hosting.
+_SPY_READER = """
+import os, sys
+import pyarrow as pa
+from dativo import DataReader
+
+class SpyReader(DataReader):
+    def initialize(self, config):
+        with open(os.environ["DATIVO_TEST_HEAD"], "w") as out:
+            out.write("\\n".join(sorted(sys.modules)))
+
+    def get_schema(self):
+        return pa.schema([("id", pa.int64())])
+
+    def read_batch(self, batch_size):
+        yield pa.record_batch([pa.array([1, 2], pa.int64())], names=["id"])
+"""
+
+#: Not before the read starts: packaging (a plain plugin api_version is checked without it), concurrent.futures
+#: (streams run at once only), rich (--quiet), the writer's libraries, and the commands not run.
+NOT_IN_THE_HEAD = {"packaging", "concurrent.futures", "rich", "pyiceberg", "sqlalchemy", "pyarrow.compute"} | {
+    "dativo.cli.audit",
+    "dativo.cli.cdc",
+    "dativo.cli.maintain",
+    "dativo.targets.iceberg.writer",
+}
+
+
+def test_a_run_imports_before_its_read_starts_only_what_the_read_needs(tmp_path):
+    (tmp_path / "spy.py").write_text(_SPY_READER)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: head\nsource:\n  connector: custom\n  reader: {implementation: 'spy.py:SpyReader'}\n"
+        "target:\n  connector: iceberg\n  table: demo.head\n"
+    )
+    record = tmp_path / "head.txt"
+    result = subprocess.run(
+        [sys.executable, "-m", "dativo", "run", "--quiet", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={**os.environ, "DATIVO_TEST_HEAD": str(record)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    head = set(record.read_text().split())
+    assert {"dativo.cli", "dativo.config.models", "pyarrow"} <= head  # the recording is the head's
+    assert not NOT_IN_THE_HEAD & head, sorted(NOT_IN_THE_HEAD & head)
+
+
+def test_a_command_builds_only_itself_and_the_help_keeps_the_order():
+    import typer
+
+    from dativo.cli import app
+
+    group = typer.main.get_command(app)
+    order = ["run", "validate", "check", "serve", "discover", "plugins", "state", "init"]
+    order += ["audit", "kms", "cdc", "decrypt", "maintain"]
+    assert list(group.commands) == order  # names only: nothing is built yet
+    assert dict(group.commands._eager) == {}  # type: ignore[attr-defined]
+    run = group.get_command(None, "run")  # type: ignore[arg-type]
+    assert run is not None and [p.name for p in run.params][:2] == ["job", "summary_json"]
+    assert list(group.commands._eager) == ["run"]  # type: ignore[attr-defined]
+    serve = group.get_command(None, "serve")  # type: ignore[arg-type]
+    assert serve is not None and not serve.add_help_option and serve.context_settings["ignore_unknown_options"]
+
+
+def test_a_plain_api_version_is_decided_without_packaging_exactly_as_packaging_decides(monkeypatch):
+    from packaging.specifiers import InvalidSpecifier
+    from packaging.version import InvalidVersion
+
+    from dativo.core import registry
+
+    declared = {f"{major}.{minor}{patch}" for major in range(3) for minor in range(8) for patch in ("", ".0", ".2")}
+    declared |= {f"^{version}" for version in declared} | {"0", "1", "2", " 1.5 ", "01.5", "1.5.0.0"}
+    for sdk in ("1.5.0", "1.5", "1.10", "0.3", "2.0.1"):
+        monkeypatch.setattr(registry, "SDK_API_VERSION", sdk)
+        for text in sorted(declared):
+            try:
+                accepted = registry.supported_sdk_range(text)
+                expected = bool(str(accepted)) and accepted.contains(sdk, prereleases=True)
+            except (InvalidSpecifier, InvalidVersion):
+                expected = False
+            assert registry._plain_version_accepts(text) == expected, (sdk, text)
+    for other in (">=1.0,<2", "1.5rc1", "latest", "1.*", "v1.5"):  # not plain: packaging decides as before
+        assert registry._plain_version_accepts(other) is False
+
+
+_STREAMS_MODELS_AT_ONCE = """
+import threading
+import pydantic
+from dativo.config.streams import StreamsJobConfig
+assert not StreamsJobConfig.__pydantic_complete__  # deferred: built by the first thread that validates
+barrier, seen = threading.Barrier(16), []
+def use(index):
+    barrier.wait()
+    good = StreamsJobConfig.model_validate({"streams": {"a": None, "b": {"source": {"n": index}}}})
+    try:
+        StreamsJobConfig.model_validate({"streams": {"a": None}, "nope": 1})
+    except pydantic.ValidationError as exc:
+        seen.append((good.streams["b"].source["n"] == index, [e["type"] for e in exc.errors()]))
+threads = [threading.Thread(target=use, args=(index,)) for index in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(seen == [(True, ["extra_forbidden"])] * 16)
+"""
+
+
+def test_the_deferred_streams_models_validate_alike_when_threads_first_use_them_at_once():
+    result = subprocess.run(
+        [sys.executable, "-c", _STREAMS_MODELS_AT_ONCE], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "True", result.stdout + result.stderr

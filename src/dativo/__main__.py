@@ -1,5 +1,5 @@
 """python -m dativo"""
 
-from dativo._entry import main
+from dativo._entry import command
 
-main()
+command()

@@ -51,11 +51,22 @@ app = typer.Typer(
 plugins_app = typer.Typer(
     help="Inspect installed plugins (readers, writers, connectors, runtimes, KMS clients).", no_args_is_help=True
 )
-app.add_typer(plugins_app, name="plugins")
 state_app = typer.Typer(help="Inspect or reset the state a job commits with its data.", no_args_is_help=True)
-app.add_typer(state_app, name="state")
 init_app = typer.Typer(help="Generate a new project from dativo's templates.", no_args_is_help=True)
-app.add_typer(init_app, name="init")
+# Every command is built when click asks for it (dativo.cli.lazy), in this order in the help.
+lazy_command("run", "dativo.cli:run")
+lazy_command("validate", "dativo.cli:validate")
+lazy_command("check", "dativo.cli:check")
+lazy_command(
+    "serve",
+    "dativo.cli:serve",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+lazy_command("discover", "dativo.cli:discover")
+lazy_command("plugins", "dativo.cli:plugins_app")
+lazy_command("state", "dativo.cli:state_app")
+lazy_command("init", "dativo.cli:init_app")
 lazy_command("audit", "dativo.cli.audit:audit_app")  # encrypted-parquet: dativo audit verify LOG
 lazy_command("kms", "dativo.cli.audit:kms_app")
 lazy_command("cdc", "dativo.cli.cdc:cdc_app")  # change data capture: dativo cdc status|drop JOB
@@ -122,7 +133,6 @@ AddressOpt = Annotated[
 ]
 
 
-@app.command()
 def run(
     job: JobArg,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the run summary as JSON to this file.")] = None,
@@ -240,7 +250,6 @@ def state_reset(
         out.print(f"{s.name}: {message}" if loaded.has_streams else message, markup=not loaded.has_streams)
 
 
-@app.command()
 def validate(
     job: JobArg,
     offline: Annotated[
@@ -271,7 +280,6 @@ def validate(
         raise typer.Exit(2 if any(isinstance(e, ConfigError | PluginError) for _, e in failures) else 1)
 
 
-@app.command()
 def check(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> None:
     """Connect to the source and the target with the job's credentials."""
     from dativo.engine import pipeline
@@ -298,7 +306,6 @@ def check(job: JobArg, stream: StreamOpt = None, debug: DebugOpt = False) -> Non
         raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def serve(ctx: typer.Context) -> None:
     """Serve a reader or writer as a process or Flight plugin: dativo serve {process,flight} IMPLEMENTATION ..."""
     from dativo.runtimes.serve import main as serve_main  # serve flight imports gRPC only when asked for
@@ -306,7 +313,6 @@ def serve(ctx: typer.Context) -> None:
     raise typer.Exit(serve_main(list(ctx.args)))
 
 
-@app.command()
 def discover(
     job: JobArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

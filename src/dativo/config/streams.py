@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+import pydantic.main
+from pydantic import ConfigDict, Field
 
 from dativo.config.models import EngineConfig, _Strict
 
@@ -45,10 +46,17 @@ KeyPath = tuple[str | int, ...]
 PLACEHOLDERS = ("schema", "table", "stream", "job")
 _WILDCARD = re.compile(r"[*?\[]")
 _PATH_TARGETS = {"parquet", "encrypted-parquet"}
+#: The streams models' validators are built when a streams file is first validated, not when a single-table
+#: job is loaded (~2 ms of every run's start-up, issue 15); validation and errors are the same. Only with a
+#: pydantic whose model rebuilds are thread-safe (its global rebuild lock, pydantic#13438): before it, two
+#: threads first validating a deferred model could use its parent's validator (pydantic#11849).
+_DEFERRED = ConfigDict(defer_build=getattr(pydantic.main, "_rebuild_lock", None) is not None)
 
 
 class StreamSpec(_Strict):
     """One entry of ``streams:`` — overrides of ``defaults:`` for this stream."""
+
+    model_config = _DEFERRED
 
     source: dict[str, Any] = Field(default_factory=dict, description="Merged over defaults.source.")
     target: dict[str, Any] = Field(default_factory=dict, description="Merged over defaults.target.")
@@ -60,12 +68,16 @@ class StreamSpec(_Strict):
 class StreamDefaults(_Strict):
     """``defaults:`` — the source and target settings every stream starts from."""
 
+    model_config = _DEFERRED
+
     source: dict[str, Any] = Field(default_factory=dict)
     target: dict[str, Any] = Field(default_factory=dict)
 
 
 class StreamsJobConfig(_Strict):
     """A job file with ``streams:``."""
+
+    model_config = _DEFERRED
 
     version: Literal[1] = 1
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")

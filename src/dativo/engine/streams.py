@@ -12,7 +12,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,8 @@ from dativo.errors import ConfigError, DativoError, SourceError, is_transient
 from dativo.sdk import ListsTables
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from dativo.engine import pipeline  # loaded by the runs themselves: validate --offline stays light
 
 __all__ = ["Stream", "StreamOutcome", "plan_streams", "run_streams", "select_streams", "stream_name", "windowed"]
@@ -269,6 +270,8 @@ def _run_all(
 ) -> list[StreamOutcome]:
     if max_concurrent <= 1 or len(streams) <= 1:
         return [_run_one(stream, run_id, progress, on_retry, None, on_done) for stream in streams]
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait  # streams at once only (issue 15)
+
     stop = threading.Event()
     sink = _LockedProgress(progress) if progress is not None else None
     lock = threading.Lock()
