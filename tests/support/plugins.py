@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -93,15 +93,18 @@ class SlowStartReader(GeneratedReader):
 
 
 class CountingWriter(DataWriter):
-    """Discards batches, recording how far the reader ran ahead of it."""
+    """Discards batches, recording how far the reader ran ahead of it at each write (``aheads``)."""
 
     max_ahead = 0
+    aheads: ClassVar[list[int]] = []
     lock = threading.Lock()
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         self.written = getattr(self, "written", 0) + 1
         with self.lock:
-            type(self).max_ahead = max(type(self).max_ahead, GeneratedReader.produced - self.written)
+            ahead = GeneratedReader.produced - self.written
+            type(self).aheads.append(ahead)
+            type(self).max_ahead = max(type(self).max_ahead, ahead)
         time.sleep(0.005)
 
     def finalize(self) -> dict[str, Any]:
