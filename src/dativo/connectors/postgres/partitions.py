@@ -115,8 +115,9 @@ class SnapshotPartitioner:
         if self._spec.table is None:
             log.info("source.parallelism applies to table sources only; reading the query on one connection")
             return []
-        if parallelism is None and read_cores(self._info.host) < 2:
-            # One partition at most (e.g. 2 cores and a local server): no snapshot, no second connection.
+        if (read_cores(self._info.host) if parallelism is None else parallelism) < 2:
+            # One partition at most (`parallelism: 1`, or unset on 2 cores with a local server):
+            # no snapshot, no second connection.
             return []
         psycopg = import_psycopg()
         self._lease = lease_psycopg(self._info, autocommit=True)
