@@ -15,7 +15,7 @@ from dativo.core.batches import as_record_batches
 from dativo.testing._context import Context, Failed, Skipped, close_twice, describe, quietly_closed, schema_difference
 from dativo.testing.type_table import FOUNDATION_TYPES, is_foundation_type, type_name
 
-__all__ = ["LARGE_VALUE_BYTES", "READER_CHECKS", "RELEASE_WAIT_S"]
+__all__ = ["LARGE_VALUE_BYTES", "READER_CHECKS", "RELEASE_WAIT_S", "Resources"]
 
 #: The smallest value the ``large_values`` scenario must produce.
 LARGE_VALUE_BYTES = 1024 * 1024
@@ -154,11 +154,22 @@ def _reader_close(ctx: Context) -> str:
     return f"close() twice is safe ({checked})"
 
 
-def _open_fds() -> set[int]:
+def _open_fds() -> set[tuple[int, int, int]]:
+    """This process's descriptors as (number, device, inode) of what they hold open.
+
+    A number closed and reused for another file, socket or pipe is a new descriptor; a file
+    deleted while open is still the same one.
+    """
     try:
-        return {int(name) for name in os.listdir("/proc/self/fd")}
+        names = os.listdir("/proc/self/fd")
     except OSError:
         return set()
+    found: set[tuple[int, int, int]] = set()
+    for name in names:
+        with contextlib.suppress(OSError):  # closed since the listing (the listing's own descriptor too)
+            held = os.stat(f"/proc/self/fd/{name}")
+            found.add((int(name), held.st_dev, held.st_ino))
+    return found
 
 
 def _children() -> set[int]:
@@ -209,27 +220,42 @@ def _reader_cancel(ctx: Context) -> str:
     return "after stopping mid-stream and close(): no thread, file descriptor or process left"
 
 
+class Resources:
+    """The threads, descriptors and child processes this process has now, to compare with later.
+
+    Threads are kept as objects, not idents: an ident (and a descriptor number) is reused as soon
+    as its thread ended (or its descriptor closed), so a thread a plugin leaks may carry the ident of
+    one that existed before and ended meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self.threads = set(threading.enumerate())
+        self.fds = _open_fds()
+        self.children = _children()
+
+    def added_since(self, before: Resources) -> list[str]:
+        """What is running or open now and was not in ``before``, described; empty when nothing."""
+        threads = [t for t in self.threads if t not in before.threads and t.is_alive()]
+        fds = self.fds - before.fds
+        children = self.children - before.children
+        added = []
+        if threads:
+            added.append(f"{len(threads)} thread(s) ({', '.join(sorted(t.name for t in threads))})")
+        if fds:
+            added.append(f"{len(fds)} file descriptor(s)")
+        if children:
+            added.append(f"{len(children)} child process(es)")
+        return added
+
+
 def _leaks_of_one_cycle(ctx: Context, rows: int) -> list[str]:
     """Stop a read early, close it, and list what it left behind after waiting up to RELEASE_WAIT_S."""
-    threads_before = {thread.ident for thread in threading.enumerate()}
-    fds_before = _open_fds()
-    children_before = _children()
+    before = Resources()
     _stop_early_and_close(ctx, rows)
     deadline = time.monotonic() + RELEASE_WAIT_S
     while True:
-        threads = [t for t in threading.enumerate() if t.ident not in threads_before and t.is_alive()]
-        fds = _open_fds() - fds_before
-        children = _children() - children_before
-        if not (threads or fds or children):
-            return []
-        if time.monotonic() > deadline:
-            leaks = []
-            if threads:
-                leaks.append(f"{len(threads)} thread(s) ({', '.join(sorted(t.name for t in threads))})")
-            if fds:
-                leaks.append(f"{len(fds)} file descriptor(s)")
-            if children:
-                leaks.append(f"{len(children)} child process(es)")
+        leaks = Resources().added_since(before)
+        if not leaks or time.monotonic() > deadline:
             return leaks
         time.sleep(0.05)
 
