@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import threading
+import time
 
 import pytest
 
@@ -62,17 +63,36 @@ def test_only_lossless_widenings_can_be_declared():
         load_read_back("dativo.targets.encrypted_parquet:WRITER_NAME")
 
 
+def _thread_reusing_an_ident() -> tuple[Resources, threading.Thread, threading.Event]:
+    """A snapshot taken while a thread ran, then a running thread that was given that (ended) thread's ident.
+
+    glibc hands a new thread the stack, and so the ident, of a thread that has fully exited; CPython's
+    join() returns a moment before that, so wait for the kernel to drop the task, and retry if the
+    cache handed out another stack.
+    """
+    for _ in range(50):
+        finish = threading.Event()
+        ended = threading.Thread(target=finish.wait)
+        ended.start()
+        before = Resources()  # `ended` is running here
+        finish.set()
+        ended.join()
+        while os.path.exists(f"/proc/self/task/{ended.native_id}"):
+            time.sleep(0.001)
+        stop = threading.Event()
+        leaked = threading.Thread(target=stop.wait, name="leaked", daemon=True)
+        leaked.start()
+        if leaked.ident == ended.ident:
+            return before, leaked, stop
+        stop.set()
+        leaked.join()
+    raise AssertionError("no thread was given an ended thread's ident in 50 tries: this test cannot run here")
+
+
 def test_a_leaked_thread_with_the_ident_of_one_that_ended_is_still_seen():
-    """The CI flake of reader.cancel-releases: glibc gives a new thread the ident of one that just ended."""
-    ended = threading.Thread(target=lambda: None)
-    ended.start()
-    before = Resources()
-    ended.join()
-    stop = threading.Event()
-    leaked = threading.Thread(target=stop.wait, name="leaked", daemon=True)
-    leaked.start()
+    """The CI flake of reader.cancel-releases: a thread leaked during the check took the ident of one that ended."""
+    before, leaked, stop = _thread_reusing_an_ident()
     try:
-        assert leaked.ident == ended.ident  # the reuse this test is about (glibc's stack cache)
         assert Resources().added_since(before) == ["1 thread(s) (leaked)"]
     finally:
         stop.set()
