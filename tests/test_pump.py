@@ -126,6 +126,18 @@ class BigBatchReader(DataReader):
             yield pa.record_batch([pa.Array.from_buffers(pa.int64(), length, [None, buffer])], schema=self.SCHEMA)
 
 
+MIB = 1024 * 1024
+
+
+def _big_pump(count: int, depth: int, **bounds: int) -> Pump:
+    """A started pump over ``count`` 4 MiB batches, queue ``depth`` batches deep, with the given byte bounds."""
+    reader = BigBatchReader()
+    reader.initialize({"options": {"mb": 4, "count": count}})
+    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, depth, **bounds)
+    pump.start()
+    return pump
+
+
 def _drain_slowly(pump: Pump) -> tuple[int, int]:
     """Take every batch, pausing so the reader can run ahead; returns (batches, peak Arrow bytes allocated)."""
     batches, peak = 0, 0
@@ -139,38 +151,27 @@ def _drain_slowly(pump: Pump) -> tuple[int, int]:
 
 def test_queue_is_bounded_by_bytes_not_only_batches():
     """64 batches of queue depth would hold 256 MiB of 4 MiB batches; 12 MiB of bytes bound holds 3 of them."""
-    reader = BigBatchReader()
-    reader.initialize({"options": {"mb": 4, "count": 30}})
-    mib = 1024 * 1024
     before = pa.total_allocated_bytes()
-    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 64, max_bytes=12 * mib)
-    pump.start()
+    pump = _big_pump(30, 64, max_bytes=12 * MIB)
     batches, peak = _drain_slowly(pump)
     pump.join(5)
     assert batches == 30
-    assert pump.peak_queued_bytes <= 12 * mib
+    assert pump.peak_queued_bytes <= 12 * MIB
     # Allocated at most: the queue's 12 MiB, the batch the consumer holds, the one the reader waits to queue.
-    assert peak - before <= (12 + 4 + 4) * mib
+    assert peak - before <= (12 + 4 + 4) * MIB
 
 
 def test_queue_of_batches_alone_runs_further_ahead():
     """The same reader and consumer with a byte bound that never bites: the queue really does fill to its depth."""
-    reader = BigBatchReader()
-    reader.initialize({"options": {"mb": 4, "count": 30}})
-    mib = 1024 * 1024
-    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 64, max_bytes=1024 * mib)
-    pump.start()
+    pump = _big_pump(30, 64, max_bytes=1024 * MIB)
     batches, _ = _drain_slowly(pump)
     pump.join(5)
     assert batches == 30
-    assert pump.peak_queued_bytes >= 40 * mib
+    assert pump.peak_queued_bytes >= 40 * MIB
 
 
 def test_a_batch_larger_than_the_byte_bound_still_moves():
-    reader = BigBatchReader()
-    reader.initialize({"options": {"mb": 4, "count": 5}})
-    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 4, max_bytes=1024)
-    pump.start()
+    pump = _big_pump(5, 4, max_bytes=1024)
     batches, _ = _drain_slowly(pump)
     pump.join(5)
     assert batches == 5
@@ -190,12 +191,8 @@ def _wait_until_still(pump: Pump, seconds: float = 10.0) -> int:
 
 def test_a_startup_allowance_lets_the_queue_run_ahead_until_the_first_batch_is_taken():
     """Before anyone iterates, 4 MiB batches fill 12 MiB + the 8 MiB allowance; once iterating, 12 MiB again."""
-    reader = BigBatchReader()
-    reader.initialize({"options": {"mb": 4, "count": 30}})
-    mib = 1024 * 1024
-    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 3, max_bytes=12 * mib, startup_bytes=8 * mib)
-    pump.start()
-    assert _wait_until_still(pump) == 20 * mib  # 5 batches: the depth of 3 grew with the allowance too
+    pump = _big_pump(30, 3, max_bytes=12 * MIB, startup_bytes=8 * MIB)
+    assert _wait_until_still(pump) == 20 * MIB  # 5 batches: the depth of 3 grew with the allowance too
     held: list[int] = []
     batches = 0
     for batch in pump:
@@ -206,17 +203,13 @@ def test_a_startup_allowance_lets_the_queue_run_ahead_until_the_first_batch_is_t
     pump.join(5)
     assert batches == 30
     # The queue drained below 12 MiB before admitting more, and never held more than that again.
-    settled = held[held.index(next(h for h in held if h <= 12 * mib)) :]
-    assert settled and max(settled) <= 12 * mib
-    assert pump.peak_queued_bytes == 20 * mib
+    settled = held[held.index(next(h for h in held if h <= 12 * MIB)) :]
+    assert settled and max(settled) <= 12 * MIB
+    assert pump.peak_queued_bytes == 20 * MIB
 
 
 def test_without_a_startup_allowance_the_queue_waits_at_its_bound():
-    reader = BigBatchReader()
-    reader.initialize({"options": {"mb": 4, "count": 10}})
-    mib = 1024 * 1024
-    pump = Pump(reader, "big", BigBatchReader.SCHEMA, 1, 64, max_bytes=12 * mib)
-    pump.start()
-    assert _wait_until_still(pump) == 12 * mib
-    assert sum(batch.num_rows for batch in pump) == 10 * 4 * mib // 8
+    pump = _big_pump(10, 64, max_bytes=12 * MIB)
+    assert _wait_until_still(pump) == 12 * MIB
+    assert sum(batch.num_rows for batch in pump) == 10 * 4 * MIB // 8
     pump.join(5)
